@@ -1,0 +1,44 @@
+"""Exceptions pathkit raises. Every message names the file, column or key at fault and what to do."""
+
+
+class PathkitError(Exception):
+    """Base class of pathkit's errors."""
+
+
+class SlideReadError(PathkitError, OSError):
+    """A slide file cannot be read (unsupported format, truncated, not an image)."""
+
+
+class MppError(PathkitError, ValueError):
+    """The slide's microns-per-pixel is missing or implausible."""
+
+
+class NotBrightfieldError(PathkitError, ValueError):
+    """The image is fluorescence / multiplex, not an RGB brightfield (H&E) slide."""
+
+
+class WeightsError(PathkitError, ValueError):
+    """A weights file is missing, corrupted, unsafe, or does not fit the architecture."""
+
+
+class UnsafePickleError(WeightsError):
+    """A checkpoint would execute code when unpickled."""
+
+
+class GridError(PathkitError, ValueError):
+    """Tile coordinates do not fit the grid a model expects."""
+
+
+class TableError(PathkitError, ValueError):
+    """A clinical / RNA / manifest table has missing, duplicate or conflicting ids."""
+
+
+class ChecksumError(PathkitError, ValueError):
+    """A file's checksum differs from the one recorded."""
+
+
+class ModelNotFoundError(PathkitError, KeyError):
+    """A model name is not in the registry."""
+
+    def __str__(self):  # KeyError quotes its message; show it plainly
+        return str(self.args[0]) if self.args else ""

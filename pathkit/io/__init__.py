@@ -1,0 +1,4 @@
+"""Input/output: linking tables, manifests, AnnData files."""
+from .link import link
+
+__all__ = ["link"]

@@ -1,0 +1,1 @@
+"""Image-text (CLIP-style) models for zero-shot: CONCH, PLIP, QuiltNet."""

@@ -1,0 +1,1 @@
+"""The Prov-GigaPath LongNet slide encoder, reimplemented without flash-attn."""

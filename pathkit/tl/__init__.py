@@ -1,0 +1,11 @@
+"""Tools: embedding, cohorts, ABMIL, survival, zero-shot, UMAP."""
+from .embed import embed_tiles
+from .slide_embed import embed_slide
+from .cohort import embed_cohort
+from .abmil import train_abmil
+from .survival import cindex, cox, kaplan_meier, logrank, risk_groups
+from .zeroshot import zero_shot, zero_shot_eval
+from .umap import umap
+
+__all__ = ["embed_tiles", "embed_slide", "embed_cohort", "train_abmil", "kaplan_meier", "logrank", "cox",
+           "cindex", "risk_groups", "zero_shot", "zero_shot_eval", "umap"]

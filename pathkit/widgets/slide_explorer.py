@@ -1,0 +1,5 @@
+"""Slide explorer widget."""
+
+
+class SlideExplorer:  # placeholder
+    pass

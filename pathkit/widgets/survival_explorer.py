@@ -1,0 +1,5 @@
+"""Survival explorer widget."""
+
+
+class SurvivalExplorer:  # placeholder
+    pass
