@@ -1,5 +1,197 @@
-"""The `pathkit` command line."""
+"""The `pathkit` command line: info, tile, embed, demo, fetch, list-models.
+
+Errors pathkit raises on purpose (bad file, missing mpp, unknown model, ...) print one line and exit with
+code 2; anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .errors import PathkitError
 
 
-def main(argv=None):
-    raise NotImplementedError("cli is being built")
+def _add_slide_mpp(p):
+    p.add_argument("--mpp", type=float, default=None,
+                   help="the slide's microns per pixel, when its metadata lacks it or is wrong")
+
+
+def _add_tiling(p):
+    p.add_argument("--tile-px", type=int, default=256, help="tile side in pixels at the target mpp (256)")
+    p.add_argument("--target-mpp", type=float, default=0.5, help="tile resolution in um/px (0.5)")
+    p.add_argument("--min-tissue", type=float, default=0.1, help="keep tiles with at least this tissue share")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ._version import __version__
+
+    parser = argparse.ArgumentParser(prog="pathkit", description="Computational pathology toolkit.")
+    parser.add_argument("--version", action="version", version=f"pathkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("info", help="dimensions, levels, mpp and vendor of a slide")
+    p.add_argument("slide")
+    _add_slide_mpp(p)
+
+    p = sub.add_parser("tile", help="find tissue and list the tiles of a slide")
+    p.add_argument("slide")
+    _add_slide_mpp(p)
+    _add_tiling(p)
+    p.add_argument("--out", default=None, help="write the tile table (x, y, tissue) to this CSV file")
+
+    p = sub.add_parser("embed", help="embed the tissue tiles of slides into DIR/<slide_id>.h5ad")
+    p.add_argument("slides", nargs="+", metavar="SLIDE")
+    p.add_argument("--model", required=True, help="registry name (pathkit list-models) or timm:<arch>")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--weights", default=None, help="weights file or hf_hub:<repo> (default: the model's own)")
+    _add_slide_mpp(p)
+    _add_tiling(p)
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
+    p.add_argument("--dtype", default=None, help="autocast dtype (default bfloat16 on CUDA, float32 on CPU)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-workers", type=int, default=None, help="tile reader processes (default min(4, CPUs))")
+    p.add_argument("--skip-existing", action="store_true", help="leave slides whose h5ad already exists")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("demo", help="offline end-to-end demo: sample slide -> tiles -> embeddings")
+    p.add_argument("--out", default="pathkit_demo_out", help="output folder (pathkit_demo_out)")
+
+    p = sub.add_parser("fetch", help="download the files of a manifest, checking their checksums")
+    p.add_argument("manifest")
+    p.add_argument("--dest", required=True, help="folder to download into")
+
+    sub.add_parser("list-models", help="the models pathkit knows")
+    return parser
+
+
+def _cmd_info(args) -> int:
+    from .slide import read_slide
+
+    with read_slide(args.slide, mpp=args.mpp) as s:
+        w, h = s.dimensions
+        print(f"file         {s.path}")
+        print(f"slide_id     {s.slide_id}")
+        print(f"vendor       {s.vendor or 'unknown'}")
+        print(f"dimensions   {w} x {h} px (level 0)")
+        print(f"mpp          {s.mpp:.4f} um/px ({s.mpp_source})")
+        if s.magnification:
+            print(f"magnification {s.magnification:g}x")
+        print(f"levels       {s.level_count}")
+        for i, ((lw, lh), ds) in enumerate(zip(s.level_dimensions, s.level_downsamples)):
+            print(f"  level {i}: {lw} x {lh} px, downsample {ds:.3f}, {s.level_mpp(i):.4f} um/px")
+    return 0
+
+
+def _tiles(slide, args):
+    from . import pp
+
+    return pp.tile(slide, tile_px=args.tile_px, mpp=args.target_mpp, min_tissue=args.min_tissue)
+
+
+def _cmd_tile(args) -> int:
+    from .slide import read_slide
+
+    with read_slide(args.slide, mpp=args.mpp) as s:
+        tiles = _tiles(s, args)
+    spec = tiles.attrs.get("tile_spec", {})
+    print(f"{s.slide_id}: {len(tiles)} tiles of {args.tile_px} px at {args.target_mpp} um/px "
+          f"(level {spec.get('level', '?')}, min tissue {args.min_tissue})")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        try:
+            tiles[["x", "y", "tissue"]].to_csv(tmp, index=False)
+            os.replace(tmp, out)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        print(f"wrote {out}")
+    else:
+        print(tiles.head(10).to_string())
+    return 0
+
+
+def _cmd_embed(args) -> int:
+    from .slide import read_slide
+    from .tl.embed import embed_tiles, write_h5ad_atomic
+
+    out_dir = Path(args.out)
+    failed = 0
+    for path in args.slides:
+        try:
+            with read_slide(path, mpp=args.mpp) as s:
+                target = out_dir / f"{s.slide_id}.h5ad"
+                if args.skip_existing and target.exists():
+                    print(f"{s.slide_id}: {target} exists, skipped")
+                    continue
+                tiles = _tiles(s, args)
+                adata = embed_tiles(s, args.model, tiles=tiles, weights=args.weights, device=args.device,
+                                    batch_size=args.batch_size, num_workers=args.num_workers,
+                                    dtype=args.dtype, progress=not args.no_progress)
+                write_h5ad_atomic(adata, target)
+                print(f"{s.slide_id}: {adata.n_obs} tiles x {adata.n_vars} features -> {target}")
+        except PathkitError as e:
+            if len(args.slides) == 1:
+                raise
+            failed += 1
+            print(f"pathkit: error: {path}: {e}", file=sys.stderr)
+    if failed:
+        print(f"pathkit: {failed} of {len(args.slides)} slides failed", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(out=args.out)
+    return 0
+
+
+def _cmd_fetch(args) -> int:
+    from .io.manifest import fetch_manifest  # lazy: optional machinery
+
+    table = fetch_manifest(args.manifest, args.dest)
+    try:
+        n = len(table)
+    except TypeError:
+        n = None
+    print(f"fetched {n if n is not None else 'the'} files of {args.manifest} into {args.dest}")
+    return 0
+
+
+def _cmd_list_models(args) -> int:
+    from .models import list_models
+
+    df = list_models()
+    if df.empty:
+        print("no models registered")
+        return 0
+    cols = [c for c in ("kind", "architecture", "embed_dim", "input", "pool", "gated", "weights") if c in df]
+    import pandas as pd
+
+    with pd.option_context("display.max_colwidth", 50, "display.width", 200):
+        print(df[cols].to_string())
+    return 0
+
+
+_COMMANDS = {"info": _cmd_info, "tile": _cmd_tile, "embed": _cmd_embed, "demo": _cmd_demo,
+             "fetch": _cmd_fetch, "list-models": _cmd_list_models}
+
+
+def main(argv=None) -> int:
+    """Entry point of the `pathkit` console script; returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help / usage errors: hand back argparse's code instead of exiting
+        return int(e.code or 0)
+    try:
+        return _COMMANDS[args.command](args)
+    except PathkitError as e:
+        msg = " ".join(str(e).split())  # one line, whatever the message's layout
+        print(f"pathkit: error: {msg}", file=sys.stderr)
+        return 2

@@ -1,8 +1,11 @@
 """Models: the registry (data) and the code that builds and loads them."""
 from .registry import ModelSpec, get_spec, list_models, register, registered
 from . import zoo  # noqa: F401  (registers the tile encoders)
-from .tile_encoders import TileEncoder, build_tile_encoder, load_tile_encoder
+from .tile_encoders import (BUILDERS, TileEncoder, build_tile_encoder, identify_checkpoint, load_tile_encoder,
+                            n_params, register_builder)
 from . import longnet, clip  # noqa: F401  (register the slide encoder and image-text models)
+from .clip import ClipModel, load_clip, register_clip_variant
 
-__all__ = ["ModelSpec", "get_spec", "list_models", "register", "registered", "TileEncoder",
-           "build_tile_encoder", "load_tile_encoder"]
+__all__ = ["ModelSpec", "get_spec", "list_models", "register", "registered", "TileEncoder", "BUILDERS",
+           "build_tile_encoder", "load_tile_encoder", "identify_checkpoint", "n_params", "register_builder",
+           "ClipModel", "load_clip", "register_clip_variant"]

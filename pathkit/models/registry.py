@@ -110,8 +110,11 @@ def list_models(kind: str | None = None):
     for s in registered(kind):
         rows.append({
             "name": s.name, "kind": s.kind, "architecture": s.arch, "embed_dim": s.embed_dim,
-            "input": s.input_size, "pool": s.pool, "mean": s.mean, "std": s.std,
-            "weights": s.weights[0] if s.weights else "", "license": s.license, "gated": s.gated,
-            "params": s.n_params, "source": s.source,
+            "input": s.input_size, "resize": s.resize or s.input_size, "interpolation": s.interpolation,
+            "pool": s.pool, "mean": tuple(round(float(m), 6) for m in s.mean),
+            "std": tuple(round(float(v), 6) for v in s.std),
+            "weights": s.weights[0] if s.weights else "", "key_map": s.key_map or "",
+            "license": s.license, "gated": s.gated, "params": s.n_params, "source": s.source,
+            "description": s.description,
         })
     return pd.DataFrame(rows).set_index("name") if rows else pd.DataFrame()

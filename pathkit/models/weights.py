@@ -1,53 +1,102 @@
-"""Loading weights safely: local files (safetensors, .bin/.pth/.pt with weights_only=True) or the HF hub."""
+"""Loading weights safely: local files (safetensors, .bin/.pth/.pt with weights_only=True), the HF hub, URLs.
+
+Nothing here executes pickled code: torch checkpoints are read with ``torch.load(weights_only=True)`` and a
+pickle that needs arbitrary globals is refused with `UnsafePickleError`. Checkpoints written in another
+project's naming (mmcls BEiT, original DINOv2, a full ResNet-50) are renamed into timm's by the functions in
+`KEY_MAPS`, named by a registry entry's ``key_map`` field.
+"""
 from __future__ import annotations
 
 import hashlib
 import os
+import re
+import warnings
 from pathlib import Path
 
-from ..errors import UnsafePickleError, WeightsError
+from ..errors import ChecksumError, UnsafePickleError, WeightsError
 
-CONTAINER_KEYS = ("state_dict", "model", "teacher", "module")
+# dict keys under which training scripts nest the tensors (DINO/DINOv2 "teacher", mmengine "state_dict", ...)
+CONTAINER_KEYS = ("state_dict", "model", "teacher", "module", "model_state_dict", "net")
+# key prefixes that wrappers add (DataParallel "module.", mmselfsup/mmcls "backbone.", Lightning "model.", ...)
+STRIP_PREFIXES = ("module.", "backbone.", "model.", "encoder.", "trunk.", "teacher.", "_orig_mod.")
+
+_SHA_CACHE: dict = {}
 
 
 def sha256_file(path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
+    """sha256 of a file (cached per path, size and mtime: checkpoints are GBs)."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(chunk), b""):
+                h.update(block)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
+
+
+def verify_sha256(path, expected: str) -> str:
+    """Raise ChecksumError when the file's sha256 is not `expected`; return the digest."""
+    got = sha256_file(path)
+    if got.lower() != str(expected).lower():
+        raise ChecksumError(
+            f"weights file {path} has sha256 {got}, expected {expected}: the download is corrupted or is a "
+            "different release. Delete it and download it again.")
+    return got
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    # 8-byte little-endian header length followed by a JSON object
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return 0 < n < path.stat().st_size
 
 
 def read_state_dict(path) -> dict:
-    """Read tensors from a local checkpoint without ever executing pickled code."""
+    """Read the tensors of a local checkpoint without ever executing pickled code.
+
+    safetensors (by extension or content), or a torch file (.bin/.pth/.pt/.ckpt) read with
+    ``torch.load(weights_only=True)``; containers (`CONTAINER_KEYS`) are unwrapped.
+    Raises WeightsError (missing, corrupted, no tensors) or UnsafePickleError.
+    """
     import torch
 
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist")
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or _looks_like_safetensors(path):
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path))
+            return unwrap(load_file(str(path)), path)
+        except WeightsError:
+            raise
         except Exception as e:
-            raise WeightsError(f"{path}: not a valid safetensors file ({e})") from e
+            raise WeightsError(f"{path}: not a valid safetensors file (corrupted or truncated?): {e}") from e
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         msg = str(e)
         if "Weights only load failed" in msg or "Unsupported global" in msg or "GLOBAL" in msg:
+            first = next((ln for ln in msg.splitlines() if "GLOBAL" in ln or "global" in ln), msg.splitlines()[0])
             raise UnsafePickleError(
-                f"{path} is a pickle that would run code when loaded (refused). Convert it in a trusted "
-                "environment: `torch.save(torch.load(p, weights_only=False)['model'], 'clean.pth')` or save "
-                f"it as safetensors. Detail: {msg.splitlines()[0]}"
+                f"{path} is a pickle that would import or run code when loaded, so pathkit refuses it. If you "
+                "trust its origin, convert it once in a separate Python session: "
+                "`sd = torch.load(p, weights_only=False)`; pick the tensor dict (e.g. sd['model']); then "
+                "`safetensors.torch.save_file(sd, 'weights.safetensors')` (or `torch.save(sd, 'clean.pth')`), "
+                f"and pass the new file. Detail: {first.strip()}"
             ) from e
         raise WeightsError(f"{path}: cannot be read as a torch checkpoint (corrupted or truncated?): {msg}") from e
     return unwrap(obj, path)
 
 
 def unwrap(obj, path=None) -> dict:
-    """Dig the tensor dict out of common checkpoint containers."""
+    """Dig the tensor dict out of common checkpoint containers ({'model': {...}}, {'state_dict': ...})."""
     import torch
 
     for _ in range(4):
@@ -60,28 +109,247 @@ def unwrap(obj, path=None) -> dict:
             break
     if not isinstance(obj, dict) or not obj:
         raise WeightsError(f"{path}: no state dict found in the checkpoint")
-    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise WeightsError(f"{path}: the checkpoint holds no tensors (keys: {list(obj)[:10]})")
+    return tensors
 
 
-def resolve(source, filenames=("model.safetensors", "pytorch_model.bin")) -> Path:
-    """A weights source -> a local file. `hf_hub:<repo>[/<file>]` goes through huggingface_hub
-    (token from HF_TOKEN or `huggingface-cli login`; HF_HUB_OFFLINE and the local cache respected)."""
-    source = os.fspath(source)
-    if not source.startswith("hf_hub:"):
-        return Path(source).expanduser()
+def strip_prefixes(sd: dict, expected: set) -> tuple[dict, list]:
+    """Remove wrapper prefixes ('module.', 'backbone.', ...) until the keys meet the model's `expected` keys.
+
+    A prefix is removed when every key carries it, or when the keys carrying it are the model's and the
+    rest are training-only heads (e.g. mmselfsup's `neck.*`/`head.*`): the dropped groups are returned so
+    the caller can report them. Returns (state dict, dropped top-level key groups).
+    """
+    dropped: list = []
+    for _ in range(4):
+        if set(sd) & expected and not (set(sd) - expected):
+            break
+        best = None
+        for p in STRIP_PREFIXES:
+            with_p = {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}
+            if not with_p:
+                continue
+            score = len(set(with_p) & expected)
+            if score > len(set(sd) & expected) and (best is None or score > best[0]):
+                best = (score, p, with_p)
+        if best is None:
+            break
+        _, p, with_p = best
+        rest = sorted({k.split(".")[0] for k in sd if not k.startswith(p)})
+        dropped += rest
+        sd = with_p
+    return sd, dropped
+
+
+# ---------------------------------------------------------------------------------------------- key maps
+def _beph_mmcls(sd: dict) -> dict:
+    """mmcls/mmpretrain/mmselfsup BEiT (BEPH's `backbone.*` checkpoint) -> timm `beit_base_patch16_224`.
+
+    mmcls names (mmcls/models/backbones/beit.py, mmcv FFN): patch_embed.projection, layers.N.ln1/ln2,
+    layers.N.attn.{qkv,q_bias,v_bias,proj,relative_position_bias_table}, layers.N.gamma_1/gamma_2,
+    layers.N.ffn.layers.0.0 (fc1) / ffn.layers.1 (fc2), ln2 after the patch-token mean (`avg_token`).
+    A shared `rel_pos_bias` table (BEiT pre-training) is copied into every block, as mmcls does when loading.
+    """
+    import torch
+
+    sd = dict(sd)  # never mutate the caller's dict (it is reused to identify a wrong file)
+    if any(k.startswith("backbone.") for k in sd):
+        # a whole mmselfsup/mmcls model: keep the backbone (neck/head/target_generator are training-only)
+        sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+    out: dict = {}
+    n_layers = 1 + max((int(m.group(1)) for k in sd if (m := re.match(r"layers\.(\d+)\.", k))), default=-1)
+    shared = sd.pop("rel_pos_bias.relative_position_bias_table", None)
+    sd.pop("rel_pos_bias.relative_position_index", None)
+    rules = [
+        (r"^patch_embed\.projection\.", "patch_embed.proj."),
+        (r"^layers\.(\d+)\.ln1\.", r"blocks.\1.norm1."),
+        (r"^layers\.(\d+)\.ln2\.", r"blocks.\1.norm2."),
+        (r"^layers\.(\d+)\.ffn\.layers\.0\.0\.", r"blocks.\1.mlp.fc1."),
+        (r"^layers\.(\d+)\.ffn\.layers\.1\.", r"blocks.\1.mlp.fc2."),
+        (r"^layers\.(\d+)\.gamma_([12])$", r"blocks.\1.gamma_\2"),
+        (r"^layers\.(\d+)\.attn\.", r"blocks.\1.attn."),
+        (r"^ln2\.", "fc_norm."),
+    ]
+    for k, v in sd.items():
+        if k.endswith("relative_position_index") or k == "mask_token":
+            continue  # buffers rebuilt by the model / pre-training only
+        if k.startswith("ln1."):
+            continue  # final norm of pre-training; BEPH extracts with final_norm=False (ln2 on the mean instead)
+        new = k
+        for pat, rep in rules:
+            if re.match(pat, k):
+                new = re.sub(pat, rep, k)
+                break
+        out[new] = v
+    if shared is not None:
+        for i in range(n_layers):
+            out.setdefault(f"blocks.{i}.attn.relative_position_bias_table", shared.clone())
+    if "fc_norm.weight" not in out and n_layers > 0:
+        dim = out["cls_token"].shape[-1]
+        warnings.warn(
+            "BEPH checkpoint has no `ln2` (the LayerNorm applied to the patch-token mean): using an identity "
+            "LayerNorm (weight 1, bias 0), which is what BEPH's own mmcls extraction gets when it loads this "
+            "checkpoint non-strictly.", UserWarning, stacklevel=3)
+        out["fc_norm.weight"] = torch.ones(dim, dtype=out["cls_token"].dtype)
+        out["fc_norm.bias"] = torch.zeros(dim, dtype=out["cls_token"].dtype)
+    return out
+
+
+def _dinov2_original(sd: dict) -> dict:
+    """Original DINOv2 naming (facebookresearch/dinov2, kaiko's ViT-L/14 hub `.pth`) -> timm `*_reg4_dinov2`.
+
+    DINOv2 keeps the class token's position in `pos_embed` and calls registers `register_tokens`; timm's
+    register models have no position for prefix tokens, so the class position is folded into `cls_token`.
+    SwiGLU `w12`/`w3` become `fc1`/`fc2`; `mask_token` (pre-training only) is dropped.
+    """
+    sd = dict(sd)
+    sd.pop("mask_token", None)
+    out: dict = {}
+    if "register_tokens" in sd:
+        out["reg_token"] = sd.pop("register_tokens")
+        pos = sd.pop("pos_embed")
+        out["cls_token"] = sd.pop("cls_token") + pos[:, :1]
+        out["pos_embed"] = pos[:, 1:]
+    for k, v in sd.items():
+        k = re.sub(r"^(blocks\.\d+\.mlp)\.w12\.", r"\1.fc1.", k)
+        k = re.sub(r"^(blocks\.\d+\.mlp)\.w3\.", r"\1.fc2.", k)
+        out[k] = v
+    return out
+
+
+def _resnet50_trunc(sd: dict) -> dict:
+    """A full ImageNet ResNet-50 (torchvision or timm naming: identical) -> the CLAM trunk (layer4, fc dropped)."""
+    return {k: v for k, v in sd.items() if not k.startswith(("layer4.", "fc."))}
+
+
+def _conch_visual(sd: dict) -> dict:
+    """CONCH's full CoCa checkpoint -> its image tower (`visual.*` names kept, as pathkit's tower has them):
+    the text tower, the caption decoder and the caption pooler (`attn_pool_caption`, `ln_caption`) are not
+    part of the image embedding and are dropped."""
+    if any(k.startswith("module.") for k in sd):
+        sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    return {k: v for k, v in sd.items() if k.startswith("visual.")
+            and not k.startswith(("visual.attn_pool_caption.", "visual.ln_caption."))}
+
+
+KEY_MAPS = {
+    "beph_mmcls": _beph_mmcls,
+    "conch_visual": _conch_visual,
+    "dinov2_original": _dinov2_original,
+    "resnet50_trunc": _resnet50_trunc,
+}
+
+
+def apply_key_map(sd: dict, name: str | None) -> dict:
+    if not name:
+        return sd
+    try:
+        fn = KEY_MAPS[name]
+    except KeyError:
+        raise WeightsError(f"unknown key map {name!r}; known: {sorted(KEY_MAPS)}") from None
+    return fn(sd)
+
+
+# ---------------------------------------------------------------------------------------------- sources
+def _truthy(v) -> bool:
+    return str(v or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def offline() -> bool:
+    """HF_HUB_OFFLINE / PATHKIT_OFFLINE, read at call time (huggingface_hub reads its env at import)."""
+    return _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("PATHKIT_OFFLINE"))
+
+
+def _hf_cache_dir():
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.environ["HF_HOME"], "hub")
+    return None  # huggingface_hub's default
+
+
+def weights_cache_dir() -> Path:
+    """Where URL weights are cached: $PATHKIT_CACHE/weights or ~/.cache/pathkit/weights."""
+    root = os.environ.get("PATHKIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "pathkit")
+    return Path(root) / "weights"
+
+
+def _resolve_hf(source: str, filenames) -> Path:
     from huggingface_hub import hf_hub_download
 
-    ref = source[len("hf_hub:"):]
+    ref = source.split(":", 1)[1]
     parts = ref.split("/")
+    if len(parts) < 2:
+        raise WeightsError(f"{source!r}: write hf_hub:<org>/<repo>[@<revision>][/<file>]")
     repo, explicit = "/".join(parts[:2]), "/".join(parts[2:]) or None
+    repo, _, revision = repo.partition("@")  # hf_hub:org/repo@<commit or tag>/file pins a revision
+    local_only = offline()
     errors = []
     for fname in ([explicit] if explicit else list(filenames)):
         try:
-            return Path(hf_hub_download(repo_id=repo, filename=fname))
-        except Exception as e:  # try the next file name, then report all
-            errors.append(f"{fname}: {type(e).__name__}: {e}")
+            # the token comes from HF_TOKEN or `huggingface-cli login` inside huggingface_hub; never logged here
+            return Path(hf_hub_download(repo_id=repo, filename=fname, revision=revision or None,
+                                        cache_dir=_hf_cache_dir(), local_files_only=local_only))
+        except Exception as e:  # noqa: BLE001  (hub, HTTP and cache errors alike: try the next name, report all)
+            errors.append(f"{fname}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+    where = _hf_cache_dir() or "the default Hugging Face cache"
+    hint = (f"HF_HUB_OFFLINE is set and the file is not in {where}: download it once while online "
+            f"(`huggingface-cli download {repo}`) or unset HF_HUB_OFFLINE. " if local_only else
+            "Log in (`huggingface-cli login` or the HF_TOKEN environment variable) and accept the model's "
+            f"terms on https://huggingface.co/{repo}, or ")
     raise WeightsError(
-        f"could not get weights {source!r} from the Hugging Face hub or its local cache. "
-        "Log in (`huggingface-cli login` or HF_TOKEN) and accept the model's terms, or pass a local file "
-        "with weights=PATH. Tried: " + " | ".join(errors)
-    )
+        f"could not get weights {source!r} from the Hugging Face hub or its cache. {hint}"
+        "You can also pass a local file with weights=PATH. Tried: " + " | ".join(errors))
+
+
+def _resolve_url(url: str) -> Path:
+    dest = weights_cache_dir() / url.rstrip("/").split("/")[-1]
+    if dest.is_file():
+        return dest
+    if offline():
+        raise WeightsError(f"{url} is not in the cache {dest} and HF_HUB_OFFLINE/PATHKIT_OFFLINE is set: "
+                           "download it once while online, or pass weights=PATH")
+    import torch
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+    try:
+        torch.hub.download_url_to_file(url, str(tmp), progress=True)
+        os.replace(tmp, dest)
+    except Exception as e:
+        raise WeightsError(f"could not download {url}: {e}. Download it by hand and pass weights=PATH") from e
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return dest
+
+
+def hf_revision(path) -> str | None:
+    """The commit a file from the HF cache belongs to (`.../snapshots/<commit>/<file>`), for provenance."""
+    parts = Path(path).parts
+    if "snapshots" in parts[:-1]:
+        i = parts.index("snapshots")
+        return parts[i + 1] if i + 2 < len(parts) else None
+    return None
+
+
+def resolve(source, filenames=("model.safetensors", "pytorch_model.bin")) -> Path:
+    """A weights source -> a local file.
+
+    - ``hf_hub:<org>/<repo>[@<revision>][/<file>]`` through huggingface_hub (token from HF_TOKEN or
+      ``huggingface-cli login``; ``HF_HUB_OFFLINE``, ``HF_HUB_CACHE`` and ``HF_HOME`` read at call time);
+      without a file name, `filenames` are tried in order;
+    - ``http(s)://...`` downloaded once into `weights_cache_dir()` (atomic; refused when offline);
+    - anything else is a local path.
+    """
+    source = os.fspath(source)
+    if source.startswith(("hf_hub:", "hf-hub:")):
+        return _resolve_hf(source, filenames)
+    if source.startswith(("https://", "http://")):
+        return _resolve_url(source)
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    return path

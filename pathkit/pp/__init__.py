@@ -1,5 +1,5 @@
 """Preprocessing: tissue detection and tiling."""
-from .tissue import find_tissue
 from .tiling import tile
+from .tissue import TissueMask, find_tissue, tissue_mask_from_rgb
 
-__all__ = ["find_tissue", "tile"]
+__all__ = ["find_tissue", "tile", "TissueMask", "tissue_mask_from_rgb"]

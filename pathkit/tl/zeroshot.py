@@ -1,13 +1,500 @@
-"""Zero-shot classification with image-text models (MI-Zero / CONCH protocol)."""
+"""Zero-shot classification with image-text models (MI-Zero / CONCH protocol).
+
+Class names x templates -> text embeddings, each L2-normalised, averaged per class, re-normalised.
+Tile score for a class = cosine(tile image embedding, class text embedding). Slide score for a class =
+mean of its top-K tile scores (`topk_pool`), for each K. Probabilities = softmax(score * logit_scale).
+Sampled prompt sets (MI-Zero: one class name per class and a random subset of the templates per set) give
+the spread of the result over prompts; `zero_shot_eval` reports balanced accuracy per K (the full prompt
+ensemble and the median over the sets) and one-vs-rest AUROC.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from ..errors import TableError
+from . import prompts as _prompts
+
+__all__ = ["class_embeddings", "encode_prompts", "text_embeddings", "topk_pool", "zero_shot", "zero_shot_eval"]
 
 
-def zero_shot(*args, **kwargs):
-    raise NotImplementedError("zero_shot is being built")
+# ------------------------------------------------------------------------------------------- pooling
+def topk_pool(similarities, k: int):
+    """Mean of the `k` largest values of each column: [N, C] -> [C]. `k` is capped at N.
+
+    Accepts a numpy array or a torch tensor and returns the same kind. Ties do not matter: the mean of the
+    k largest values is the same whichever tied tile is taken.
+    """
+    k = int(k)
+    if k < 1:
+        raise ValueError(f"k must be >= 1 (got {k})")
+    if similarities.ndim != 2 or similarities.shape[0] == 0:
+        raise ValueError(f"similarities must be [n_tiles > 0, n_classes]; got shape {tuple(similarities.shape)}")
+    k = min(k, similarities.shape[0])
+    if isinstance(similarities, np.ndarray):
+        top = -np.partition(-similarities, k - 1, axis=0)[:k]
+        return top.mean(axis=0)
+    import torch
+
+    if isinstance(similarities, torch.Tensor):
+        return similarities.topk(k, dim=0).values.mean(dim=0)
+    return topk_pool(np.asarray(similarities, dtype=np.float64), k)
 
 
-def zero_shot_eval(*args, **kwargs):
-    raise NotImplementedError("zero_shot_eval is being built")
+def _topk_pool_many(sims: np.ndarray, ks) -> np.ndarray:
+    """[N, C] -> [len(ks), C], sorting once."""
+    srt = -np.sort(-sims, axis=0)
+    csum = np.cumsum(srt, axis=0)
+    out = []
+    for k in ks:
+        kk = min(int(k), sims.shape[0])
+        out.append(csum[kk - 1] / kk)
+    return np.stack(out)
 
 
-def topk_pool(*args, **kwargs):
-    raise NotImplementedError("topk_pool is being built")
+def softmax(scores: np.ndarray, logit_scale: float) -> np.ndarray:
+    z = np.asarray(scores, dtype=np.float64) * float(logit_scale)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _l2n(x: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(x, axis=-1, keepdims=True)
+    if np.any(n == 0):
+        raise ValueError("a zero vector cannot be L2-normalised (empty tile features or text embedding)")
+    return x / n
+
+
+# -------------------------------------------------------------------------------------------- text
+def _as_numpy(t) -> np.ndarray:
+    if hasattr(t, "detach"):
+        t = t.detach().float().cpu().numpy()
+    return np.asarray(t, dtype=np.float64)
+
+
+def encode_prompts(encoder, classes: dict, templates: list[str], batch_size: int = 64,
+                   progress: bool = False) -> dict:
+    """Embed every (class name x template) prompt once: {class: array [n_names, n_templates, E]},
+    each prompt embedding L2-normalised. `encoder`: anything with `encode_text(list[str]) -> [T, E]`."""
+    import torch
+    from tqdm.auto import tqdm
+
+    texts = [_prompts.fill(t, n) for names in classes.values() for n in names for t in templates]
+    starts = range(0, len(texts), batch_size)
+    with torch.inference_mode():
+        emb = np.concatenate([_as_numpy(encoder.encode_text(texts[i:i + batch_size]))
+                              for i in tqdm(starts, desc=f"text prompts ({len(texts)})", unit="batch",
+                                            disable=not progress or len(starts) < 2)])
+    emb = _l2n(emb)
+    out, i = {}, 0
+    for c, names in classes.items():
+        n = len(names) * len(templates)
+        out[c] = emb[i:i + n].reshape(len(names), len(templates), -1)
+        i += n
+    return out
+
+
+def class_embeddings(prompt_emb: dict, names=None, template_mask=None) -> np.ndarray:
+    """Average the (normalised) prompt embeddings of each class and re-normalise -> [C, E].
+    names: per class, the index of the one name to use (None: all names); template_mask: bool [T]."""
+    rows = []
+    for i, e in enumerate(prompt_emb.values()):
+        e = e if names is None else e[names[i]:names[i] + 1]
+        e = e if template_mask is None else e[:, np.asarray(template_mask, bool)]
+        rows.append(e.reshape(-1, e.shape[-1]).mean(axis=0))
+    return _l2n(np.stack(rows))
+
+
+def text_embeddings(encoder, classes, templates=None) -> np.ndarray:
+    """Class text embeddings [C, E] (MI-Zero / CONCH ensemble over all names x templates)."""
+    classes = _prompts.get_classes(classes)
+    return class_embeddings(encode_prompts(encoder, classes, _prompts.get_templates(templates)))
+
+
+# ------------------------------------------------------------------------------------------ inputs
+def _slides(tiles) -> list[tuple[str, object]]:
+    from anndata import AnnData
+
+    if isinstance(tiles, AnnData):
+        items = [(None, tiles)]
+    elif isinstance(tiles, dict):
+        items = list(tiles.items())
+    elif isinstance(tiles, (list, tuple)):
+        items = [(None, a) for a in tiles]
+    else:
+        raise TypeError(f"tiles must be a tile AnnData, or a list / dict of them (got {type(tiles).__name__})")
+    out = []
+    for sid, a in items:
+        if not isinstance(a, AnnData):
+            raise TypeError(f"tiles: expected AnnData, got {type(a).__name__}")
+        if sid is None:
+            sid = (a.uns.get("slide", {}) or {}).get("slide_id")
+        if sid is None and "slide_id" in a.obs and a.n_obs:
+            sid = str(a.obs["slide_id"].iloc[0])
+        out.append((str(sid) if sid is not None else f"slide_{len(out)}", a))
+    ids = [s for s, _ in out]
+    if len(set(ids)) != len(ids):
+        dup = sorted({s for s in ids if ids.count(s) > 1})
+        raise TableError(f"tiles: duplicate slide ids {dup}; pass a dict {{slide_id: adata}}")
+    return out
+
+
+def _features(adata, sid, clip_name, tower, use_rep, image_features, weights, device, batch_size, progress):
+    """The slide's tile image embeddings [N, E] from the clip model's image tower."""
+    if image_features is not None:
+        feats = _as_numpy(image_features)
+    elif use_rep is not None:
+        if use_rep == "X":
+            feats = _as_numpy(adata.X if not hasattr(adata.X, "toarray") else adata.X.toarray())
+            made_by = (adata.uns.get("model", {}) or {}).get("name")
+            if made_by and made_by != tower:
+                raise ValueError(
+                    f"slide {sid}: adata.X holds {made_by!r} features, but zero-shot with {clip_name!r} needs the "
+                    f"embeddings of its image tower {tower!r} (pk.tl.embed_tiles(slide, {tower!r})).")
+        elif use_rep in adata.obsm:
+            feats = _as_numpy(adata.obsm[use_rep])
+        else:
+            raise KeyError(f"slide {sid}: use_rep={use_rep!r} is neither 'X' nor a key of obsm "
+                           f"({list(adata.obsm)})")
+    elif (adata.uns.get("model", {}) or {}).get("name") == tower:
+        feats = _as_numpy(adata.X)
+    elif f"X_{tower}" in adata.obsm:
+        feats = _as_numpy(adata.obsm[f"X_{tower}"])
+    else:
+        feats = _embed_slide_tiles(adata, sid, tower, weights, device, batch_size, progress)
+        adata.obsm[f"X_{tower}"] = feats.astype(np.float32)
+    if feats.ndim != 2 or feats.shape[0] != adata.n_obs:
+        raise ValueError(f"slide {sid}: image features have shape {feats.shape}, expected ({adata.n_obs}, dim)")
+    return feats
+
+
+def _embed_slide_tiles(adata, sid, tower, weights, device, batch_size, progress):
+    from .embed import embed_tiles
+
+    info = adata.uns.get("slide", {}) or {}
+    path = info.get("path")
+    if not path or "tile_spec" not in adata.uns or not {"x", "y"} <= set(adata.obs):
+        raise ValueError(
+            f"slide {sid}: no image features to score. Pass use_rep= (an obsm key or 'X' holding {tower!r} "
+            f"embeddings), image_features=, or tiles that know their slide (uns['slide']['path'], "
+            "uns['tile_spec'], obs x/y) so they can be embedded here.")
+    table = adata.obs[["x", "y"]].astype("int64").copy()
+    table["tissue"] = adata.obs["tissue"].to_numpy() if "tissue" in adata.obs else 1.0
+    table.index = pd.RangeIndex(len(table))
+    table.attrs["tile_spec"] = dict(adata.uns["tile_spec"])
+    emb = embed_tiles(path, tower, tiles=table, weights=weights, device=device, batch_size=batch_size,
+                      progress=progress)
+    return _as_numpy(emb.X)
+
+
+def _load_encoder(model, weights, device):
+    from ..models.clip import ClipModel, load_clip
+
+    if isinstance(model, ClipModel):
+        return model
+    if hasattr(model, "encode_text") and hasattr(model, "logit_scale"):
+        return model  # any object with the ClipModel interface (e.g. a user's own model)
+    from .embed import resolve_device
+
+    return load_clip(model, weights=weights, device=resolve_device(device))
+
+
+# ---------------------------------------------------------------------------------------- zero_shot
+def zero_shot(tiles, classes="nsclc", templates=None, model="conch", weights=None, topk=(1, 5, 10, 50),
+              image_features=None, use_rep=None, cohort=None, key_added="zeroshot", n_prompt_sets=50, seed=0,
+              device="auto", batch_size=64, progress=True) -> pd.DataFrame:
+    """Zero-shot slide classification from tile embeddings (MI-Zero / CONCH).
+
+    Parameters
+    ----------
+    tiles
+        A tile AnnData (one slide, `pk.tl.embed_tiles` output), or a list / dict {slide_id: AnnData}.
+    classes
+        A prompt-library task ("nsclc", "rcc", "brca", "crc100k"; see `pathkit.tl.prompts`) or a dict
+        {class: [class names]}.
+    templates
+        None: CONCH's 22 templates; "mizero": MI-Zero's 16; or a list of strings containing "CLASSNAME".
+    model
+        A clip registry name ("conch", "plip", "quiltnet") or a loaded `ClipModel`.
+    weights
+        Weights of the image-text model (path or "hf_hub:..."); also used for the image tower when tiles
+        must be embedded here. None: the published weights.
+    topk
+        The K values of top-K mean pooling (K is capped by the number of tiles).
+    image_features
+        Tile image embeddings of the clip model's image tower: an array [N, E] (one slide) or a list / dict
+        of them. Otherwise `use_rep` ("X" or an obsm key); otherwise X when `uns["model"]["name"]` is the
+        image tower (e.g. "conch_vision"), `obsm["X_<tower>"]` when present, else the slide's tiles are
+        embedded with `pk.tl.embed_tiles(slide, <tower>)` and stored in `obsm["X_<tower>"]`.
+    cohort
+        Optional cohort AnnData (one row per slide, `obs["slide_id"]` or obs_names = slide ids): receives
+        `obs["{key}_pred_k{K}"]`, `obs["{key}_score_{class}_k{K}"]`, `obs["{key}_prob_{class}_k{K}"]` and
+        `uns[key]` (classes, ks, logit_scale, templates, per-prompt-set scores).
+    key_added
+        Prefix of the keys written.
+    n_prompt_sets, seed
+        MI-Zero prompt sets sampled (deterministically from `seed`) for the spread over prompts; 0 to skip.
+
+    Writes
+    ------
+    Per tile AnnData: `obs["{key}_{class}"]` (cosine similarity of each tile to each class),
+    `obs["{key}_tile_pred"]` (the tile's best class, categorical; tile-level zero-shot) and
+    `uns[key]` = {model, classes, class_names, templates, ks, logit_scale, scores [nK, C], probs [nK, C],
+    pred (class per K), prompt_set_names [n_sets, C], prompt_set_templates [n_sets, T] (bool),
+    prompt_set_scores [n_sets, nK, C]}.
+
+    Returns
+    -------
+    DataFrame, one row per slide: `pred_k{K}`, `score_{class}_k{K}`, `prob_{class}_k{K}`.
+    """
+    classes = _prompts.get_classes(classes)
+    templates = _prompts.get_templates(templates)
+    ks = sorted({int(k) for k in ([topk] if np.isscalar(topk) else topk)})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"topk must be positive integers (got {topk!r})")
+    slides = _slides(tiles)
+    feats_given = image_features
+    if image_features is not None and len(slides) > 1:
+        if isinstance(image_features, dict):
+            missing = [s for s, _ in slides if s not in image_features]
+            if missing:
+                raise KeyError(f"image_features has no entry for slides {missing}")
+            feats_given = [image_features[s] for s, _ in slides]
+        elif len(image_features) != len(slides):
+            raise ValueError(f"image_features: {len(image_features)} arrays for {len(slides)} slides")
+    elif image_features is not None:
+        feats_given = [image_features]
+
+    encoder = _load_encoder(model, weights, device)
+    spec = getattr(encoder, "spec", None)
+    clip_name = getattr(spec, "name", str(model))
+    tower = (getattr(spec, "extra", {}) or {}).get("image_tower", f"{clip_name}_vision")
+    logit_scale = float(encoder.logit_scale)
+    if weights is None and getattr(encoder, "info", None):
+        weights = encoder.info.get("source")  # embed tiles with the same checkpoint as the text tower
+    prompt_emb = encode_prompts(encoder, classes, templates, progress=progress)
+    text = class_embeddings(prompt_emb)
+    set_names, set_mask = _prompts.sample_prompt_sets(classes, len(templates), int(n_prompt_sets), seed)
+    set_text = [class_embeddings(prompt_emb, set_names[s], set_mask[s]) for s in range(int(n_prompt_sets))]
+    cls = list(classes)
+
+    rows = {}
+    set_scores_all = {}
+    for i, (sid, adata) in enumerate(slides):
+        feats = _features(adata, sid, clip_name, tower, use_rep,
+                          None if feats_given is None else feats_given[i], weights, device, batch_size, progress)
+        if feats.shape[1] != text.shape[1]:
+            raise ValueError(f"slide {sid}: image features are {feats.shape[1]}-d but {clip_name!r} text embeddings "
+                             f"are {text.shape[1]}-d: the features do not come from {tower!r}")
+        if feats.shape[0] == 0:
+            raise ValueError(f"slide {sid}: no tiles to score")
+        f = _l2n(feats)
+        sims = f @ text.T
+        for c, name in enumerate(cls):
+            adata.obs[f"{key_added}_{name}"] = sims[:, c].astype(np.float32)
+        adata.obs[f"{key_added}_tile_pred"] = pd.Categorical.from_codes(sims.argmax(axis=1), categories=cls)
+        scores = _topk_pool_many(sims, ks)
+        probs = softmax(scores, logit_scale)
+        preds = [cls[j] for j in scores.argmax(axis=1)]
+        set_scores = (np.stack([_topk_pool_many(f @ t.T, ks) for t in set_text]) if set_text
+                      else np.zeros((0, len(ks), len(cls))))
+        set_scores_all[sid] = set_scores
+        adata.uns[key_added] = {
+            "model": clip_name, "classes": cls, "class_names": {c: list(v) for c, v in classes.items()},
+            "templates": list(templates), "ks": np.asarray(ks), "logit_scale": logit_scale,
+            "scores": scores, "probs": probs, "pred": {f"k{k}": p for k, p in zip(ks, preds)},
+            "prompt_set_names": np.array([[classes[c][j] for c, j in zip(cls, row)] for row in set_names],
+                                         dtype=object).astype(str) if len(set_names) else np.zeros((0, len(cls)), str),
+            "prompt_set_templates": set_mask, "prompt_set_scores": set_scores, "seed": int(seed),
+        }
+        row = {}
+        for a, k in enumerate(ks):
+            row[f"pred_k{k}"] = preds[a]
+            for c, name in enumerate(cls):
+                row[f"score_{name}_k{k}"] = float(scores[a, c])
+                row[f"prob_{name}_k{k}"] = float(probs[a, c])
+        rows[sid] = row
+    result = pd.DataFrame.from_dict(rows, orient="index")
+    result.index.name = "slide_id"
+    if cohort is not None:
+        _write_cohort(cohort, result, set_scores_all, cls, ks, logit_scale, templates, key_added, clip_name,
+                      int(seed))
+    return result
+
+
+def _cohort_ids(cohort) -> pd.Index:
+    if "slide_id" in cohort.obs:
+        return pd.Index(cohort.obs["slide_id"].astype(str))
+    return pd.Index(cohort.obs_names.astype(str))
+
+
+def _write_cohort(cohort, result, set_scores, cls, ks, logit_scale, templates, key, clip_name, seed):
+    ids = _cohort_ids(cohort)
+    unknown = [s for s in result.index if s not in set(ids)]
+    if unknown:
+        raise TableError(f"cohort: slides {unknown[:10]} are not in cohort.obs['slide_id'] / obs_names; "
+                         "add them to the cohort or pass the matching tiles only")
+    aligned = result.reindex(ids)
+    for col in result.columns:
+        vals = aligned[col].to_numpy()
+        cohort.obs[f"{key}_{col}"] = vals if col.startswith("pred_") else vals.astype(np.float64)
+    n_sets = next(iter(set_scores.values())).shape[0] if set_scores else 0
+    arr = np.full((len(ids), n_sets, len(ks), len(cls)), np.nan)
+    for i, s in enumerate(ids):
+        if s in set_scores:
+            arr[i] = set_scores[s]
+    cohort.uns[key] = {"model": clip_name, "classes": list(cls), "ks": np.asarray(ks), "logit_scale": logit_scale,
+                       "templates": list(templates), "prompt_set_scores": arr, "seed": seed}
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+def _metrics(y: np.ndarray, scores: np.ndarray, logit_scale: float, n_classes: int,
+             multi_class: str = "ovr") -> tuple[float, float]:
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    pred = scores.argmax(axis=1)
+    bacc = float(balanced_accuracy_score(y, pred))
+    probs = softmax(scores, logit_scale)
+    try:
+        if n_classes == 2:
+            auroc = float(roc_auc_score(y, probs[:, 1]))
+        else:
+            auroc = float(roc_auc_score(y, probs, multi_class=multi_class, average="macro",
+                                        labels=np.arange(n_classes)))
+    except ValueError:  # a class missing from the labels
+        auroc = float("nan")
+    return bacc, auroc
+
+
+def _gather(data, key, classes, ks, logit_scale):
+    """-> (slide ids or None, classes, ks, {K: [S, C]}, logit_scale, prompt-set scores [S, n_sets, nK, C]|None)."""
+    from anndata import AnnData
+
+    if isinstance(data, AnnData) and key in data.uns and "prompt_set_scores" in data.uns[key] \
+            and data.uns[key]["prompt_set_scores"].ndim == 4:  # a cohort
+        meta = data.uns[key]
+        cls, kk = list(meta["classes"]), [int(k) for k in meta["ks"]]
+        scores = {}
+        for k in kk:
+            cols = [f"{key}_score_{c}_k{k}" for c in cls]
+            missing = [c for c in cols if c not in data.obs]
+            if missing:
+                raise KeyError(f"cohort.obs lacks {missing}; run pk.tl.zero_shot(..., cohort=cohort) first")
+            scores[k] = data.obs[cols].to_numpy(dtype=np.float64)
+        return (_cohort_ids(data), cls, kk, scores, float(meta["logit_scale"]),
+                np.asarray(meta["prompt_set_scores"]), meta.get("seed"))
+    is_tiles = isinstance(data, AnnData) or (
+        isinstance(data, (list, tuple, dict)) and len(data) > 0
+        and all(isinstance(v, AnnData) for v in (data.values() if isinstance(data, dict) else data)))
+    if is_tiles:
+        slides = _slides(data)
+        for sid, a in slides:
+            if key not in a.uns:
+                raise KeyError(f"slide {sid}: uns[{key!r}] missing; run pk.tl.zero_shot first")
+        meta = slides[0][1].uns[key]
+        cls, kk = list(meta["classes"]), [int(k) for k in meta["ks"]]
+        stacked = np.stack([np.asarray(a.uns[key]["scores"]) for _, a in slides])  # [S, nK, C]
+        sets = np.stack([np.asarray(a.uns[key]["prompt_set_scores"]) for _, a in slides])
+        return (pd.Index([s for s, _ in slides]), cls, kk, {k: stacked[:, i] for i, k in enumerate(kk)},
+                float(meta["logit_scale"]), sets, meta.get("seed"))
+    # plain scores: {K: [S, C]} or [S, C]
+    if classes is None:
+        raise ValueError("classes=[...] is required when zero_shot_eval is given plain score arrays")
+    if logit_scale is None:
+        raise ValueError("logit_scale= is required when zero_shot_eval is given plain score arrays (AUROC "
+                         "uses softmax(score x logit_scale)); use ClipModel.logit_scale")
+    if isinstance(data, pd.DataFrame):
+        data = data.to_numpy(dtype=np.float64)
+    scores = ({int(k): np.asarray(v, dtype=np.float64) for k, v in data.items()} if isinstance(data, dict)
+              else {int(ks[0]) if ks else 0: np.asarray(data, dtype=np.float64)})
+    return None, list(classes), sorted(scores), scores, float(logit_scale), None, None
+
+
+def zero_shot_eval(data, labels, ks=None, key="zeroshot", n_prompt_sets=None, seed=None, classes=None,
+                   logit_scale=None, multi_class="ovr") -> pd.DataFrame:
+    """Balanced accuracy and AUROC of zero-shot slide predictions, per K.
+
+    Parameters
+    ----------
+    data
+        A cohort AnnData written by `zero_shot(..., cohort=)`, the tile AnnData(s) it annotated (list / dict),
+        or plain slide scores: an array [S, C] or a dict {K: [S, C]} (then `classes` and `logit_scale` are
+        required).
+    labels
+        True class per slide: a cohort obs column name, an array aligned with the slides, or a Series /
+        dict indexed by slide id.
+    ks
+        The K values to report (default: all computed).
+    n_prompt_sets
+        Use the first n of the MI-Zero prompt sets sampled by `zero_shot` (default: all of them). The sets
+        are drawn in `zero_shot` (its `n_prompt_sets`, `seed`), where the tile features are at hand.
+    seed
+        When given, checked against the seed the stored prompt sets were drawn with (an error if they
+        differ: rerun `zero_shot(..., seed=)`).
+    multi_class
+        AUROC with more than two classes: "ovr" (one-vs-rest macro, default) or "ovo" (what CONCH's
+        evaluation code reports).
+
+    Returns
+    -------
+    DataFrame indexed by K: `balanced_accuracy` and `auroc` of the full prompt ensemble; with prompt sets,
+    `bacc_median` (MI-Zero's headline number), `bacc_q25`, `bacc_q75`, `auroc_median`, `n_prompt_sets`;
+    `n_slides`. AUROC: binary -> probability of the second class; more classes -> `multi_class` macro.
+    """
+    ids, cls, all_ks, scores, scale, sets, stored_seed = _gather(data, key, classes, ks, logit_scale)
+    if seed is not None and sets is not None and stored_seed is not None and int(seed) != int(stored_seed):
+        raise ValueError(f"the stored prompt sets were drawn with seed={stored_seed}, not {seed}; rerun "
+                         f"pk.tl.zero_shot(..., seed={seed}) to draw other sets")
+    if n_prompt_sets is not None and sets is not None and int(n_prompt_sets) > sets.shape[1]:
+        raise ValueError(f"n_prompt_sets={n_prompt_sets} but only {sets.shape[1]} sets were drawn; rerun "
+                         f"pk.tl.zero_shot(..., n_prompt_sets={n_prompt_sets})")
+    from anndata import AnnData
+
+    if isinstance(labels, str):
+        if not isinstance(data, AnnData) or labels not in data.obs:
+            raise KeyError(f"labels={labels!r} is not a column of the cohort's obs")
+        y_raw = data.obs[labels].to_numpy()
+    elif isinstance(labels, (pd.Series, dict)) and ids is not None:
+        lab = pd.Series(labels)
+        lab.index = lab.index.astype(str)
+        missing = [s for s in ids if s not in lab.index]
+        if missing:
+            raise TableError(f"labels: no label for slides {missing[:10]}")
+        y_raw = lab.reindex(ids).to_numpy()
+    else:
+        y_raw = np.asarray(labels)
+    n = next(iter(scores.values())).shape[0]
+    if len(y_raw) != n:
+        raise ValueError(f"labels: {len(y_raw)} labels for {n} slides")
+    keep = pd.notna(pd.Series(y_raw)).to_numpy() & np.all(np.isfinite(np.stack(list(scores.values()))), axis=(0, 2))
+    bad = sorted({str(v) for v in y_raw[keep] if str(v) not in cls})
+    if bad:
+        raise ValueError(f"labels {bad} are not among the classes {cls}")
+    if not keep.all():
+        warnings.warn(f"zero_shot_eval: {int((~keep).sum())} slides without a label or a score are left out",
+                      UserWarning, stacklevel=2)
+    y = np.array([cls.index(str(v)) for v in y_raw[keep]])
+    report = [int(k) for k in (ks if ks is not None else all_ks)]
+    unknown = [k for k in report if k not in scores]
+    if unknown:
+        raise KeyError(f"K={unknown} were not computed (available: {all_ks})")
+    if sets is not None:
+        sets = sets[:, : (sets.shape[1] if n_prompt_sets is None else int(n_prompt_sets))]
+    rows = {}
+    for k in report:
+        bacc, auroc = _metrics(y, scores[k][keep], scale, len(cls), multi_class)
+        row = {"balanced_accuracy": bacc, "auroc": auroc, "n_slides": int(keep.sum())}
+        if sets is not None and sets.shape[1]:
+            j = all_ks.index(k)
+            res = np.array([_metrics(y, sets[keep, s, j], scale, len(cls), multi_class)
+                            for s in range(sets.shape[1])])
+            row.update(bacc_median=float(np.median(res[:, 0])), bacc_q25=float(np.percentile(res[:, 0], 25)),
+                       bacc_q75=float(np.percentile(res[:, 0], 75)), auroc_median=float(np.nanmedian(res[:, 1]))
+                       if np.isfinite(res[:, 1]).any() else float("nan"), n_prompt_sets=int(sets.shape[1]))
+        rows[k] = row
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "k"
+    return out

@@ -1,0 +1,33 @@
+import h5py
+import numpy as np
+import pytest
+
+from pathkit.errors import TableError
+from pathkit.io.bags import read_h5_bag
+
+BAG = "embeddings/TCGA-AD-6964-01Z-00-DX1.features.h5"
+
+
+def test_real_bag_keys_and_coordinate_order(shared_data):
+    path = shared_data / BAG
+    a = read_h5_bag(path, coords_order="yx")
+    with h5py.File(path) as f:
+        feats, coords = f["feats"][:], f["coords"][:]
+    assert a.shape == (777, 512)
+    np.testing.assert_array_equal(a.X, feats)
+    # stored as (y, x): obs x is the second column on disk
+    np.testing.assert_array_equal(a.obs["x"].to_numpy(), coords[:, 1])
+    np.testing.assert_array_equal(a.obsm["spatial"], coords[:, ::-1])
+    assert a.obs["slide_id"].unique().tolist() == ["TCGA-AD-6964-01Z-00-DX1"]
+
+
+def test_bad_bag(tmp_path):
+    p = tmp_path / "b.h5"
+    with h5py.File(p, "w") as f:
+        f["features"] = np.zeros((3, 4), np.float32)
+        f["coords"] = np.zeros((2, 2))
+    with pytest.raises(TableError, match="shape"):
+        read_h5_bag(p)
+    assert read_h5_bag(p, coords=None).shape == (3, 4)
+    with pytest.raises(TableError, match="no features"):
+        read_h5_bag(p, features="nope")

@@ -1,0 +1,171 @@
+"""pk.tl.embed_slide on a real tile-feature bag (TCGA-AD-6964, 777 tiles x 512-d, coords stored (y, x))."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import pathkit as pk
+from pathkit.errors import GridError, WeightsError
+from pathkit.models.longnet import LongNetSlideEncoder
+from pathkit.models.registry import ModelSpec
+
+BAG = "embeddings/TCGA-AD-6964-01Z-00-DX1.features.h5"
+SLIDE_MPP = 0.25  # a 40x TCGA scan: its 256-px, 0.5-mpp tiles are 512 level-0 px apart in the bag
+
+SMALL = ModelSpec(name="longnet_small_test", kind="slide", arch="pathkit:longnet",
+                  kwargs={"in_chans": 512, "embed_dim": 64, "depth": 2, "heads": 4, "mlp_ratio": 2,
+                          "slide_ngrids": 1000, "tile_size": 256, "max_wsi_size": 262144}, embed_dim=64)
+
+
+def _bag_adata(shared_data, n=None):
+    import anndata as ad
+    import h5py
+    import pandas as pd
+
+    with h5py.File(shared_data / BAG, "r") as f:
+        X = f["feats"][:n].astype(np.float32)
+        yx = f["coords"][:n].astype(np.int64)
+    obs = pd.DataFrame({"slide_id": "TCGA-AD-6964-01Z-00-DX1", "x": yx[:, 1], "y": yx[:, 0]},
+                       index=[str(i) for i in range(len(X))])
+    a = ad.AnnData(X=X, obs=obs)
+    a.var_names = [str(i) for i in range(X.shape[1])]
+    a.obsm["spatial"] = np.stack([yx[:, 1], yx[:, 0]], axis=1).astype(np.float64)
+    a.uns["tile_spec"] = {"tile_px": 256, "mpp": 0.5, "slide_mpp": SLIDE_MPP, "size_level0": 512.0,
+                          "stride_level0": 512.0, "overlap": 0}
+    a.uns["slide"] = {"slide_id": "TCGA-AD-6964-01Z-00-DX1", "mpp": SLIDE_MPP}
+    a.uns["model"] = {"name": "bag-512d"}
+    return a
+
+
+@pytest.fixture(scope="module")
+def bag(shared_data):
+    return _bag_adata(shared_data)
+
+
+@pytest.fixture(scope="module")
+def small_net():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net, _ = pk.models.longnet.load_slide_encoder(SMALL, weights="random")
+    return net
+
+
+def _random(**kw):
+    with pytest.warns(UserWarning, match="RANDOM"):
+        return pk.tl.embed_slide(kw.pop("adata"), SMALL, weights="random", **kw)
+
+
+def test_grid_coords_sorted_by_hand(bag, small_net):
+    a = bag.copy()
+    vec = _random(adata=a)
+    assert vec.shape == (64,) and vec.dtype == np.float32
+    np.testing.assert_array_equal(a.uns["slide_embeddings"]["longnet_small_test"], vec)
+    info = a.uns["slide_embeddings_info"]["longnet_small_test"]
+    assert info["n_tiles"] == 777 and info["coords"] == "grid" and info["weights"] == "random"
+    # by hand: level-0 px at 0.25 mpp -> 0.5-mpp px = x / 2; tiles are 512 level-0 px = one 256-px cell
+    x, y = a.obs["x"].to_numpy(), a.obs["y"].to_numpy()
+    cx, cy = x // 512, y // 512
+    assert cx.max() < 1000 and cy.max() < 1000
+    order = np.lexsort((cx, cy))  # row-major: y, then x
+    np.testing.assert_array_equal(info["tile_order"], order)
+    feats = torch.from_numpy(a.X[order])[None]
+    coords = torch.from_numpy(np.stack([cx[order], cy[order]], 1) * 256.0)[None]
+    with torch.inference_mode():
+        want = small_net(feats, coords, pool="mean")[0].numpy()
+    np.testing.assert_allclose(vec, want, atol=1e-6)
+
+
+def test_shuffled_obs_same_embedding(bag):
+    a = bag.copy()
+    v1 = _random(adata=a)
+    perm = np.random.default_rng(0).permutation(a.n_obs)
+    b = bag[perm].copy()
+    v2 = _random(adata=b)
+    np.testing.assert_allclose(v1, v2, atol=1e-6)
+    assert not np.array_equal(a.uns["slide_embeddings_info"]["longnet_small_test"]["tile_order"],
+                              b.uns["slide_embeddings_info"]["longnet_small_test"]["tile_order"])
+
+
+def test_all_layers_level0_and_cls(bag, small_net):
+    a = bag.copy()
+    last = _random(adata=a)
+    allv = _random(adata=a, layers="all", key="small_all")
+    assert allv.shape == (3, 64)
+    assert np.abs(allv[-1] - last).max() > 1e-3  # no encoder layer norm in the all-layer outputs
+    raw = _random(adata=a, coords="level0", key="small_level0")
+    assert np.abs(raw - last).max() > 1e-4  # cells twice as far apart
+    cls = _random(adata=a, pool="cls", key="small_cls")
+    assert np.abs(cls - last).max() > 1e-3
+    assert set(a.uns["slide_embeddings"]) == {"longnet_small_test", "small_all", "small_level0", "small_cls"}
+
+
+def test_model_passed_as_module(bag, small_net):
+    a = bag.copy()
+    v = pk.tl.embed_slide(a, small_net, key="mine")
+    np.testing.assert_allclose(v, _random(adata=bag.copy()), atol=1e-6)
+    assert "mine" in a.uns["slide_embeddings"]
+
+
+def test_mean_model(bag):
+    a = bag.copy()
+    v = pk.tl.embed_slide(a, "mean")
+    np.testing.assert_allclose(v, a.X.astype(np.float64).mean(0), rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(a.uns["slide_embeddings"]["mean"], v)
+    with pytest.raises(ValueError, match="layers"):
+        pk.tl.embed_slide(a, "mean", layers="all")
+
+
+@pytest.mark.filterwarnings("ignore:.*RANDOM")
+def test_off_grid_error_names_max_and_fix(bag):
+    a = bag.copy()
+    a.obs["x"] = a.obs["x"] * 10  # up to 276480 px: cell 1080 at 256 px per cell
+    with pytest.raises(GridError, match=r"1080.*coords='grid'"):
+        pk.tl.embed_slide(a, SMALL, weights="random", coords="level0")
+
+
+@pytest.mark.filterwarnings("ignore:.*RANDOM")
+def test_grid_needs_mpp(bag):
+    a = bag.copy()
+    a.uns["tile_spec"] = {}
+    a.uns["slide"] = {"slide_id": "x"}
+    with pytest.raises(GridError, match="mpp"):
+        pk.tl.embed_slide(a, SMALL, weights="random")
+
+
+def test_wrong_feature_dim_names_tile_model(bag):
+    with pytest.raises(ValueError, match=r"1536.*512.*bag-512d"):
+        pk.tl.embed_slide(bag.copy(), "gigapath_slide")
+
+
+def test_registry_weights_no_download(shared_data):
+    import anndata as ad
+
+    b = _bag_adata(shared_data, n=5)
+    a = ad.AnnData(X=np.zeros((5, 1536), dtype=np.float32), obs=b.obs, uns=b.uns)
+    with pytest.raises(WeightsError, match="weights=PATH|huggingface-cli"):
+        pk.tl.embed_slide(a, "gigapath_slide")  # offline in tests: a clear error, no download
+
+
+def test_writes_h5ad(bag, tmp_path):
+    import anndata as ad
+
+    a = bag[:50].copy()
+    v = _random(adata=a)
+    pk.tl.embed_slide(a, "mean")
+    a.write_h5ad(tmp_path / "s.h5ad")
+    b = ad.read_h5ad(tmp_path / "s.h5ad")
+    np.testing.assert_array_equal(b.uns["slide_embeddings"]["longnet_small_test"], v)
+    assert b.uns["slide_embeddings_info"]["longnet_small_test"]["tile_order"].shape == (50,)
+
+
+@pytest.mark.filterwarnings("ignore:.*RANDOM")
+def test_duplicate_cells_warn(bag):
+    a = bag[:20].copy()
+    i = np.arange(20)
+    a.obs["x"] = 9728 + i // 2 * 512 + i % 2 * 100  # overlapping pairs: 10 tiles share a cell
+    a.obs["y"] = 9728
+    with pytest.warns(UserWarning, match="10 tile"):
+        pk.tl.embed_slide(a, SMALL, weights="random")
