@@ -30,8 +30,9 @@ def main():
     args = ap.parse_args()
     warnings.simplefilter("ignore")
 
-    import pathkit as pk
     from distributed import Client, LocalCluster
+
+    import pathkit as pk
 
     work = Path(tempfile.mkdtemp(prefix="bench_cohort_"))
     slides = [pk.datasets.synthetic_slide(work / f"slide{i}.svs", width=args.size, height=args.size, seed=i)

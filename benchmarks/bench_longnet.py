@@ -1,6 +1,6 @@
 """Benchmark: the Prov-GigaPath slide encoder (LongNet, dilated attention) on CPU vs dense attention.
 
-    python benchmarks/bench_longnet.py [--sizes 1000 10000 30000] [--threads 2] [--dense-max 10000]
+    python benchmarks/bench_longnet.py [--sizes 1000 10000 30000] [--threads 2] [--dense-max 10000] [--out F]
 
 Released architecture (gigapath_slide: 12 layers, 768-d, 16 heads), random weights, one slide of L tiles
 on random cells of the 1000 x 1000 grid, float32, one forward pass (mean pooling). Each measurement runs in
@@ -54,11 +54,15 @@ def _worker(L: int, method: str, threads: int) -> dict:
     with torch.inference_mode():
         net(x[:, :64], coords[:, :64], pool="mean")  # kernels warmed up
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        ru0 = resource.getrusage(resource.RUSAGE_SELF)
         t = time.perf_counter()
         y = net(x, coords, pool="mean")
         dt = time.perf_counter() - t
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    # CPU seconds (all threads): on a shared machine, wall time depends on the neighbours' load, this less so
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     assert torch.isfinite(y).all()
-    return {"L": L, "method": method, "seconds": dt, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    return {"L": L, "method": method, "seconds": dt, "cpu_seconds": cpu, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "rss_before_forward_mb": rss0, "threads": threads}
 
 
@@ -67,7 +71,7 @@ def _run(L, method, threads, timeout):
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     t = time.perf_counter()
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
     except subprocess.TimeoutExpired:
         return {"L": L, "method": method, "error": f"timed out after {timeout} s"}
     if p.returncode != 0:
@@ -84,6 +88,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dense-max", type=int, default=10000, help="largest L run with dense attention")
     ap.add_argument("--timeout", type=int, default=1800)
+    ap.add_argument("--out", default=str(HERE / "results" / "bench_longnet.json"))
     ap.add_argument("--worker", nargs=2, metavar=("L", "METHOD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -116,7 +121,8 @@ def main():
             t0, g0 = by[(L0, "dense")]["seconds"], by.get((L0, "gemm"), {}).get("seconds", 0.0)
             est = g0 * L / L0 + (t0 - g0) * (L / L0) ** 2
             de = {"seconds": est, "estimated": True}
-        table.append({"L": L, "dilated_s": d.get("seconds"), "dilated_peak_rss_mb": d.get("peak_rss_mb"),
+        table.append({"L": L, "dilated_s": d.get("seconds"), "dilated_cpu_s": d.get("cpu_seconds"),
+                      "dense_cpu_s": de.get("cpu_seconds") if de else None, "dilated_peak_rss_mb": d.get("peak_rss_mb"),
                       "dilated_rss_before_mb": d.get("rss_before_forward_mb"), "no_attention_s": gm.get("seconds"),
                       "dense_s": de.get("seconds") if de else None,
                       "dense_estimated": bool(de and de.get("estimated")),
@@ -129,17 +135,17 @@ def main():
 
     print(f"\nLongNet slide encoder (gigapath_slide, random weights, fp32, CPU, {args.threads} threads), "
           f"torch {meta['torch']}, load avg {meta['loadavg_start'][0]:.1f} -> {meta['loadavg_end'][0]:.1f}")
-    print(f"{'tiles':>7} | {'dilated s':>9} | {'peak RSS MB':>11} | {'no-attn s':>12} | {'dense s':>11} | "
-          f"{'dense RSS MB':>12} | {'dense/dilated':>13}")
+    print(f"{'tiles':>7} | {'dilated s':>9} | {'cpu s':>7} | {'peak RSS MB':>11} | {'no-attn s':>9} | "
+          f"{'dense s':>11} | {'cpu s':>7} | {'dense RSS MB':>12} | {'dense/dilated':>13}")
     for t in table:
         ratio = t["dense_s"] / t["dilated_s"] if t["dense_s"] and t["dilated_s"] else None
         dense = f(t["dense_s"]) + (" est." if t["dense_estimated"] else "")
-        print(f"{t['L']:>7} | {f(t['dilated_s']):>9} | {f(t['dilated_peak_rss_mb'], '{:.0f}'):>11} | "
-              f"{f(t['no_attention_s']):>12} | {dense:>11} | {f(t['dense_peak_rss_mb'], '{:.0f}'):>12} | "
-              f"{f(ratio, '{:.2f}x'):>13}")
+        print(f"{t['L']:>7} | {f(t['dilated_s']):>9} | {f(t['dilated_cpu_s']):>7} | "
+              f"{f(t['dilated_peak_rss_mb'], '{:.0f}'):>11} | {f(t['no_attention_s']):>9} | {dense:>11} | "
+              f"{f(t['dense_cpu_s']):>7} | {f(t['dense_peak_rss_mb'], '{:.0f}'):>12} | {f(ratio, '{:.2f}x'):>13}")
         if t["errors"]:
             print("        errors:", t["errors"])
-    out = HERE / "results" / "bench_longnet.json"
+    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({"meta": meta, "runs": rows, "table": table}, indent=2))

@@ -1,6 +1,6 @@
 """Peak memory of tiling and tile embedding on a generated ~100k-tile slide, against a naive baseline.
 
-    python benchmarks/bench_memory.py                      # defaults below (~10 min on 2 busy CPU cores)
+    python benchmarks/bench_memory.py                      # defaults below
     python benchmarks/bench_memory.py --ns 2000 5000 --naive-ns 500 1000 --workers 2
 
 The slide: `pk.datasets.synthetic_slide`, 81,920 x 81,920 px at 0.5 mpp, JPEG tiles, a tissue rectangle
@@ -17,7 +17,8 @@ loaded: the memory the embedding itself needs, beyond the model.
 Rows:
 - tiling: `pp.tile` (tissue mask + grid + occupancy) of the whole slide; baseline after `read_slide`.
 - pathkit N: `pk.tl.embed_tiles` on the first N tiles of the table (vit_tiny_test, float32, CPU). On this
-  CPU all 100k tiles would take long, so memory is shown to be flat in N instead (N = 5k and 20k).
+  CPU all 100k tiles would take long, so memory is shown to be flat in N instead (default N = 2k and 8k;
+  --ns 5000 20000 on a quieter machine).
 - naive N: what a notebook loop often does: read every tile into one uint8 array, preprocess the whole
   array into one float tensor, then run the model batch by batch. Grows ~0.8 MB per tile.
 
@@ -57,6 +58,8 @@ class Sampler:
         self.interval = interval
         self.peak_pss = self.peak_rss = 0
         self.max_children = 0
+        self.t0 = time.perf_counter()
+        self.at_peak = {}  # where the PSS peak was: main / workers share and seconds from the start
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
@@ -68,7 +71,7 @@ class Sampler:
             procs += self.me.children(recursive=True)
         except psutil.Error:
             pass
-        pss = rss = 0
+        pss = rss = main = 0
         n = 0
         for p in procs:
             try:
@@ -77,8 +80,13 @@ class Sampler:
                 continue
             pss += m.pss
             rss += m.rss
+            if p.pid == self.me.pid:
+                main = m.pss
             n += 1
         self.max_children = max(self.max_children, n - 1)
+        if pss > self.peak_pss:
+            self.at_peak = {"main_pss": main, "workers_pss": pss - main, "n_workers": n - 1,
+                            "seconds": round(time.perf_counter() - self.t0, 2)}
         return pss, rss
 
     def _run(self):
@@ -89,6 +97,7 @@ class Sampler:
             self._stop.wait(self.interval)
 
     def __enter__(self):
+        self.t0 = time.perf_counter()
         self._t.start()
         return self
 
@@ -107,10 +116,29 @@ def _baseline() -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------------------------------- children
+def _table_cache(slide) -> Path:
+    return Path(str(slide.path) + ".tiles.npz")
+
+
 def _tiles(slide, n=None):
+    """The slide's tile table (the tiling child saves it next to the slide; embedding children reuse it)."""
+    import numpy as np
+    import pandas as pd
+
     import pathkit as pk
 
-    tiles = pk.pp.tile(slide)
+    cache = _table_cache(slide)
+    if n is None or not cache.is_file():
+        tiles = pk.pp.tile(slide)
+        np.savez(cache, x=tiles["x"].to_numpy(), y=tiles["y"].to_numpy(), tissue=tiles["tissue"].to_numpy(),
+                 spec=json.dumps(tiles.attrs["tile_spec"]), size=slide.path.stat().st_size)
+    else:
+        z = np.load(cache)
+        if int(z["size"]) != slide.path.stat().st_size:
+            cache.unlink()
+            return _tiles(slide, n)
+        tiles = pd.DataFrame({"x": z["x"], "y": z["y"], "tissue": z["tissue"]})
+        tiles.attrs["tile_spec"] = json.loads(str(z["spec"]))
     if n is not None:
         spec = tiles.attrs["tile_spec"]
         tiles = tiles.iloc[:n].reset_index(drop=True)
@@ -127,7 +155,8 @@ def child_tiling(args) -> dict:
     with Sampler() as s:
         tiles = _tiles(slide)
     return {"n_tiles": len(tiles), "seconds": time.perf_counter() - t0, "base_pss": base_pss,
-            "peak_pss": s.peak_pss, "base_rss": base_rss, "peak_rss": s.peak_rss, "workers": s.max_children}
+            "peak_pss": s.peak_pss, "base_rss": base_rss, "peak_rss": s.peak_rss, "workers": s.max_children,
+            "at_peak": s.at_peak}
 
 
 def _load_model():
@@ -144,6 +173,25 @@ def _load_model():
     return enc.eval()
 
 
+def _patch_malloc_trim(every: int = 20) -> None:
+    """The proposed fix, tried from outside: return the glibc heap's free pages to the OS every `every`
+    batches (the main process otherwise keeps the per-batch resize / normalise buffers' pages)."""
+    import ctypes
+
+    from pathkit.tl import embed as E
+
+    libc = ctypes.CDLL("libc.so.6")
+    orig, count = E.TilePreprocess.forward, [0]
+
+    def forward(self, *a, **k):
+        count[0] += 1
+        if count[0] % every == 0:
+            libc.malloc_trim(0)
+        return orig(self, *a, **k)
+
+    E.TilePreprocess.forward = forward
+
+
 def child_pathkit(args) -> dict:
     import warnings
 
@@ -151,6 +199,8 @@ def child_pathkit(args) -> dict:
 
     import pathkit as pk
 
+    if args.malloc_trim:
+        _patch_malloc_trim()
     torch.set_num_threads(args.threads)
     slide = pk.read_slide(args.slide)
     tiles = _tiles(slide, args.n)
@@ -164,7 +214,7 @@ def child_pathkit(args) -> dict:
     del enc
     return {"n_tiles": int(a.n_obs), "dim": int(a.n_vars), "seconds": time.perf_counter() - t0,
             "base_pss": base_pss, "peak_pss": s.peak_pss, "base_rss": base_rss, "peak_rss": s.peak_rss,
-            "workers": s.max_children, "output_bytes": int(a.X.nbytes)}
+            "workers": s.max_children, "output_bytes": int(a.X.nbytes), "at_peak": s.at_peak}
 
 
 def child_naive(args) -> dict:
@@ -186,9 +236,10 @@ def child_naive(args) -> dict:
                            for x, y in zip(tiles["x"], tiles["y"])])          # N x 256 x 256 x 3 uint8
         x = pre(torch.from_numpy(pixels), channels_last_input=True)          # N x 3 x 224 x 224 float32
         feats = torch.cat([enc(x[i:i + args.batch_size]) for i in range(0, len(x), args.batch_size)]).numpy()
-    return {"n_tiles": int(len(feats)), "dim": int(feats.shape[1]), "seconds": time.perf_counter() - t0,
+    return {"n_tiles": len(feats), "dim": int(feats.shape[1]), "seconds": time.perf_counter() - t0,
             "base_pss": base_pss, "peak_pss": s.peak_pss, "base_rss": base_rss, "peak_rss": s.peak_rss,
-            "workers": s.max_children, "pixels_bytes": int(pixels.nbytes), "tensor_bytes": int(x.nbytes)}
+            "workers": s.max_children, "pixels_bytes": int(pixels.nbytes), "tensor_bytes": int(x.nbytes),
+            "at_peak": s.at_peak}
 
 
 CHILDREN = {"tiling": child_tiling, "pathkit": child_pathkit, "naive": child_naive}
@@ -211,8 +262,10 @@ def run_child(kind: str, args, n=None) -> dict:
            "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
     if n is not None:
         cmd += ["--n", str(n)]
+    if args.malloc_trim:
+        cmd += ["--malloc-trim"]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"{kind} n={n} failed:\n{out.stderr[-3000:]}")
     res = json.loads(out.stdout.strip().splitlines()[-1])
@@ -224,11 +277,13 @@ def run_child(kind: str, args, n=None) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--slide", type=Path, default=SLIDE)
-    ap.add_argument("--ns", type=int, nargs="+", default=[5000, 20000], help="tiles embedded by pathkit")
-    ap.add_argument("--naive-ns", type=int, nargs="+", default=[1000, 2000], help="tiles of the naive run")
+    ap.add_argument("--ns", type=int, nargs="+", default=[2000, 8000], help="tiles embedded by pathkit")
+    ap.add_argument("--naive-ns", type=int, nargs="+", default=[500, 1000], help="tiles of the naive run")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--malloc-trim", action="store_true",
+                    help="pathkit rows: call glibc malloc_trim(0) every 20 batches (the proposed fix)")
     ap.add_argument("--child", choices=sorted(CHILDREN))
     ap.add_argument("--n", type=int)
     args = ap.parse_args(argv)
@@ -236,9 +291,10 @@ def main(argv=None) -> int:
         print(json.dumps(CHILDREN[args.child](args)))
         return 0
 
-    import pathkit as pk
     import psutil
     import torch
+
+    import pathkit as pk
 
     gen_s = ensure_slide(args.slide)
     rows = [run_child("tiling", args)]
@@ -290,7 +346,7 @@ def main(argv=None) -> int:
            "cpu_count": os.cpu_count(), "memory_gb": psutil.virtual_memory().total / 1024 ** 3,
            "python": platform.python_version(), "torch": torch.__version__, "pathkit": pk.__version__,
            "slide": str(args.slide), "slide_bytes": args.slide.stat().st_size, "generation_seconds": gen_s,
-           "model": MODEL, "workers": args.workers, "batch_size": args.batch_size, "threads": args.threads,
+           "model": MODEL, "malloc_trim": args.malloc_trim, "workers": args.workers, "batch_size": args.batch_size, "threads": args.threads,
            "rows": rows, "summary": summary}
     tmp = RESULTS / f".bench_memory.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(out, indent=1))

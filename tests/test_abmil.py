@@ -139,6 +139,16 @@ def test_user_splits_honoured_and_lazy_h5ad_equals_in_memory(real_feats, tmp_pat
     np.testing.assert_allclose(cohort2.obs["abmil_prob_1"], cohort.obs["abmil_prob_1"], rtol=1e-4, atol=1e-6)
     for sid in tiles:
         np.testing.assert_allclose(res2.attention[sid], res.attention[sid], rtol=1e-4, atol=1e-7)
+    # slide ids stored as plain strings rather than a categorical: same bags
+    path_str = tmp_path / "tiles_str.h5ad"
+    big.write_h5ad(path_str, convert_strings_to_categoricals=False)
+    from pathkit.tl.abmil import _Bags
+
+    lazy = _Bags(path_str)
+    assert sorted(lazy.ids()) == sorted(tiles)
+    for sid in list(tiles)[:3]:
+        np.testing.assert_array_equal(lazy[sid], tiles[sid].X)
+    lazy.close()
 
     # a folder of per-slide .h5ad files (embed_cohort's layout), each read when needed
     slide_dir = tmp_path / "slides"
@@ -179,7 +189,7 @@ def test_survival_heads_learn_planted_risk(survival_bags, task):
     tiles, rows, r = survival_bags
     cohort = _cohort(rows, ["slide_id", "patient_id", "months", "dead"])
     truth = pk.tl.cindex(cohort.obs["months"], r, cohort.obs["dead"])
-    kw = dict(FAST, epochs=12, patience=4, batch_size=4)
+    kw = dict(FAST, epochs=12, patience=4)
     res = pk.tl.train_abmil(tiles, cohort, task=task, time="months", event="dead", folds=4, **kw)
     c = res.summary.loc["c_index", "value"]
     assert truth > 0.85  # what the planted risk itself scores

@@ -31,3 +31,12 @@ def test_bad_bag(tmp_path):
     assert read_h5_bag(p, coords=None).shape == (3, 4)
     with pytest.raises(TableError, match="no features"):
         read_h5_bag(p, features="nope")
+
+
+def test_slide_mpp_puts_bag_on_the_longnet_grid(shared_data):
+    import pathkit as pk
+
+    a = read_h5_bag(shared_data / BAG, coords_order="yx", tile_px=256, mpp=0.5, slide_mpp=0.25)
+    assert a.uns["slide"]["mpp"] == 0.25 and a.uns["tile_spec"]["size_level0"] == 512.0
+    v = pk.tl.embed_slide(a, model="mean")
+    np.testing.assert_allclose(v, a.X.astype(np.float64).mean(0), rtol=1e-5, atol=1e-6)

@@ -175,17 +175,20 @@ def test_stale_tmp_files_of_dead_runs_removed(slides, tmp_path, calls):
 
 @pytest.mark.slow
 def test_real_slides_embed_and_fail_clearly(shared_data, tmp_path):
-    """Real read -> tile -> embed with the 2-block test ViT: an SVS works, a DICOM and a text file renamed
-    .svs fail with their reasons, and the run goes on."""
+    """Real read -> tile -> embed with the 2-block test ViT: an SVS works, a DICOM, a text file renamed
+    .svs and a zero-byte file fail with their reasons, and the run goes on."""
     fake = tmp_path / "notes.svs"
     fake.write_text("this is not a slide\n")
+    empty = tmp_path / "empty.svs"
+    empty.write_bytes(b"")
     slides = [shared_data / "slides" / "CMU-1-Small-Region.svs", shared_data / "slides" / "pathml_small_dicom.dcm",
-              fake]
+              fake, empty]
     kw = dict(tile_model="vit_tiny_test", embed_kwargs=dict(device="cpu", num_workers=0, batch_size=32),
-              progress=False)
-    with pytest.warns(UserWarning, match="2 of 3 slide"):
+              slide_model="mean", progress=False)
+    with pytest.warns(UserWarning, match="3 of 4 slide"):
         c = pk.tl.embed_cohort(slides, tmp_path / "out", **kw)
-    assert c.obs["status"].tolist() == ["ok", "failed", "failed"]
+    assert c.obs["status"].tolist() == ["ok", "failed", "failed", "failed"]
+    assert "empty (0 bytes)" in c.obs.loc["empty", "error"]
     assert "DICOM" in c.obs.loc["pathml_small_dicom", "error"]
     assert "not a TIFF" in c.obs.loc["notes", "error"]
     t = ad.read_h5ad(tmp_path / "out" / "CMU-1-Small-Region.h5ad")
@@ -194,3 +197,7 @@ def test_real_slides_embed_and_fail_clearly(shared_data, tmp_path):
         assert t.uns["slide"]["sha256"] == s.sha256() == t.uns["cohort_job"]["slide_sha256"]
     assert t.n_obs == n == c.obs.loc["CMU-1-Small-Region", "n_tiles"] and t.n_vars == 192
     assert t.uns["model"]["name"] == "vit_tiny_test"
+    # the slide embedding (pk.tl.embed_slide, model "mean") is the mean tile feature, stored in the file too
+    np.testing.assert_allclose(c.obsm["X_mean"][0], t.X.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(t.uns["slide_embeddings"]["mean"], t.X.mean(axis=0), rtol=1e-5)
+    assert np.isnan(c.obsm["X_mean"][1:]).all()

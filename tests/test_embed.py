@@ -230,3 +230,33 @@ def test_real_cmu1_end_to_end(shared_data):
     assert a.uns["slide"]["slide_id"] == "CMU-1-Small-Region"
     assert a.uns["slide"]["sha256"] == _sha256(path)
     assert a.uns["tile_spec"]["tile_px"] == 256 and a.uns["tile_spec"]["mpp"] == 0.5
+
+
+def test_model_loaded_once_across_slides(slide, tiles, weights_file, monkeypatch, tmp_path):
+    """A cohort (or a Dask worker) embeds many slides with one model: it is built once, and a changed
+    weights file on disk is noticed."""
+    import os
+    import shutil
+
+    from pathkit import models
+    from pathkit.tl import embed as embed_mod
+
+    calls = []
+    real = models.load_tile_encoder
+
+    def counting(*a, **k):
+        calls.append(k.get("weights"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(models, "load_tile_encoder", counting)
+    embed_mod.clear_model_cache()
+    w = tmp_path / "w.safetensors"
+    shutil.copy(weights_file, w)
+    first = pk.tl.embed_tiles(slide, "vit_tiny_test", tiles=tiles, weights=w, num_workers=0, progress=False)
+    again = pk.tl.embed_tiles(slide, "vit_tiny_test", tiles=tiles, weights=w, num_workers=0, progress=False)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(first.X, again.X)
+    os.utime(w, ns=(0, 0))  # same path, "new" file: reloaded
+    pk.tl.embed_tiles(slide, "vit_tiny_test", tiles=tiles, weights=w, num_workers=0, progress=False)
+    assert len(calls) == 2
+    embed_mod.clear_model_cache()

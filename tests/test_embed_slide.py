@@ -9,7 +9,6 @@ import torch
 
 import pathkit as pk
 from pathkit.errors import GridError, WeightsError
-from pathkit.models.longnet import LongNetSlideEncoder
 from pathkit.models.registry import ModelSpec
 
 BAG = "embeddings/TCGA-AD-6964-01Z-00-DX1.features.h5"
@@ -107,6 +106,8 @@ def test_model_passed_as_module(bag, small_net):
     v = pk.tl.embed_slide(a, small_net, key="mine")
     np.testing.assert_allclose(v, _random(adata=bag.copy()), atol=1e-6)
     assert "mine" in a.uns["slide_embeddings"]
+    v2 = pk.tl.embed_slide(a, small_net)  # a loaded module keeps its registry name as key
+    assert "longnet_small_test" in a.uns["slide_embeddings"] and np.array_equal(v, v2)
 
 
 def test_mean_model(bag):

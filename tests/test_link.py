@@ -243,3 +243,25 @@ def test_survival_normalisation():
         normalise_survival(pd.DataFrame({"censorship": [0, 2]}))
     with pytest.raises(TableError, match="negative"):
         normalise_survival(pd.DataFrame({"survival_months": [1.0, -2.0]}))
+
+
+def test_join_levels_sample_slide_and_column(small_cohort):
+    # RNA measured per sample: at sample level the tumour slide (01) takes the tumour sample, not the normal
+    rna = pd.DataFrame({"G": [1.0, 2.0, 3.0]},
+                       index=["TCGA-AA-0001-01A-11R-1928-07", "TCGA-AA-0001-11A-01R-1928-07", "TCGA-AA-0002-01"])
+    a = pk.link(small_cohort, rna=rna, on="sample", warn=False)
+    assert a.obs["sample_id"].tolist()[:3] == ["TCGA-AA-0001-01", "TCGA-AA-0001-01", "TCGA-AA-0002-01"]
+    assert a.obsm["rna"]["G"].tolist()[:3] == [1.0, 1.0, 3.0] and np.isnan(a.obsm["rna"]["G"].iloc[3])
+    assert a.uns["link_report"]["rna"]["n_table_ids_unmatched"] == 1  # the normal sample
+    # at patient level the two samples of TCGA-AA-0001 are duplicates, reported
+    with pytest.warns(LinkWarning, match="1 duplicate id"):
+        p = pk.link(small_cohort, rna=rna)
+    assert p.uns["link_report"]["rna"]["conflicting_duplicate_ids"] == ["TCGA-AA-0001"]
+    # slide level: a table keyed by file name (with extension) matches slide ids without it
+    clin = pd.DataFrame({"slide_id": ["TCGA-AA-0002-01Z-00-DX1.svs"], "score": [7]})
+    s = pk.link(small_cohort, clin, on="slide", warn=False)
+    assert s.obs["score"].tolist()[2] == 7 and s.obs["score"].isna().sum() == 4
+    # any column present on both sides
+    small_cohort.obs["site"] = ["x", "x", "y", "z", "w"]
+    c = pk.link(small_cohort, pd.DataFrame({"site": ["x", "y"], "centre": ["A", "B"]}), on="site", warn=False)
+    assert c.obs["centre"].tolist()[:3] == ["A", "A", "B"] and c.obs["centre"].isna().sum() == 2

@@ -158,7 +158,7 @@ def test_fetch_server_without_range_and_corrupt_partial(server, tmp_path):
 
 
 def test_fetch_checksum_mismatch(server, tmp_path):
-    root, url, h = server
+    root, url, _ = server
     files = _files(root)
     bad = _manifest(files, url)
     bad.loc[0, "sha256"] = "0" * 64
@@ -197,8 +197,8 @@ def test_validator_lists_every_problem():
     msg = str(e.value)
     for part in ("empty file_name at line(s) [5]", "bare name", "'../evil.svs'", "duplicate file_name: ['a.svs']",
                  "size must be a non-negative integer", "'x'", "'-3'", "md5 must be 32 hex digits",
-                 "gdc_file_id must be a UUID", "url must start with http", "line 6: patient_id 'TCGA-AD-0000' "
-                 "differs from the file name's barcode 'TCGA-AD-6964'"):
+                 "gdc_file_id must be a UUID", "url must start with http", ("line 6: patient_id 'TCGA-AD-0000' "
+                  "differs from the file name's barcode 'TCGA-AD-6964'")):
         assert part in msg, part
     with pytest.raises(TableError, match="required column 'file_name'"):
         validate_manifest(pd.DataFrame({"name": ["x"]}))

@@ -66,7 +66,6 @@ def _files_under(root: Path):
     return [p for p in root.rglob("*") if p.is_file()]
 
 
-@pytest.mark.slow
 def test_token_never_written_to_outputs_logs_or_provenance(tmp_path, monkeypatch, caplog, capfd):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     monkeypatch.setenv("HUGGING_FACE_HUB_TOKEN", TOKEN)
@@ -119,7 +118,7 @@ class _Files(http.server.BaseHTTPRequestHandler):
     root: Path
     seen: list
 
-    def do_GET(self):  # noqa: N802 - http.server's naming
+    def do_GET(self):
         self.seen.append((self.path, self.headers.get("X-Auth-Token")))
         f = self.root / self.path.lstrip("/")
         if not f.is_file():
@@ -149,14 +148,14 @@ def loopback(tmp_path, monkeypatch):
 
 
 def _row(name, data, url, **over):
-    row = dict(file_name=name, size=len(data), md5=hashlib.md5(data).hexdigest(),
-               sha256=hashlib.sha256(data).hexdigest(), url=f"{url}/{name}")
+    row = {"file_name": name, "size": len(data), "md5": hashlib.md5(data).hexdigest(),
+           "sha256": hashlib.sha256(data).hexdigest(), "url": f"{url}/{name}"}
     row.update(over)
     return row
 
 
 def test_fetch_refuses_a_download_whose_checksum_differs(loopback, tmp_path):
-    root, url, seen = loopback
+    root, url, _ = loopback
     real, served = b"the released slide" * 500, b"a tampered slide!!" * 500  # same size: only hashes tell
     assert len(real) == len(served)
     (root / "s.svs").write_bytes(served)

@@ -1,8 +1,15 @@
 """Input/output: linking tables, manifests, AnnData files."""
 from .bags import read_h5_bag
 from .link import LinkWarning, cohort_from_table, link, read_table, to_mudata
-from .manifest import (FetchError, fetch_manifest, manifest_from_files, read_manifest, resolve_gdc,
-                       validate_manifest, write_manifest)
+from .manifest import (
+    FetchError,
+    fetch_manifest,
+    manifest_from_files,
+    read_manifest,
+    resolve_gdc,
+    validate_manifest,
+    write_manifest,
+)
 from .survival_columns import normalise_survival
 
 __all__ = ["link", "to_mudata", "cohort_from_table", "read_table", "LinkWarning", "normalise_survival",

@@ -9,7 +9,8 @@ from ..errors import TableError
 
 
 def read_h5_bag(path, features: str | None = None, coords: str | None = "coords", coords_order: str = "xy",
-                slide_id: str | None = None, tile_px: int | None = None, mpp: float | None = None):
+                slide_id: str | None = None, tile_px: int | None = None, mpp: float | None = None,
+                slide_mpp: float | None = None):
     """Read an HDF5 bag of tile features into a tile AnnData with pathkit's keys.
 
     Parameters
@@ -19,7 +20,9 @@ def read_h5_bag(path, features: str | None = None, coords: str | None = "coords"
     coords: dataset holding tile coordinates in level-0 pixels (None: no coordinates).
     coords_order: "xy" (CLAM) or "yx" (e.g. the shared TCGA-AD-6964 bag) — the column order on disk.
     slide_id: defaults to the file name up to the first ".features" / extension.
-    tile_px, mpp: the tile geometry when known, recorded in `uns["tile_spec"]`.
+    tile_px, mpp: the tile geometry when known (tile side in px at `mpp` µm/px), recorded in `uns["tile_spec"]`.
+    slide_mpp: the level-0 µm/px of the slide the coordinates refer to; needed to put the tiles on the
+        LongNet grid (`pk.tl.embed_slide(coords="grid")`).
 
     Returns an AnnData: X float32 features, obs `slide_id`, `x`, `y`, obsm["spatial"] (x, y) float64,
     uns["slide"] (path, slide_id), uns["tile_spec"], uns["model"] = {"name": "external", "source": path}.
@@ -54,6 +57,11 @@ def read_h5_bag(path, features: str | None = None, coords: str | None = "coords"
     if xy is not None:
         adata.obsm["spatial"] = xy
     adata.uns["slide"] = {"path": str(path), "slide_id": sid}
-    adata.uns["tile_spec"] = {k: v for k, v in {"tile_px": tile_px, "mpp": mpp}.items() if v is not None}
+    spec = {"tile_px": tile_px, "mpp": mpp, "slide_mpp": slide_mpp}
+    if slide_mpp is not None:
+        adata.uns["slide"]["mpp"] = slide_mpp
+        if tile_px is not None and mpp is not None:
+            spec["size_level0"] = tile_px * mpp / slide_mpp
+    adata.uns["tile_spec"] = {k: v for k, v in spec.items() if v is not None}
     adata.uns["model"] = {"name": "external", "source": str(path), "features_dataset": name}
     return adata

@@ -32,7 +32,7 @@ slide's file is written by its worker (atomically), so ``out_dir`` must be on a 
 from __future__ import annotations
 
 import traceback
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 
 def _failed(job, exc: BaseException) -> dict:

@@ -185,7 +185,8 @@ def _side_table(df: pd.DataFrame, key, what: str, level: str, duplicates: str, n
     if len(dup_ids):
         if duplicates == "raise":
             raise TableError(f"{what}: {len(dup_ids)} duplicate id(s) at {level} level, e.g. "
-                             f"{_listed(dup_ids)[:5]}; {len(conflicting)} of them with differing values")
+                             f"{_listed(dup_ids)[:5]}; {len(conflicting)} of them with differing values. Pass "
+                             "duplicates='first' or 'last' to keep one row per id, or remove the duplicates")
         if duplicates in ("first", "last"):
             b = b[~b.index.duplicated(keep=duplicates)]
         elif duplicates == "mean":
@@ -288,7 +289,7 @@ def _apply_policy(adata, ids: pd.Series, policy: str, size_key):
                 raise TableError("slides_per_patient='largest' needs a size column in obs (n_tiles, size, "
                                  "file_size or tissue_area); pass size_key=")
             size = pd.to_numeric(obs[size_key], errors="coerce").fillna(-np.inf).values
-            for i, idx in groups.items():
+            for idx in groups.values():
                 keep[idx] = False
                 keep[idx[np.argmax(size[idx])]] = True
             rep["size_key"] = size_key
@@ -464,9 +465,9 @@ def link(cohort, clinical=None, rna=None, *, on: str = "patient", slides_per_pat
 
     summary = summarise_report(report)
     old = adata.uns.get("link_report")
-    if isinstance(old, dict) and clinical_name != "clinical":
+    if isinstance(old, dict):  # linking again (another table): earlier tables' entries stay, same names replaced
         merged = dict(old)
-        merged.update({k: v for k, v in report.items() if k not in ("on", "slides_per_patient", "cohort")})
+        merged.update(report)
         report = merged
     adata.uns["link_report"] = report
     if surv:

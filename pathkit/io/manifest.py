@@ -108,7 +108,7 @@ def validate_manifest(manifest) -> pd.DataFrame:
     df["size"] = size.where(~bad).astype("Int64")
     for col, rx, what in (("md5", _MD5, "32 hex digits"), ("sha256", _SHA256, "64 hex digits"),
                           ("gdc_file_id", _UUID, "a UUID")):
-        bad = (df[col] != "") & ~df[col].map(lambda v: bool(rx.match(v)))
+        bad = (df[col] != "") & ~df[col].map(lambda v, rx=rx: bool(rx.match(v)))
         if bad.any():
             problems.append(f"{col} must be {what} at {rows(bad)}: {df[col][bad].tolist()[:3]}")
     bad = (df["url"] != "") & ~df["url"].str.match(r"^https?://[^\s]+$")

@@ -160,7 +160,8 @@ def register_clip_variant(name: str, base: str, config: dict | None = None, *, i
     dim = int(cfg.get("embed_dim") or cfg.get("projection_dim") or b.embed_dim)
     spec = dataclasses.replace(
         b, name=name, embed_dim=dim, input_size=size, resize=size if b.resize else None, weights=tuple(weights),
-        gated=False, description=description or f"variant of {base} (config overridden)",
+        gated=False, license=f"architecture of {base}; weights: those you load (none: random)",
+        description=description or f"variant of {base} (config overridden)",
         extra={**b.extra, "config": cfg, "image_tower": f"{name}_vision", "variant_of": base})
     _register_pair(spec)
     return spec

@@ -22,14 +22,20 @@ import warnings
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from ..errors import GridError, WeightsError
 from .registry import ModelSpec, get_spec, register
 
-__all__ = ["LongNetSlideEncoder", "dilated_attention", "segment_lengths", "sincos_pos_embed",
-           "build_slide_encoder", "load_slide_encoder"]
+__all__ = [
+    "LongNetSlideEncoder",
+    "build_slide_encoder",
+    "dilated_attention",
+    "load_slide_encoder",
+    "segment_lengths",
+    "sincos_pos_embed",
+]
 
 ENCODER_LN_EPS = 1e-5  # torchscale's layernorm_eps
 OUTPUT_NORM_EPS = 1e-6  # the slide encoder's outer `norm`
@@ -47,7 +53,8 @@ def segment_lengths(max_wsi_size: int = 262144, tile_size: int = 256, n: int = 5
 # ----------------------------------------------------------------------------------------------------
 # position embeddings
 
-def sincos_pos_embed(gx: torch.Tensor, gy: torch.Tensor, dim: int, chunk: int = 8192) -> torch.Tensor:
+def sincos_pos_embed(gx: torch.Tensor, gy: torch.Tensor, dim: int, chunk: int = 8192,
+                     device=None) -> torch.Tensor:
     """Rows of the MAE 2-D sin-cos table for grid cells (gx, gy), float64 maths cast to float32.
 
     Row = concat(sin(gy w), cos(gy w), sin(gx w), cos(gx w)), w_i = 10000 ** (-i / (dim / 4)): the first
@@ -58,10 +65,11 @@ def sincos_pos_embed(gx: torch.Tensor, gy: torch.Tensor, dim: int, chunk: int = 
         raise ValueError(f"embed_dim must be a multiple of 4 for 2-D sin-cos position embeddings, got {dim}")
     quarter = dim // 4
     omega = np.arange(quarter, dtype=np.float64) / quarter
-    omega = torch.from_numpy(1.0 / 10000 ** omega)
-    gx = gx.reshape(-1).to("cpu", torch.float64)
-    gy = gy.reshape(-1).to("cpu", torch.float64)
-    out = torch.empty(gx.numel(), dim, dtype=torch.float32)
+    device = torch.device(device) if device is not None else gx.device
+    omega = torch.from_numpy(1.0 / 10000 ** omega).to(device)
+    gx = gx.reshape(-1).to(device, torch.float64)
+    gy = gy.reshape(-1).to(device, torch.float64)
+    out = torch.empty(gx.numel(), dim, dtype=torch.float32, device=device)
     for i in range(0, gx.numel(), chunk):
         ay = gy[i:i + chunk, None] * omega
         ax = gx[i:i + chunk, None] * omega
@@ -136,7 +144,7 @@ def _fused_ok(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
                       and float((o1.float() - o2.float()).abs().max()) < tol
                       and float((l1 - l2).abs().max()) < tol)
                 why = "results differ from the explicit softmax"
-            except Exception as e:  # a missing / changed private op
+            except Exception as e:  # noqa: BLE001  (a missing / changed private op: any error)
                 why = f"{type(e).__name__}: {e}"
             if not ok:
                 warnings.warn(f"pathkit LongNet: the fused attention kernel is unavailable on {device.type}/"
@@ -147,9 +155,14 @@ def _fused_ok(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
 
 
 def _attend(q, k, v, backend: str):
+    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     if backend == "auto":
-        backend = "fused" if _fused_ok(q.device, q.dtype, q.shape[-1]) else "sdpa"
+        # the fused kernels' log-sum-exp carries no gradient (it enters the last segment's zero-key term)
+        backend = "sdpa" if grad or not _fused_ok(q.device, q.dtype, q.shape[-1]) else "fused"
     if backend == "fused":
+        if grad:
+            raise ValueError("attn_backend='fused' gives no gradient through the log-sum-exp: use 'auto' or "
+                             "'sdpa' when training")
         return _attend_fused(q, k, v)
     if backend == "sdpa":
         return _attend_sdpa(q, k, v)
@@ -193,9 +206,9 @@ def _dilated_attention_packed(qkv, L: int, seg_lengths, ratios, backend: str = "
     gives an output and a log-sum-exp per (row, head); rows a branch does not cover get lse -1e8, and the
     branches are merged with weights softmax(lse over branches), without gradient.
 
-    Here every (segment, head group) is read from a strided view of the buffer (no gather), all-padding segments
-    are skipped (their zero keys enter the tail's log-sum-exp in closed form), uncovered rows (weight
-    exactly 0) are skipped, and the branch merge is streamed into one accumulator.
+    Here every (segment, head group) is read from a strided view of the buffer (no gather); segments of
+    padding only are skipped (their zero keys enter the tail's log-sum-exp in closed form); uncovered rows
+    (weight exactly 0) are skipped; the branch merge is streamed into one accumulator.
     """
     B, Lp, _, H, d = qkv.shape
     geo = [_branch_geometry(L, int(s), int(r)) + (int(r),) for s, r in zip(seg_lengths, ratios)]
@@ -269,7 +282,7 @@ class _DilatedSelfAttention(nn.Module):
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(dim, dim) for _ in range(4))
         self.inner_attn_ln = nn.LayerNorm(dim, eps=eps)
         self.backend = "auto"
-        self.token_budget = 1 << 14  # rows per chunk of short segments
+        self.token_budget = None  # rows per chunk of short segments; None: 16k on CPU, 256k on GPU
 
     def forward(self, x):
         B, L, E = x.shape
@@ -284,8 +297,9 @@ class _DilatedSelfAttention(nn.Module):
             qkv[:, L:] = 0
             for b in range(B):
                 torch.addmm(bias, x[b], w.t(), out=qkv[b, :L])
+        budget = self.token_budget or (1 << 14 if x.device.type == "cpu" else 1 << 18)  # fewer launches on GPU
         o = _dilated_attention_packed(qkv.view(B, L + pad, 3, H, E // H), L, self.seg_lengths, self.ratios,
-                                      self.backend, self.token_budget)
+                                      self.backend, budget)
         return self.out_proj(self.inner_attn_ln(o.reshape(B, L, E)))
 
 
@@ -364,9 +378,10 @@ class LongNetSlideEncoder(nn.Module):
         if len(seg) != len(ratios):
             raise ValueError(f"segment_length {seg} and dilated_ratio {ratios} differ in length")
         hidden = int(ffn_dim) if ffn_dim is not None else int(embed_dim * mlp_ratio)
-        self.config = dict(in_chans=in_chans, embed_dim=embed_dim, depth=depth, heads=heads,
-                           mlp_ratio=mlp_ratio, slide_ngrids=slide_ngrids, tile_size=tile_size,
-                           max_wsi_size=max_wsi_size, segment_length=seg, dilated_ratio=ratios, ffn_dim=hidden)
+        self.config = {"in_chans": in_chans, "embed_dim": embed_dim, "depth": depth, "heads": heads,
+                       "mlp_ratio": mlp_ratio, "slide_ngrids": slide_ngrids, "tile_size": tile_size,
+                       "max_wsi_size": max_wsi_size, "segment_length": seg, "dilated_ratio": ratios,
+                       "ffn_dim": hidden}
         self.in_chans, self.embed_dim, self.depth = in_chans, embed_dim, depth
         self.slide_ngrids, self.tile_size = slide_ngrids, tile_size
         self.patch_embed = _PatchEmbed(in_chans, embed_dim)
@@ -374,9 +389,10 @@ class LongNetSlideEncoder(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.attn_backend = attn_backend
+        self.name = "longnet"  # key of its embeddings in embed_slide / embed_cohort; the registry name when loaded
 
     @classmethod
-    def from_config(cls, cfg: dict, **overrides) -> "LongNetSlideEncoder":
+    def from_config(cls, cfg: dict, **overrides) -> LongNetSlideEncoder:
         """Build from a reference-style config dict (the fixture's / the registry's keys)."""
         cfg = {**cfg, **overrides}
         for k, want in _FIXED.items():
@@ -439,7 +455,7 @@ class LongNetSlideEncoder(nn.Module):
         gx, gy = self.grid_cells(coords)
         pos_idx = gx * self.slide_ngrids + gy + 1
         w = self.patch_embed.proj.weight
-        pos = sincos_pos_embed(gx, gy, self.embed_dim).to(w.device, w.dtype).view(*gx.shape, self.embed_dim)
+        pos = sincos_pos_embed(gx, gy, self.embed_dim, device=w.device).to(w.dtype).view(*gx.shape, self.embed_dim)
         x = self.patch_embed(tile_embeds.to(w.device, w.dtype)) + pos
         cls = self.cls_token.expand(x.shape[0], -1, -1)  # the CLS position row is all zeros
         return torch.cat([cls, x], dim=1), pos_idx
@@ -554,7 +570,7 @@ def load_slide_encoder(model="gigapath_slide", weights=None, device="cpu", dtype
         net = build_slide_encoder(spec, device="meta").to_empty(device="cpu")
     info["config"] = dict(net.config)
     if sd is not None:
-        sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+        sd = {k.removeprefix("module."): v for k, v in sd.items()}
         sd.pop("pos_embed", None)  # computed, never learned
         missing, unexpected = _diff_keys(net, sd)
         if missing or unexpected:
@@ -568,6 +584,7 @@ def load_slide_encoder(model="gigapath_slide", weights=None, device="cpu", dtype
         except RuntimeError as e:
             raise WeightsError(f"weights {info['weights']} do not fit {spec.name}: {e}") from e
     net = net.to(device=device, dtype=dtype).eval()
+    net.name = spec.name
     info.update(device=str(device), dtype=str(dtype).replace("torch.", ""))
     return net, info
 

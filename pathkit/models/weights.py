@@ -77,7 +77,8 @@ def read_state_dict(path) -> dict:
         except WeightsError:
             raise
         except Exception as e:
-            raise WeightsError(f"{path}: not a valid safetensors file (corrupted or truncated?): {e}") from e
+            raise WeightsError(f"{path}: not a valid safetensors file (corrupted or truncated?): {e}. "
+                               "Delete it and download it again, or pass another weights=") from e
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -91,7 +92,8 @@ def read_state_dict(path) -> dict:
                 "`safetensors.torch.save_file(sd, 'weights.safetensors')` (or `torch.save(sd, 'clean.pth')`), "
                 f"and pass the new file. Detail: {first.strip()}"
             ) from e
-        raise WeightsError(f"{path}: cannot be read as a torch checkpoint (corrupted or truncated?): {msg}") from e
+        raise WeightsError(f"{path}: cannot be read as a torch checkpoint (corrupted or truncated?): {msg}. "
+                           "Delete it and download it again, or pass another weights=") from e
     return unwrap(obj, path)
 
 

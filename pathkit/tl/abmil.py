@@ -32,6 +32,7 @@ from .splits import inner_split, patient_folds, read_splits
 __all__ = ["AbmilResult", "GatedAttentionMIL", "train_abmil"]
 
 _TASKS = ("binary", "multiclass", "multilabel", "survival", "cox")
+_EVAL_TILES = 8192  # tiles per evaluation chunk (no gradients kept, so only activations count)
 _SLIDE_EXTS = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".h5ad", ".h5", ".zarr")
 
 
@@ -134,6 +135,8 @@ class _Bags:
             if path.suffix != ".h5ad":
                 raise TableError(f"{path}: lazy reading needs an .h5ad file (backed mode); pass AnnData objects "
                                  f"for other formats")
+            if self._add_h5ad_dense(path):
+                return
             tiles = ad.read_h5ad(path, backed="r")
             self.opened = tiles
         if isinstance(tiles, ad.AnnData):
@@ -150,10 +153,46 @@ class _Bags:
         if not self._readers:
             raise TableError("no tile bags found in `tiles`")
 
+    def _add_h5ad_dense(self, path: Path) -> bool:
+        """Dense X: read only obs["slide_id"] and slice X with h5py (a full backed AnnData would load the
+        whole obs table, ~300 MB for a million tiles). False for other layouts (sparse X, ...)."""
+        import h5py
+
+        try:
+            from anndata.io import read_elem
+        except ImportError:  # anndata < 0.11
+            from anndata.experimental import read_elem
+        f = h5py.File(path, "r")
+        if not isinstance(f.get("X"), h5py.Dataset) or "slide_id" not in f.get("obs", {}):
+            f.close()
+            return False
+        el = f["obs"]["slide_id"]
+        if isinstance(el, h5py.Dataset) and el.dtype.kind in "OSU":
+            # plain strings: factorise in slices so a million ids never sit in memory as Python objects
+            lookup: dict[str, int] = {}
+            codes = np.empty(el.shape[0], dtype=np.int64)
+            step = 65536
+            for s in range(0, el.shape[0], step):
+                vals = el.asstr()[s:s + step] if el.dtype.kind == "O" else el[s:s + step].astype(str)
+                codes[s:s + step] = [lookup.setdefault(v, len(lookup)) for v in vals]
+            uniq = list(lookup)
+        else:
+            sid = read_elem(el)
+            if isinstance(sid, pd.Categorical):
+                codes, uniq = np.asarray(sid.codes), [str(c) for c in sid.categories]
+            else:
+                codes, uniq = pd.factorize(np.asarray(sid).astype(str))
+        self._h5 = f
+        self._add_groups(f["X"], np.asarray(codes), list(uniq), target=None)
+        return True
+
     def close(self):
         """Close the file this object opened itself (an .h5ad path); user objects stay open."""
         if self.opened is not None and getattr(self.opened, "file", None) is not None:
             self.opened.file.close()
+        if getattr(self, "_h5", None) is not None:
+            self._h5.close()
+            self._h5 = None
 
     @staticmethod
     def _slide_id_of(a, i) -> str:
@@ -216,12 +255,21 @@ class _Bags:
                 return self._add_one(str(a.uns["slide"]["slide_id"]), a)
             raise TableError("the tile AnnData has no obs['slide_id'] column naming the slide of each tile")
         codes, uniq = pd.factorize(a.obs["slide_id"].astype(str))
+        self._add_groups(None, codes, list(uniq), target=a)
+
+    def _add_groups(self, X, codes: np.ndarray, uniq: list, target):
+        """One reader per slide over the rows with its code; X None = read ``target.X`` at access time."""
         order = np.argsort(codes, kind="stable")
         bounds = np.searchsorted(codes[order], np.arange(len(uniq) + 1))
         for k, sid in enumerate(uniq):
             idx = np.sort(order[bounds[k]:bounds[k + 1]])
-            self._readers[sid] = lambda idx=idx: self._read(a.X, idx)
-            self._targets[sid] = (a, idx)
+            if not len(idx):
+                continue
+            if X is None:
+                self._readers[sid] = lambda idx=idx: self._read(target.X, idx)
+            else:
+                self._readers[sid] = lambda idx=idx: self._read(X, idx)
+            self._targets[sid] = (target, idx if target is not None else None)
 
     def ids(self) -> list[str]:
         return list(self._readers)
@@ -405,6 +453,19 @@ def _device(device: str):
     if mps is not None and mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def _release_memory():
+    """Hand freed heap pages back to the OS. glibc keeps the many few-MB bag and activation buffers in
+    its arenas, so without this the resident size of a long run creeps up fold after fold."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to trim
+        pass
 
 
 def _strip_ext(s: str) -> str:
@@ -680,15 +741,27 @@ def train_abmil(tiles, cohort, label: str | Sequence[str] | None = None, task: s
             return _cox_nll(out.view(-1), tg[0], tg[1])
 
         def forward(model, idx, keep_att=False, chunk=None):
-            # bags of a step go through together; evaluation walks in chunks to bound memory
+            # bags of a step go through together; evaluation walks in chunks of at most `chunk` bags and
+            # about _EVAL_TILES tiles to bound memory
             chunk = chunk or len(idx)
-            outs, atts = [], []
-            for s in range(0, len(idx), chunk):
-                xs = [torch.from_numpy(bags[bag_ids[i]]).to(dev, non_blocking=True) for i in idx[s:s + chunk]]
+            outs, atts, xs, n_tiles = [], [], [], 0
+
+            def flush():
                 o, a = model.forward_many(xs)
                 outs.append(o)
                 if keep_att:
                     atts.extend(w.detach().float().cpu().numpy() for w in a)
+                xs.clear()
+
+            for i in idx:
+                x = torch.from_numpy(bags[bag_ids[i]]).to(dev, non_blocking=True)
+                if xs and (len(xs) >= chunk or n_tiles + len(x) > _EVAL_TILES):
+                    flush()
+                    n_tiles = 0
+                xs.append(x)
+                n_tiles += len(x)
+            if xs:
+                flush()
             return torch.cat(outs), atts
 
         torch.manual_seed(seed * 1009 + k)
@@ -719,6 +792,7 @@ def train_abmil(tiles, cohort, label: str | Sequence[str] | None = None, task: s
             tl = float(np.mean(losses)) if losses else float("nan")
             hist_rows.append((k, ep, tl, vl))
             ep_bar.set_postfix(train=f"{tl:.3f}", val=f"{vl:.3f}")
+            _release_memory()
             # no validation events (cox): fall back to the training loss, with the same patience
             crit = vl if np.isfinite(vl) else tl
             if crit < best - 1e-6:

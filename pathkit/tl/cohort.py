@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ChecksumError, TableError
+from .embed import write_h5ad_atomic
 
 STATE_FILE = "cohort_state.json"
 COHORT_FILE = "cohort.h5ad"
@@ -70,8 +71,13 @@ def _stat(path: Path) -> tuple:
     return (st.st_size, st.st_mtime_ns)
 
 
-def _slide_key(slide_model) -> str:
-    return "mean" if slide_model in ("mean", None) else str(slide_model)
+def _slide_key(slide_model, slide_kwargs=None) -> str:
+    """Key of the slide embedding in uns["slide_embeddings"] / obsm["X_<key>"] (embed_slide's naming)."""
+    if slide_kwargs and slide_kwargs.get("key"):
+        return str(slide_kwargs["key"])
+    if slide_model in ("mean", None):
+        return "mean"
+    return str(getattr(slide_model, "name", slide_model))
 
 
 def _read_uns(path: Path, key: str):
@@ -86,16 +92,6 @@ def _read_uns(path: Path, key: str):
     except (OSError, KeyError, ValueError):
         return None
     return None
-
-
-def _write_atomic(adata, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        adata.write_h5ad(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _embed_slide_tiles(job: SlideJob):
@@ -158,7 +154,7 @@ def process_slide(job: SlideJob) -> dict:
             res["n_tiles"] = int(adata.n_obs)
             dirty = True
         if job.slide_model:
-            key = _slide_key(job.slide_model)
+            key = _slide_key(job.slide_model, job.slide_kwargs)
             sp = dict(rec.get("slide_params", {}) or {})
             emb = None
             if sp.get(key) == job.slide_params_hash:
@@ -184,7 +180,7 @@ def process_slide(job: SlideJob) -> dict:
                     res["status"] = "ok"
             res["slide_embeddings"] = {key: np.asarray(emb, dtype=np.float32).tolist()}
         if dirty:  # one atomic write holding tiles, record and slide embedding together
-            _write_atomic(adata, out)
+            write_h5ad_atomic(adata, out)
     except Exception as exc:
         res.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         res["traceback"] = traceback.format_exc(limit=5)
@@ -383,13 +379,13 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
         if rec and cur and rec.get("path") == str(src) and tuple(rec.get("stat") or ()) == cur:
             known_sha, known_stat = rec.get("sha256"), cur
             # fast resume: nothing changed since the state was written and the output is still there
-            want_slide = (not slide_model) or (rec.get("slide_params", {}).get(_slide_key(slide_model)) == sph)
+            want_slide = (not slide_model) or (rec.get("slide_params", {}).get(_slide_key(slide_model, slide_kwargs)) == sph)
             if (rec.get("status") in ("ok", "skipped") and rec.get("params_hash") == ph and want_slide
                     and out_path.exists() and list(_stat(out_path)) == list(rec.get("out_stat") or [])
                     and (not exp or exp == known_sha)):
                 emb = {}
                 if slide_model:
-                    key = _slide_key(slide_model)
+                    key = _slide_key(slide_model, slide_kwargs)
                     se = _read_uns(out_path, "slide_embeddings") or {}
                     if key in se:
                         emb = {key: np.asarray(se[key], dtype=np.float32).tolist()}
@@ -428,7 +424,7 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
                 job = by_id[sid]
                 entry.update(params_hash=job.params_hash, out_stat=list(_stat(out_path)))
                 if slide_model:
-                    entry["slide_params"] = {_slide_key(slide_model): job.slide_params_hash}
+                    entry["slide_params"] = {_slide_key(slide_model, slide_kwargs): job.slide_params_hash}
             state["slides"][sid] = entry
             bar.update(1)
             bar.set_postfix(tiles=n_tiles, failed=n_failed)
@@ -460,7 +456,7 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
             obs[c] = obs[c].map(lambda v: v if v is None or isinstance(v, str) else str(v))
     cohort = ad.AnnData(obs=obs)
     if slide_model:
-        key = _slide_key(slide_model)
+        key = _slide_key(slide_model, slide_kwargs)
         vecs = [results[s].get("slide_embeddings", {}).get(key) for s in obs["slide_id"]]
         width = next((np.asarray(v).size for v in vecs if v is not None), None)
         if width is not None:
@@ -480,7 +476,7 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
         "embed_kwargs": embed_kwargs, "slide_kwargs": slide_kwargs, "executor": ex.name,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     if write:
-        _write_atomic(cohort, out_dir / COHORT_FILE)
+        write_h5ad_atomic(cohort, out_dir / COHORT_FILE)
     failed = obs[obs["status"] == "failed"]
     if len(failed):
         shown = "; ".join(f"{s}: {e}" for s, e in zip(failed["slide_id"][:5], failed["error"][:5]))

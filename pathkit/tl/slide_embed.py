@@ -16,7 +16,7 @@ _CACHE_LOCK = threading.Lock()
 
 def embed_slide(tile_adata, model="gigapath_slide", weights=None, pool: str = "mean", layers: str = "last",
                 coords: str = "grid", device="auto", key: str | None = None, dtype=None,
-                progress: bool = False) -> np.ndarray:
+                progress: bool = True) -> np.ndarray:
     """Embed one slide from its tile features.
 
     Parameters
@@ -50,6 +50,8 @@ def embed_slide(tile_adata, model="gigapath_slide", weights=None, pool: str = "m
         "auto": CUDA when available, else CPU; dtype None: float32 on CPU, bfloat16 on CUDA.
     key
         Name under which the result is stored; default the model's name ("mean" for model="mean").
+    progress
+        A progress bar over the encoder's layers (a 10k-tile slide can take minutes on a small CPU).
 
     Tiles are sorted row-major (grid y, then x) before encoding — the network depends on token order — so
     the result does not depend on the order of obs. Slides are encoded one at a time (padding a batch would
@@ -94,7 +96,7 @@ def embed_slide(tile_adata, model="gigapath_slide", weights=None, pool: str = "m
     if isinstance(model, LongNetSlideEncoder):
         if weights is not None:
             raise ValueError("weights= is for registry models; the module you passed already has its weights")
-        net, name = model.to(dev, dt).eval(), key or "longnet"
+        net, name = model.to(dev, dt).eval(), key or getattr(model, "name", "longnet")
         info.update(model=name, weights="module passed by the user")
         grid_mpp = GRID_MPP
     else:
@@ -164,7 +166,7 @@ def _check_dim(adata, X, in_chans, name):
 def _slide_id(adata):
     try:
         return (adata.uns.get("slide") or {}).get("slide_id") or str(adata.obs["slide_id"].iloc[0])
-    except Exception:
+    except (KeyError, IndexError, AttributeError, TypeError):
         return "?"
 
 
