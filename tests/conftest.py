@@ -1,7 +1,9 @@
 """Shared fixtures. Real data lives in ../shared/data (or $PATHKIT_TEST_DATA); never copied into the repo."""
 from __future__ import annotations
 
+import http.server
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -36,3 +38,38 @@ def shared_fixtures(shared_data) -> Path:
 def _offline(monkeypatch):
     """Tests never download: the HF hub is offline."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+class _Files(http.server.BaseHTTPRequestHandler):
+    """Serves files under `root`; records (path, X-Auth-Token header) of each request in `seen`."""
+    root: Path
+    seen: list
+
+    def do_GET(self):
+        self.seen.append((self.path, self.headers.get("X-Auth-Token")))
+        f = self.root / self.path.lstrip("/")
+        if not f.is_file():
+            self.send_error(404)
+            return
+        body = f.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture
+def loopback(tmp_path, monkeypatch):
+    """A file server on 127.0.0.1 (never another address): yields (served folder, base url, requests seen)."""
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    root = tmp_path / "served"
+    root.mkdir()
+    seen: list = []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("H", (_Files,), {"root": root, "seen": seen}))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}", seen
+    httpd.shutdown()
+    httpd.server_close()

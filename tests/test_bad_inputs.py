@@ -4,8 +4,6 @@ A cohort test checks that bad files among good ones are recorded, not fatal."""
 from __future__ import annotations
 
 import hashlib
-import http.server
-import threading
 import warnings
 from pathlib import Path
 
@@ -235,38 +233,9 @@ def test_nan_and_duplicate_id_errors_say_what_to_do():
 
 
 # ------------------------------------------------------------------------------------------ manifests
-class _Files(http.server.BaseHTTPRequestHandler):
-    root: Path
-
-    def do_GET(self):
-        f = self.root / self.path.lstrip("/")
-        if not f.is_file():
-            self.send_error(404)
-            return
-        body = f.read_bytes()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *a):
-        pass
-
-
-@pytest.fixture
-def loopback(tmp_path):
-    root = tmp_path / "served"
-    root.mkdir()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("H", (_Files,), {"root": root}))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-
-
 def test_manifest_checksum_mismatch(loopback, tmp_path, monkeypatch):
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    root, url = loopback
+    root, url, _ = loopback
     data = b"slide bytes " * 1000
     (root / "a.svs").write_bytes(data)
     wrong = hashlib.sha256(b"another release").hexdigest()

@@ -3,11 +3,9 @@ their files are used (a download or a local file whose checksum differs is refus
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import logging
 import os
-import threading
 import warnings
 from pathlib import Path
 
@@ -114,39 +112,6 @@ def test_token_never_written_to_outputs_logs_or_provenance(tmp_path, monkeypatch
 
 
 # ------------------------------------------------------------------------------------------ manifests
-class _Files(http.server.BaseHTTPRequestHandler):
-    root: Path
-    seen: list
-
-    def do_GET(self):
-        self.seen.append((self.path, self.headers.get("X-Auth-Token")))
-        f = self.root / self.path.lstrip("/")
-        if not f.is_file():
-            self.send_error(404)
-            return
-        body = f.read_bytes()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *a):
-        pass
-
-
-@pytest.fixture
-def loopback(tmp_path, monkeypatch):
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    root = tmp_path / "served"
-    root.mkdir()
-    seen: list = []
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("H", (_Files,), {"root": root, "seen": seen}))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}", seen
-    httpd.shutdown()
-    httpd.server_close()
-
-
 def _row(name, data, url, **over):
     row = {"file_name": name, "size": len(data), "md5": hashlib.md5(data).hexdigest(),
            "sha256": hashlib.sha256(data).hexdigest(), "url": f"{url}/{name}"}
