@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._hashing import sha256_file
+
 SAMPLE_URL = "https://openslide.cs.cmu.edu/download/openslide-testdata/Aperio/CMU-1-Small-Region.svs"
 SAMPLE_SHA256 = "ed92d5a9f2e86df67640d6f92ce3e231419ce127131697fbbce42ad5e002c8a7"
 SAMPLE_NAME = "CMU-1-Small-Region.svs"
@@ -354,7 +356,7 @@ def sample_slide(offline_ok: bool = True, *, cache_dir=None, timeout: float = 10
     cache = Path(cache_dir) if cache_dir else _cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     target = cache / SAMPLE_NAME
-    if target.is_file() and _sha256(target) == SAMPLE_SHA256:
+    if target.is_file() and sha256_file(target) == SAMPLE_SHA256:
         return done(target, "cache")
     error = None
     try:
@@ -375,11 +377,3 @@ def sample_slide(offline_ok: bool = True, *, cache_dir=None, timeout: float = 10
     return done(synth, "synthetic", error=error)
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -7,7 +7,6 @@ target mpp, thumbnails at any size.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ._hashing import sha256_file
 from .errors import MppError, NotBrightfieldError, SlideReadError
 
 # Plausible scanning resolutions: 40x scanners are ~0.25 um/px, 5x overviews ~2 um/px. Anything coarser
@@ -561,11 +561,7 @@ class Slide:
     def sha256(self) -> str:
         """sha256 of the file (computed once, then cached)."""
         if self._sha256 is None:
-            h = hashlib.sha256()
-            with open(self.path, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-            self._sha256 = h.hexdigest()
+            self._sha256 = sha256_file(self.path)
         return self._sha256
 
     def info(self) -> dict:

@@ -7,12 +7,12 @@ project's naming (mmcls BEiT, original DINOv2, a full ResNet-50) are renamed int
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import warnings
 from pathlib import Path
 
+from .._hashing import sha256_file
 from ..errors import ChecksumError, UnsafePickleError, WeightsError
 
 # dict keys under which training scripts nest the tensors (DINO/DINOv2 "teacher", mmengine "state_dict", ...)
@@ -20,21 +20,6 @@ CONTAINER_KEYS = ("state_dict", "model", "teacher", "module", "model_state_dict"
 # key prefixes that wrappers add (DataParallel "module.", mmselfsup/mmcls "backbone.", Lightning "model.", ...)
 STRIP_PREFIXES = ("module.", "backbone.", "model.", "encoder.", "trunk.", "teacher.", "_orig_mod.")
 
-_SHA_CACHE: dict = {}
-
-
-def sha256_file(path, chunk: int = 1 << 22) -> str:
-    """sha256 of a file (cached per path, size and mtime: checkpoints are GBs)."""
-    path = Path(path)
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(chunk), b""):
-                h.update(block)
-        _SHA_CACHE[key] = h.hexdigest()
-    return _SHA_CACHE[key]
 
 
 def verify_sha256(path, expected: str) -> str:

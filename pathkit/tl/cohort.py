@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .._hashing import sha256_file
 from ..errors import ChecksumError, TableError
 from .embed import write_h5ad_atomic
 
@@ -56,14 +57,6 @@ class SlideJob:
 
 def _stable_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _stat(path: Path) -> tuple:
@@ -134,7 +127,7 @@ def process_slide(job: SlideJob) -> dict:
         if job.known_sha256 and job.known_stat and tuple(job.known_stat) == stat:
             sha = job.known_sha256
         else:
-            sha = _sha256(src)
+            sha = sha256_file(src)
         res.update(sha256=sha, stat=list(stat))
         if job.expected_sha256 and sha != job.expected_sha256.lower():
             raise ChecksumError(f"{src}: sha256 {sha} differs from the manifest's {job.expected_sha256}; "
