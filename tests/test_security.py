@@ -14,25 +14,12 @@ import pandas as pd
 import pytest
 
 import pathkit as pk
+from _hf import hf_cache
 from pathkit.errors import ChecksumError
 from pathkit.io.manifest import FetchError
 
 TOKEN = "hf_secretPATHKITtest0123456789abcdefXYZ"  # never a real token: a marker to look for
 REPO = "pathkit-test/tiny-vit"
-REV = "0123456789abcdef0123456789abcdef01234567"
-
-
-def _hf_cache(root: Path, repo: str, files: dict) -> Path:
-    """An offline Hugging Face cache folder (models--org--name/snapshots/<rev>/..., refs/main)."""
-    org, name = repo.split("/")
-    base = root / f"models--{org}--{name}"
-    snap = base / "snapshots" / REV
-    snap.mkdir(parents=True)
-    (base / "refs").mkdir()
-    (base / "refs" / "main").write_text(REV)
-    for fname, writer in files.items():
-        writer(snap / fname)
-    return snap
 
 
 def _tiny_weights(path: Path) -> None:
@@ -69,7 +56,7 @@ def test_token_never_written_to_outputs_logs_or_provenance(tmp_path, monkeypatch
     monkeypatch.setenv("HUGGING_FACE_HUB_TOKEN", TOKEN)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     hub = tmp_path / "hub"
-    snap = _hf_cache(hub, REPO, {"model.safetensors": _tiny_weights})
+    snap = hf_cache(hub, REPO, {"model.safetensors": _tiny_weights})
     monkeypatch.setenv("HF_HUB_CACHE", str(hub))
     slide = pk.datasets.synthetic_slide(tmp_path / "slides" / "tok.svs", width=768, height=512, blobs="full")
     source = f"hf_hub:{REPO}"

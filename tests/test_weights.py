@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import pathkit as pk
+from _hf import hf_cache
 from pathkit.errors import ChecksumError, UnsafePickleError, WeightsError
 from pathkit.models import tile_encoders as te
 from pathkit.models import weights as W
@@ -110,22 +111,10 @@ def test_training_heads_are_dropped_with_a_warning(tmp_path, ref):
         assert torch.equal(enc(X), out)
 
 
-def _hf_cache(root, repo, files: dict, rev="0123456789abcdef0123456789abcdef01234567"):
-    org, name = repo.split("/")
-    base = root / f"models--{org}--{name}"
-    snap = base / "snapshots" / rev
-    snap.mkdir(parents=True)
-    (base / "refs").mkdir()
-    (base / "refs" / "main").write_text(rev)
-    for fname, writer in files.items():
-        writer(snap / fname)
-    return snap
-
-
 def test_hf_cache_offline(tmp_path, ref, monkeypatch):
     sd, out = ref
     hub = tmp_path / "hub"
-    snap = _hf_cache(hub, "pathkit-test/tiny-uni2", {"model.safetensors": lambda p: _write(p, sd, "safetensors")})
+    snap = hf_cache(hub, "pathkit-test/tiny-uni2", {"model.safetensors": lambda p: _write(p, sd, "safetensors")})
     monkeypatch.setenv("HF_HUB_CACHE", str(hub))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     rev = snap.name
