@@ -44,10 +44,11 @@ if str(ROOT) not in sys.path:
 FULL = {"side": 52224, "blobs": [{"kind": "rect", "x0": 512, "y0": 512, "x1": 51712, "y1": 51712}],
         "tile_model": "gigapath_tile", "slide_model": "gigapath_slide", "longnet_tiles": 70_000,
         "batch_size": 256, "forward_batches": 10}
-# tiny sizes for --smoke: 6 x 6 tissue tiles, a 2-block ViT-Ti, a 2-layer LongNet on 300 tiles
+# tiny sizes for --smoke: 6 x 6 tissue tiles, a 2-block ViT-Ti, a 1-layer 64-d LongNet on 300 tiles
 SMOKE = {"side": 2048, "blobs": [{"kind": "rect", "x0": 256, "y0": 256, "x1": 1792, "y1": 1792}],
          "tile_model": "vit_tiny_test", "slide_model": "gigapath_slide", "longnet_tiles": 300,
-         "longnet_overrides": {"depth": 2}, "batch_size": 8, "forward_batches": 2}
+         "longnet_overrides": {"depth": 1, "embed_dim": 64, "heads": 4, "in_chans": 64}, "batch_size": 8,
+         "forward_batches": 1, "tiles": 16}
 
 
 def _sync(dev):
@@ -90,59 +91,33 @@ def _device_info(dev) -> dict:
 
 
 def _tiles(slide):
-    """Tile table of `slide` and its (xs, ys, tile_px, mpp), whatever pp.tile returns (AnnData or table)."""
+    """The tiles AnnData of `slide` and its (xs, ys, tile_px, mpp)."""
     import pathkit as pk
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tiles = pk.pp.tile(slide)
-    obs = tiles.obs if hasattr(tiles, "obs") else tiles
-    spec = tiles.uns["tile_spec"] if hasattr(tiles, "uns") else tiles.attrs["tile_spec"]
-    return tiles, obs["x"].to_numpy(np.int64), obs["y"].to_numpy(np.int64), int(spec["tile_px"]), float(spec["mpp"])
+    spec = tiles.uns["tile_spec"]
+    return (tiles, tiles.obs["x"].to_numpy(np.int64), tiles.obs["y"].to_numpy(np.int64), int(spec["tile_px"]),
+            float(spec["mpp"]))
 
 
-def _subset(tiles, n):
-    if hasattr(tiles, "obs"):
-        return tiles[:n].copy()
-    sub = tiles.iloc[:n].copy()
-    sub.attrs = dict(tiles.attrs)
-    return sub
-
-
-def _embed(tiles, slide, model, dev, batch_size, num_workers, raw_tiles="auto"):
-    """pk.tl.embed_tiles under the API contract (tiles, slide, model) or the older (slide, model, tiles)."""
-    import inspect
-
+def _embed(tiles, slide, model, dev, batch_size, num_workers):
+    """pk.tl.embed_tiles with random weights and dtype="auto"; returns (features, uns["models"] entry)."""
     import pathkit as pk
 
-    params = inspect.signature(pk.tl.embed_tiles).parameters
-    kw = {"weights": "random", "device": str(dev), "batch_size": batch_size, "num_workers": num_workers,
-          "progress": False}
-    if "raw_tiles" in params:
-        kw["raw_tiles"] = raw_tiles
-    if "dtype" in params:
-        kw["dtype"] = "auto" if list(params)[0] == "tiles" else ("bfloat16" if dev.type == "cuda" else None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if list(params)[0] == "tiles":
-            return pk.tl.embed_tiles(tiles, slide, model, **kw)
-        return pk.tl.embed_tiles(slide, model, tiles=tiles, **kw)
+        pk.tl.embed_tiles(tiles, slide, model, key_added="X_check", weights="random", device=str(dev),
+                          dtype="auto", batch_size=batch_size, num_workers=num_workers, progress=False)
+    return tiles.obsm["X_check"], tiles.uns["models"]["X_check"]
 
 
 def _loader(slide, xs, ys, tile_px, mpp, batch_size, num_workers, dev, raw_tiles):
-    try:
-        from pathkit.tl import _tile_loader as mod
-    except ImportError:
-        from pathkit.tl import embed as mod
-    import inspect
+    from pathkit.tl._tile_loader import tile_loader
 
-    kw = {"batch_size": batch_size, "num_workers": num_workers, "pin_memory": dev.type == "cuda"}
-    params = inspect.signature(mod.tile_loader).parameters
-    if "raw_tiles" in params:
-        kw.update(raw_tiles=raw_tiles, device=dev)
-    elif raw_tiles is True:
-        return None
-    return mod.tile_loader(slide, xs, ys, tile_px, mpp, **kw)
+    return tile_loader(slide, xs, ys, tile_px, mpp, batch_size=batch_size, num_workers=num_workers,
+                       pin_memory=dev.type == "cuda", device=dev, raw_tiles=raw_tiles)
 
 
 def measure_data_path(slide, xs, ys, tile_px, mpp, spec, dev, batch_size, num_workers, raw_tiles, max_s):
@@ -153,8 +128,6 @@ def measure_data_path(slide, xs, ys, tile_px, mpp, spec, dev, batch_size, num_wo
 
     pre = TilePreprocess(spec).to(dev)
     loader = _loader(slide, xs, ys, tile_px, mpp, batch_size, num_workers, dev, raw_tiles)
-    if loader is None:
-        return {"skipped": "this tile loader has no raw_tiles switch"}
     n = 0
     sink = torch.zeros(3, device=dev)
     t0 = time.perf_counter()
@@ -172,7 +145,8 @@ def measure_data_path(slide, xs, ys, tile_px, mpp, spec, dev, batch_size, num_wo
     _sync(dev)
     dt = time.perf_counter() - t0
     return {"tiles": n, "seconds": round(dt, 3), "tiles_per_s": round(n / dt, 1),
-            "first_batch_s": round(first or 0.0, 3), "raw_tiles": raw_tiles}
+            "first_batch_s": round(first or 0.0, 3), "raw_tiles": bool(loader.raw_tiles),
+            "raw_reason": loader.raw_reason}
 
 
 def measure_forward(spec_name, dev, batch_size, n_batches):
@@ -255,9 +229,11 @@ def main(argv=None) -> dict:
     import torch
 
     import pathkit as pk
+    from pathkit import _raw_tiles
     from pathkit._device import resolve_device
     from pathkit._raw_tiles import raw_reader
     from pathkit.models import get_spec
+    from pathkit.tl.embed import clear_model_cache
 
     cfg = SMOKE if args.smoke else FULL
     dev = resolve_device(args.device)
@@ -289,7 +265,7 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     tiles, xs, ys, tile_px, mpp = _tiles(slide)
     res["slide"] = {"path": str(path), "dimensions": list(slide.dimensions), "mpp": slide.mpp,
-                    "n_tiles": int(len(xs)), "generate_s": gen_s, "tile_s": round(time.perf_counter() - t0, 2)}
+                    "n_tiles": len(xs), "generate_s": gen_s, "tile_s": round(time.perf_counter() - t0, 2)}
     log(f"slide: {len(xs)} tiles")
 
     # ---- raw decode on this device
@@ -298,7 +274,8 @@ def main(argv=None) -> dict:
         res["raw_decode"] = {"eligible": False, "reason": why}
     else:
         res["raw_decode"] = {"eligible": True, "level": reader.level, **reader.check_device(dev)}
-    res["raw_decode"]["thresholds"] = {"mean_abs": _raw_mod().PROBE_MEAN_MAX, "p999_abs": _raw_mod().PROBE_P999_MAX}
+    res["raw_decode"]["thresholds"] = {"mean_abs": _raw_tiles.PROBE_MEAN_MAX,
+                                       "p999_abs": _raw_tiles.PROBE_P999_MAX}
     log(f"raw decode: {res['raw_decode']}")
 
     # ---- data path alone (raw on, then off)
@@ -318,28 +295,23 @@ def main(argv=None) -> dict:
         torch.cuda.empty_cache()
 
     # ---- end to end
-    n = len(xs) if args.tiles is None else min(args.tiles, len(xs))
+    want = args.tiles if args.tiles is not None else cfg.get("tiles")
+    n = len(xs) if want is None else min(want, len(xs))
     t0 = time.perf_counter()
-    _embed(_subset(tiles, min(n, 2 * bs)), slide, cfg["tile_model"], dev, bs, 0)  # builds + caches the model
+    _embed(tiles[: min(n, 2 * bs)].copy(), slide, cfg["tile_model"], dev, bs, 0)  # builds + caches the model
     build_s = time.perf_counter() - t0
     _reset_peak(dev)
-    sub = _subset(tiles, n)
+    sub = tiles[:n].copy()
     t0 = time.perf_counter()
-    out = _embed(sub, slide, cfg["tile_model"], dev, bs, workers)
+    feats, info = _embed(sub, slide, cfg["tile_model"], dev, bs, workers)
     _sync(dev)
     dt = time.perf_counter() - t0
-    feats = _features(out, sub)
     res["end_to_end"] = {"model": cfg["tile_model"], "weights": "random", "tiles": n, "seconds": round(dt, 2),
                          "tiles_per_s": round(n / dt, 1), "warmup_and_build_s": round(build_s, 2),
-                         "dtype": _dtype_used(out, sub), "finite": bool(np.isfinite(feats).all()),
+                         "dtype": info.get("dtype"), "finite": bool(np.isfinite(feats).all()),
                          "goal_tiles_per_s": 1000, "peak_gpu_memory_gb": _peak_gb(dev)}
     log(f"end to end: {res['end_to_end']}")
-    try:
-        from pathkit.tl.embed import clear_model_cache
-
-        clear_model_cache()
-    except ImportError:
-        pass
+    clear_model_cache()
     if dev.type == "cuda":
         torch.cuda.empty_cache()
 
@@ -361,32 +333,6 @@ def main(argv=None) -> dict:
     out_path.write_text(json.dumps(res, indent=1, default=str))
     print(json.dumps(res, default=str), flush=True)
     return res
-
-
-def _raw_mod():
-    from pathkit import _raw_tiles
-
-    return _raw_tiles
-
-
-def _features(out, tiles) -> np.ndarray:
-    target = out if out is not None else tiles
-    if hasattr(target, "obsm"):
-        keys = [k for k in target.obsm if k.startswith("X_") and k != "X_umap"]
-        if keys:
-            return np.asarray(target.obsm[keys[0]])
-        return np.asarray(target.X)
-    return np.asarray(target)
-
-
-def _dtype_used(out, tiles):
-    target = out if out is not None else tiles
-    uns = getattr(target, "uns", {})
-    if "models" in uns and uns["models"]:
-        return next(iter(uns["models"].values())).get("dtype")
-    if "model" in uns:
-        return uns["model"].get("dtype")
-    return None
 
 
 if __name__ == "__main__":

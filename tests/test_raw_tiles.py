@@ -154,3 +154,72 @@ def test_cuda_decode_within_rounding(synth):
     assert got.device.type == "cuda"
     d = np.abs(got.cpu().numpy().astype(int) - _reference(slide, xy, 0.5))
     assert d.mean() <= _raw_tiles.PROBE_MEAN_MAX and np.quantile(d, 0.999) <= _raw_tiles.PROBE_P999_MAX
+
+
+# ------------------------------------------------------------------------------- the tile loader's raw path
+def test_embeddings_equal_with_raw_path_on_and_off(synth, monkeypatch):
+    """pk.tl.embed_tiles reads through the raw path by default where eligible; features are identical to
+    the read_tile path (float32), in the calling process and with DataLoader workers."""
+    from pathkit.tl import _tile_loader
+
+    slide = pk.read_slide(synth)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tiles = pk.pp.tile(slide)
+    tiles = tiles[:20].copy()
+    used = []
+    real = _tile_loader.tile_loader
+
+    def spy(*a, **k):
+        loader = real(*a, **k)
+        used.append((loader.raw_tiles, loader.raw_reason))
+        return loader
+
+    monkeypatch.setattr("pathkit.tl.embed.tile_loader", spy)
+    feats = {}
+    for raw in ("auto", "0"):
+        monkeypatch.setenv("PATHKIT_RAW_TILES", raw)
+        for workers in (0, 2):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out = pk.tl.embed_tiles(tiles, slide, "vit_tiny_test", dtype="float32", batch_size=8,
+                                        num_workers=workers, progress=False, copy=True)
+            feats[raw, workers] = out.obsm["X_vit_tiny_test"]
+    assert [u[0] for u in used] == [True, True, False, False], used
+    assert used[2][1] == "switched off"
+    base = feats["0", 0]
+    assert np.isfinite(base).all() and base.std() > 0
+    for k, v in feats.items():
+        assert np.array_equal(v, base), k
+
+
+def test_gpu_branch_on_cpu(synth):
+    """The CUDA branch (readers fetch compressed bytes, the consumer decodes the batch) run on CPU, with
+    worker processes: the same pixels as read_tile."""
+    from pathkit.tl._tile_loader import _DecodeOn, _raw_worker_init, _RawBatches
+
+    slide = pk.read_slide(synth)
+    reader, _ = raw_reader(slide, 256, 0.5)
+    xy = _coords(slide, 13, np.random.default_rng(4))
+    ds = _RawBatches(reader, xy[:, 0], xy[:, 1], 256, 6, decode=False)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, worker_init_fn=_raw_worker_init)
+    batches = list(_DecodeOn(loader, reader, torch.device("cpu")))
+    n = len(xy)
+    assert [len(b) for b in batches] == [min(6, n - i) for i in range(0, n, 6)]
+    assert np.array_equal(torch.cat(batches).numpy(), _reference(slide, xy, 0.5))
+
+
+def test_loader_switch(synth, tmp_path):
+    from pathkit.tl._tile_loader import tile_loader
+
+    slide = pk.read_slide(synth)
+    xs, ys = np.array([0, 256, 512]), np.array([0, 0, 256])
+    on = tile_loader(slide, xs, ys, 256, 0.5, batch_size=2, raw_tiles="auto")
+    off = tile_loader(slide, xs, ys, 256, 0.5, batch_size=2, raw_tiles=False)
+    assert on.raw_tiles and not off.raw_tiles
+    a, b = torch.cat(list(on)), torch.cat(list(off))
+    assert a.shape == (3, 256, 256, 3) and torch.equal(a, b)
+    resized = tile_loader(slide, xs, ys, 256, 0.6, batch_size=2)  # needs a resize: read_tile
+    assert not resized.raw_tiles and "resized" in resized.raw_reason
+    with pytest.raises(ValueError, match="raw_tiles=True"):
+        tile_loader(slide, xs, ys, 256, 0.6, raw_tiles=True)

@@ -40,14 +40,95 @@ def _worker_init(_):
     info.dataset.slide = pickle.loads(pickle.dumps(info.dataset.slide))
 
 
-def tile_loader(slide, xs, ys, tile_px, mpp, batch_size=64, num_workers=0, pin_memory=False):
-    """A DataLoader of uint8 tile batches [B, tile_px, tile_px, 3] (HWC) in table order."""
+class _RawBatches(torch.utils.data.Dataset):
+    """Batch i of the tile table through the raw-tile fast path (:mod:`pathkit._raw_tiles`): the decoded
+    uint8 batch [B, tile_px, tile_px, 3] (decode=True, CPU) or the compressed `RawBatch` that the consumer
+    decodes on its GPU."""
+
+    def __init__(self, reader, xs, ys, tile_px: int, batch_size: int, decode: bool):
+        self.reader, self.decode = reader, decode
+        self.xs, self.ys = np.asarray(xs, dtype=np.int64), np.asarray(ys, dtype=np.int64)
+        self.tile_px, self.batch_size = int(tile_px), int(batch_size)
+
+    def __len__(self):
+        return (len(self.xs) + self.batch_size - 1) // self.batch_size
+
+    def __getitem__(self, i):
+        sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+        if self.decode:
+            return self.reader.read_batch(self.xs[sl], self.ys[sl], self.tile_px)
+        return self.reader.fetch(self.xs[sl], self.ys[sl], self.tile_px)
+
+
+def _raw_worker_init(_):  # as _worker_init: a worker's own file handle
+    info = torch.utils.data.get_worker_info()
+    info.dataset.reader = pickle.loads(pickle.dumps(info.dataset.reader))
+
+
+class _DecodeOn:
+    """Iterates a DataLoader of `RawBatch` and decodes each on `device` (nvJPEG) in the calling process."""
+
+    def __init__(self, loader, reader, device):
+        self.loader, self.reader, self.device = loader, reader, device
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for raw in self.loader:
+            yield self.reader.decode(raw, self.device)
+
+
+def _raw_loader(slide, xs, ys, tile_px, mpp, batch_size, num_workers, pin_memory, device, raw_tiles):
+    """The raw-path loader, or (None, why) when the level is not eligible (or raw_tiles is off)."""
+    from .._raw_tiles import raw_reader
+
+    if raw_tiles is None:
+        raw_tiles = os.environ.get("PATHKIT_RAW_TILES", "auto")
+    if raw_tiles in (False, "0", "off", "false", "False"):
+        return None, "switched off"
+    dev = torch.device(device if device is not None else ("cuda" if pin_memory else "cpu"))
+    reader, why = raw_reader(slide, tile_px, mpp, device=dev) if dev.type == "cuda" else (None, "")
+    decode_here = reader is None
+    if decode_here:  # CPU decoding in the readers (also when the GPU's decoder failed its parity probe)
+        reader, why_cpu = raw_reader(slide, tile_px, mpp, device="cpu")
+        why = "; ".join(w for w in (why, why_cpu) if w)
+        if reader is None:
+            if raw_tiles is True:
+                raise ValueError(f"{slide.path}: raw_tiles=True but the raw-tile path cannot read it: {why}")
+            return None, why
+    ds = _RawBatches(reader, xs, ys, tile_px, batch_size, decode=decode_here)
+    kw = {}
+    if num_workers > 0:
+        kw = {"worker_init_fn": _raw_worker_init, "prefetch_factor": 2, "persistent_workers": False}
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=num_workers,
+                                         pin_memory=pin_memory and decode_here, **kw)
+    return (loader if decode_here else _DecodeOn(loader, reader, dev)), why
+
+
+def tile_loader(slide, xs, ys, tile_px, mpp, batch_size=64, num_workers=0, pin_memory=False, *, device=None,
+                raw_tiles=None):
+    """Batches of uint8 tiles [B, tile_px, tile_px, 3] (HWC) in table order.
+
+    raw_tiles: "auto" (the default; None reads $PATHKIT_RAW_TILES, "auto" when unset) uses the raw-tile fast
+    path (:mod:`pathkit._raw_tiles`: batched JPEG decoding of the stored tiles, on `device` when it is a GPU
+    whose decoder passes the parity probe, else in the readers on CPU) when the level read is JPEG-tiled at
+    the target resolution, and `Slide.read_tile` otherwise; False (or "0"): always `Slide.read_tile`; True:
+    the raw path or ValueError. Same pixels either way on CPU. The loader's ``raw_tiles`` attribute says
+    which path runs ("" when raw) and ``raw_reason`` why not.
+    """
+    raw, why = _raw_loader(slide, xs, ys, tile_px, mpp, batch_size, num_workers, pin_memory, device, raw_tiles)
+    if raw is not None:
+        raw.raw_tiles, raw.raw_reason = True, why
+        return raw
     ds = TileDataset(slide, xs, ys, tile_px, mpp)
     kw = {}
     if num_workers > 0:
         kw = {"worker_init_fn": _worker_init, "prefetch_factor": 2, "persistent_workers": False}
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                       pin_memory=pin_memory, **kw)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                         pin_memory=pin_memory, **kw)
+    loader.raw_tiles, loader.raw_reason = False, why
+    return loader
 
 
 def in_daemon_process() -> bool:

@@ -142,7 +142,7 @@ def _run_encoder(encoder, spec, slide, xs, ys, tile_spec, dev, amp_dtype, batch_
     pre = TilePreprocess(spec).to(dev)
     loader = tile_loader(slide, xs, ys, tile_spec["tile_px"], tile_spec["mpp"], batch_size=batch_size,
                          num_workers=resolve_num_workers(num_workers, n, batch_size),
-                         pin_memory=dev.type == "cuda")
+                         pin_memory=dev.type == "cuda", device=dev)
     feats = None
     start = n_batches = 0
     with tqdm(total=n, unit="tile", desc=f"embed {slide.slide_id}", disable=not progress) as bar, \
