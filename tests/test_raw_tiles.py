@@ -223,3 +223,15 @@ def test_loader_switch(synth, tmp_path):
     assert not resized.raw_tiles and "resized" in resized.raw_reason
     with pytest.raises(ValueError, match="raw_tiles=True"):
         tile_loader(slide, xs, ys, 256, 0.6, raw_tiles=True)
+
+
+def test_aligned_grid_batch(synth):
+    """A batch of whole stored tiles (tile grid aligned with the file's 256-px tiles) is one stack; a batch
+    with an edge tile (the image ends inside the stored tile) is assembled piece by piece: same pixels."""
+    slide = pk.read_slide(synth)
+    reader = RawTileReader(slide, 0)
+    for xs, ys in (([0, 256, 512, 768], [0, 0, 512, 1024]), ([2560, 2816], [1792, 1792])):
+        xs, ys = np.array(xs), np.array(ys)
+        got = reader.read_batch(xs, ys, 256)
+        assert got.is_contiguous()
+        assert np.array_equal(got.numpy(), _reference(slide, np.stack([xs, ys], 1), 0.5))
