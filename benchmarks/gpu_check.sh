@@ -5,7 +5,7 @@
 #   benchmarks/gpu_check.sh --smoke           # tiny sizes, any machine
 #   benchmarks/gpu_check.sh --download-wheels # HERE (with internet): fetch the wheels the GPU image lacks into .whl/
 #
-# The project's GPU machines (see DEVELOPERS.md) have torch, torchvision, timm, tifffile, pandas, h5py but not
+# The project's GPU machines have torch, torchvision, timm, pandas, h5py (older tifffile) but not
 # tiffslide, imagecodecs, zarr or anndata, and cannot reach PyPI. Run `--download-wheels` here once, then on
 # the device: run(command="benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=540). When .whl/ exists the
 # script installs those wheels into /tmp/site first (no index, no dependencies).
@@ -13,7 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 WHEELS=(tiffslide==3.0.1 imagecodecs==2026.3.6 zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1
-        google-crc32c==1.9.0 anndata==0.12.19 array-api-compat==1.16.0 legacy-api-wrap==1.5 natsort==8.4.0)
+        google-crc32c==1.9.0 anndata==0.12.19 array-api-compat==1.16.0 legacy-api-wrap==1.5 natsort==8.4.0
+        tifffile==2026.3.3 scverse-misc==0.0.3)
 
 if [[ "${1:-}" == "--download-wheels" ]]; then
     grep -qx '/.whl/' .gitignore 2>/dev/null || echo "note: add /.whl/ to .gitignore or .git/info/exclude" >&2
