@@ -226,7 +226,7 @@ def test_tile_qc_focus_planted_blur(tmp_path, shared_data):
     tiles = _tiles_adata(slide)
     assert tiles.n_obs > 30
     out = pk.pp.tile_qc(tiles, copy=True)  # slide from uns["slide"]["path"]
-    assert "focus" not in tiles.obs
+    assert tiles.obs["focus"].isna().all()  # pp.tile does not read pixels by default; copy=True left it
     blurred = out.obs["x"].to_numpy() >= half
     foc = out.obs["focus"].to_numpy()
     assert foc[~blurred].min() > 200 and foc[blurred].max() < 50
@@ -253,3 +253,22 @@ def test_tile_qc_bad_inputs(tmp_path, pen_dir):
         pk.pp.tile_qc(tiles, slide, tissue=np.zeros((3, 3), bool))
     with pytest.raises(ValueError, match="max_pen"):
         pk.pp.tile_qc(tiles, slide, max_pen=2)
+
+
+def test_tile_writes_qc_columns(tmp_path, pen_dir):
+    import anndata as ad
+
+    slide = _pen_slide(tmp_path, pen_dir)
+    tiles = pk.pp.tile(slide, tile_px=64, mpp=2.0)
+    ref = pk.pp.tile_qc(tiles, slide, focus=False, copy=True)
+    np.testing.assert_array_equal(tiles.obs["pen"], ref.obs["pen"])
+    kept = tiles[tiles.obs.qc_pass]
+    assert 0 < kept.n_obs == tiles.uns["qc"]["n_pass"] < tiles.n_obs
+    assert (kept.obs["pen"] <= 0.05).all() and tiles.uns["qc"]["dropped"]["pen"] > 10
+    tiles.write_h5ad(tmp_path / "t.h5ad")
+    back = ad.read_h5ad(tmp_path / "t.h5ad")
+    assert back.uns["qc"]["dropped"]["pen"] == tiles.uns["qc"]["dropped"]["pen"]
+    assert back.obs["qc_pass"].dtype == bool
+    with_focus = pk.pp.tile(slide, tile_px=64, mpp=2.0, focus=True)
+    assert with_focus.obs["focus"].notna().all() and with_focus.uns["qc"]["focus_scored"]
+    assert "pen" not in pk.pp.tile(slide, tile_px=64, mpp=2.0, qc=False).obs

@@ -147,7 +147,7 @@ def test_no_tissue(tmp_path):
     assert not tm.mask.any() and tm.fraction == 0.0
     with pytest.warns(UserWarning, match="no tiles"):
         df = pk.pp.tile(s, tissue=tm)
-    assert len(df) == 0 and list(df.obs.columns) == ["slide_id", "x", "y", "tissue"]
+    assert len(df) == 0 and list(df.obs.columns) == ["slide_id", "x", "y", "tissue", "pen", "focus", "qc_pass"]
     assert df.obs["x"].dtype == np.int64
     assert len(pk.pp.tile(s, tissue=tm, min_tissue=0.0)) == 16
 

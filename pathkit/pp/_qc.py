@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 
 MAX_PEN = 0.05
 MIN_FOCUS = 100.0
@@ -133,10 +132,12 @@ def tile_qc(tiles, slide=None, *, tissue=None, focus: bool = True, max_pen: floa
     ok = ~(bad_tissue | bad_pen | bad_focus)
     adata.obs["pen"] = pen.astype(np.float64)
     adata.obs["focus"] = foc
-    adata.obs["qc_pass"] = pd.array(ok, dtype=bool).to_numpy()
+    adata.obs["qc_pass"] = np.asarray(ok, dtype=bool)
     w, h = slide.dimensions
     area0_mm2 = w * h * slide.mpp ** 2 / 1e6
-    adata.uns["qc"] = {
+    from .._io import h5ad_safe
+
+    adata.uns["qc"] = h5ad_safe({
         "tissue_area_mm2": float(tissue.fraction * area0_mm2),
         "pen_area_mm2": float(tissue.pen * area0_mm2),
         "n_tiles": int(len(x)),
@@ -148,5 +149,5 @@ def tile_qc(tiles, slide=None, *, tissue=None, focus: bool = True, max_pen: floa
         "min_focus": float(min_focus) if focus else math.nan,
         "focus_scored": bool(focus),
         "mask_mpp": float(tissue.mpp) if tissue.mpp is not None else math.nan,
-    }
+    })
     return adata if copy else None
