@@ -11,3 +11,6 @@ from .umap import umap
 __all__ = ["embed_tiles", "embed_slide", "embed_cohort", "train_abmil", "kaplan_meier", "logrank", "cox",
            "cindex", "risk_groups", "zero_shot", "zero_shot_eval", "topk_pool",
            "text_embeddings", "prompts", "umap"]
+
+from ._annotate import annotate_tiles  # noqa: E402
+__all__ += ["annotate_tiles"]
