@@ -63,7 +63,7 @@ def test_annotate_tiles_real_export():
     assert (got == exp).all()
     counts = tiles.uns["annotation"]["counts"]
     assert counts["UT"] == (exp == "UT").sum() > 5 and counts["I"] == (exp == "I").sum() > 10
-    assert tiles.uns["annotation"]["n_labelled"] == (exp != None).sum()  # noqa: E711
+    assert tiles.uns["annotation"]["n_labelled"] == (exp != None).sum()
     # "classification" is empty in this export: the name is the fallback label
     assert (pk.tl.annotate_tiles(tiles, QUPATH05, copy=True).obs["annotation"].astype(object)
             .where(lambda s: s.notna(), None).to_numpy() == exp).all()

@@ -143,7 +143,7 @@ def _disc_image(mpp_scale=1):
 def test_holes_and_islands_in_um2(scale):
     mpp = 1.0 / scale  # the same physical layout at two pixel sizes
     img = _disc_image(scale)
-    kw = dict(mpp=mpp, despeckle_px=0)
+    kw = {"mpp": mpp, "despeckle_px": 0}
     raw = tissue_mask_from_rgb(img, **kw).mask
     filled = tissue_mask_from_rgb(img, fill_holes_um2=400, min_object_um2=100, **kw).mask
     s = scale

@@ -212,7 +212,7 @@ def test_cmu1_tile_count_independent(shared_data):
     expected = {(256 * i, 256 * j) for j, i in zip(*np.nonzero(shares >= 0.1))}
 
     # the independent pipeline is raw Otsu: compare with pathkit's mask before pen removal and cleaning
-    raw = dict(pen=False, despeckle_um=0, fill_holes_um2=0, min_object_um2=0)
+    raw = {"pen": False, "despeckle_um": 0, "fill_holes_um2": 0, "min_object_um2": 0}
     tm = pk.pp.find_tissue(s, mask_mpp=16 * mpp, **raw)
     assert tm.downsample == pytest.approx(16.0)
     assert tm.threshold == pytest.approx(thr, abs=1.0)

@@ -111,6 +111,7 @@ def read_geojson(path, *, slide=None, qupath: bool = True) -> pd.DataFrame:
         ``color`` ([r, g, b] or None), ``geometry`` (shapely, valid: invalid rings are repaired with a
         warning), then one column per measurement.
     """
+    import shapely.errors
     import shapely.geometry
 
     path = Path(path)
@@ -135,7 +136,7 @@ def read_geojson(path, *, slide=None, qupath: bool = True) -> pd.DataFrame:
             raise GeoJSONError(f"{path}: feature {i} ({f.get('id')!r}) has no geometry")
         try:
             geom = shapely.geometry.shape(f["geometry"])
-        except Exception as e:  # shapely raises several types for malformed coordinates
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError, shapely.errors.GEOSException) as e:
             raise GeoJSONError(f"{path}: feature {i} ({f.get('id')!r}) has a malformed geometry: {e}") from None
         if geom.is_empty:
             raise GeoJSONError(f"{path}: feature {i} ({f.get('id')!r}) has an empty geometry")
@@ -185,7 +186,7 @@ def _palette(values) -> dict:
     out = {}
     for c, col in zip(cats, default_palette(len(cats))):
         rgb = pc.hex_to_rgb(col) if col.startswith("#") else pc.unlabel_rgb(col)
-        out[c] = [int(round(float(v))) for v in rgb]
+        out[c] = [round(float(v)) for v in rgb]
     return out
 
 

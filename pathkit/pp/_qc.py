@@ -140,7 +140,7 @@ def tile_qc(tiles, slide=None, *, tissue=None, focus: bool = True, max_pen: floa
     adata.uns["qc"] = h5ad_safe({
         "tissue_area_mm2": float(tissue.fraction * area0_mm2),
         "pen_area_mm2": float(tissue.pen * area0_mm2),
-        "n_tiles": int(len(x)),
+        "n_tiles": len(x),
         "n_pass": int(ok.sum()),
         "n_dropped": int((~ok).sum()),
         "dropped": {"tissue": int(bad_tissue.sum()), "pen": int(bad_pen.sum()), "focus": int(bad_focus.sum())},

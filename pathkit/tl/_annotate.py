@@ -92,7 +92,7 @@ def annotate_tiles(tiles, annotations, *, label: str = "classification", key_add
     cats = sorted({str(v) for v in labels if not pd.isna(v)})
     adata.obs[key_added] = pd.Categorical(out, categories=cats)
     counts = adata.obs[key_added].value_counts().to_dict()
-    adata.uns[key_added] = {"n_annotations": int(len(polys)), "n_labelled": int(pd.notna(out).sum()),
+    adata.uns[key_added] = {"n_annotations": len(polys), "n_labelled": int(pd.notna(out).sum()),
                             "counts": {str(k): int(v) for k, v in counts.items()}, "label": label,
                             **({"source": source} if source else {})}
     return adata if copy else None
