@@ -272,3 +272,35 @@ def test_tile_writes_qc_columns(tmp_path, pen_dir):
     with_focus = pk.pp.tile(slide, tile_px=64, mpp=2.0, focus=True)
     assert with_focus.obs["focus"].notna().all() and with_focus.uns["qc"]["focus_scored"]
     assert "pen" not in pk.pp.tile(slide, tile_px=64, mpp=2.0, qc=False).obs
+
+
+def test_pl_qc_figure(tmp_path, pen_dir):
+    from pathkit.pl._thumbs import decode_data_uri
+
+    slide = _pen_slide(tmp_path, pen_dir)
+    tm = pk.pp.find_tissue(slide)
+    tiles = pk.pp.tile(slide, tile_px=64, mpp=2.0, tissue=tm)
+    fig = pk.pl.qc(slide, tiles, tissue=tm, thumbnail_size=525)
+    names = [t.name for t in fig.data]
+    q = tiles.uns["qc"]
+    assert names[:2] == ["thumbnail", "mask"]
+    assert f"rejected: pen ({q['dropped']['pen']})" in names and f"kept ({q['n_pass']})" in names
+    assert "mm²" in fig.layout.title.text and fig.layout.meta["qc"]["n_tiles"] == tiles.n_obs
+    # the mask layer is the tissue / pen mask at the thumbnail size (525 px high = the mask itself)
+    import base64
+    import io
+
+    from PIL import Image
+
+    layer = np.asarray(Image.open(io.BytesIO(base64.b64decode(fig.data[1].source.split(",", 1)[1]))))
+    assert layer.shape[2] == 4 and layer.shape[:2] == tm.mask.shape
+    np.testing.assert_array_equal(layer[..., 3] == 150, tm.pen_mask)
+    np.testing.assert_array_equal(layer[..., 3] == 70, tm.mask)
+    assert decode_data_uri(fig.data[0].source).shape[:2] == tm.mask.shape
+    # the first rejected-for-pen outline is that tile's square, scaled to the thumbnail
+    pen_trace = next(t for t in fig.data if t.name.startswith("rejected: pen"))
+    first = np.flatnonzero(tiles.obs["pen"].to_numpy() > 0.05)[0]
+    s = 468 / slide.dimensions[0]
+    assert pen_trace.x[0] == pytest.approx(tiles.obs["x"].iloc[first] * s)
+    with pytest.raises(pk.errors.TableError, match="no QC"):
+        pk.pl.qc(slide, pk.pp.tile(slide, tile_px=64, mpp=2.0, tissue=tm, qc=False), tissue=tm)
