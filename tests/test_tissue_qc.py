@@ -60,6 +60,8 @@ def test_green_pen_tiles(pen_dir):
         assert r.pen > lo, name
         assert not (r.mask & r.pen_mask).any()
         assert tissue_mask_from_rgb(img, pen=False).mask.mean() > r.mask.mean() + lo - 0.02
+        assert tissue_mask_from_rgb(img, pen=("red",)).pen < 0.01  # colours can be chosen
+        assert tissue_mask_from_rgb(img, pen=("green", "blue")).pen > lo
 
 
 def test_he_tiles_have_no_ink(shared_data):
@@ -121,8 +123,9 @@ def test_bad_images():
         tissue_mask_from_rgb(rgba)
     grey = np.full((32, 32), 240, np.uint8)
     grey[8:24, 8:24] = 120
-    m = tissue_mask_from_rgb(grey).mask
-    assert m[8:24, 8:24].all() and m.sum() == 256
+    grey[10:12, 10:12] = 10  # very dark grey is not "black ink" in a grey image
+    r = tissue_mask_from_rgb(grey)
+    assert r.mask[8:24, 8:24].all() and r.mask.sum() == 256 and r.pen == 0.0
     with pytest.raises(ValueError, match="mpp"):
         tissue_mask_from_rgb(grey, fill_holes_um2=100)
 
@@ -304,3 +307,14 @@ def test_pl_qc_figure(tmp_path, pen_dir):
     assert pen_trace.x[0] == pytest.approx(tiles.obs["x"].iloc[first] * s)
     with pytest.raises(pk.errors.TableError, match="no QC"):
         pk.pl.qc(slide, pk.pp.tile(slide, tile_px=64, mpp=2.0, tissue=tm, qc=False), tissue=tm)
+
+
+def test_drop_small_matches_skimage():
+    from skimage.morphology import remove_small_holes, remove_small_objects
+
+    from pathkit.pp.tissue import _drop_small
+
+    m = np.random.default_rng(0).random((120, 140)) < 0.45
+    for px in (2, 5, 20):
+        np.testing.assert_array_equal(_drop_small(m, px), remove_small_objects(m, max_size=px - 1))
+        np.testing.assert_array_equal(~_drop_small(~m, px), remove_small_holes(m, max_size=px - 1))

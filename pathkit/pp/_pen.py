@@ -65,35 +65,55 @@ def _lut() -> np.ndarray:
     return classify_lab(rgb2lab(rgb)).reshape(-1)
 
 
+_CHUNK_PX = 1 << 19  # pixels per chunk: the index array stays in cache
+
+
+def _gather(img: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """``lut[index(rgb)]`` for every pixel (uint8, H x W), in row chunks to keep temporaries small."""
+    img = np.asarray(img)
+    h, w = img.shape[:2]
+    out = np.empty((h, w), np.uint8)
+    rows = max(1, _CHUNK_PX // max(w, 1))
+    for r0 in range(0, h, rows):
+        c = img[r0:r0 + rows]
+        idx = (c[..., 0] >> 2).astype(np.uint32) << 12
+        idx |= (c[..., 1] >> 2).astype(np.uint32) << 6
+        idx |= c[..., 2] >> 2
+        np.take(lut, idx, out=out[r0:r0 + rows])
+    return out
+
+
 def ink_codes(img: np.ndarray) -> np.ndarray:
     """Per-pixel ink class bits (uint8, H x W) of a uint8 RGB image."""
-    img = np.asarray(img)
-    idx = (img[..., 0] >> 2).astype(np.uint32) << 12
-    idx |= (img[..., 1] >> 2).astype(np.uint32) << 6
-    idx |= img[..., 2] >> 2
-    return _lut()[idx]
+    return _gather(img, _lut())
+
+
+@functools.lru_cache(maxsize=16)
+def _selection_lut(bits: int) -> np.ndarray:
+    """For the selected colours: bit 0 = ink that needs no growing, bit 1 = red seed, bit 2 = red loose."""
+    codes = _lut()
+    out = ((codes & (bits & ~(RED_SEED | RED_LOOSE))) > 0).astype(np.uint8)
+    if bits & RED_SEED:
+        out |= (((codes & RED_SEED) > 0).astype(np.uint8) << 1) | (((codes & RED_LOOSE) > 0).astype(np.uint8) << 2)
+    return out
 
 
 def pen_mask(img: np.ndarray, colours=("red", "green", "blue", "black")) -> np.ndarray:
     """Boolean mask of pen ink in a uint8 RGB image (H x W)."""
-    codes = ink_codes(img)
     bits = 0
     for c in colours:
         if c not in COLOURS:
             raise ValueError(f"pen colour {c!r} is not one of {sorted(COLOURS)}")
         bits |= COLOURS[c]
-    out = (codes & (bits & ~(RED_SEED | RED_LOOSE))) > 0
-    if bits & RED_SEED:
-        out |= _grow_red(codes)
+    codes = _gather(img, _selection_lut(bits))
+    out = (codes & 1).view(bool)
+    if bits & RED_SEED and (codes & 2).any():
+        out |= _grow_red((codes & 2) > 0, (codes & 6) > 0)
     return out
 
 
-def _grow_red(codes: np.ndarray) -> np.ndarray:
+def _grow_red(seed: np.ndarray, loose: np.ndarray) -> np.ndarray:
     """Loose red pixels connected (8-neighbourhood) to a seed red pixel; seeds themselves count."""
-    seed = (codes & RED_SEED) > 0
-    if not seed.any():
-        return seed
-    loose = ((codes & RED_LOOSE) > 0) | seed
     rows = np.flatnonzero(loose.any(axis=1))
     cols = np.flatnonzero(loose.any(axis=0))
     r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1

@@ -160,6 +160,19 @@ def _segment_dark(img: np.ndarray, inside: tuple[int, int] | None, threshold: fl
     return mask, thr, ink
 
 
+def _drop_small(mask: np.ndarray, min_px: int) -> np.ndarray:
+    """`mask` without its 4-connected pieces of fewer than `min_px` pixels (skimage's remove_small_objects,
+    connectivity 1, in one label and one bincount)."""
+    from scipy import ndimage as ndi
+
+    lab, n = ndi.label(mask)
+    if n == 0:
+        return mask
+    keep = np.bincount(lab.ravel(), minlength=n + 1) >= min_px
+    keep[0] = False
+    return keep[lab]
+
+
 def _clean(mask, despeckle_px: int, fill_holes_um2: float, min_object_um2: float, px_um: float | None):
     """Closing with a disc of radius `despeckle_px` (the image is mirrored at its edges), then holes
     smaller than `fill_holes_um2` filled and pieces smaller than `min_object_um2` dropped."""
@@ -176,17 +189,13 @@ def _clean(mask, despeckle_px: int, fill_holes_um2: float, min_object_um2: float
     if (fill_holes_um2 or min_object_um2) and px_um is None:
         raise ValueError("fill_holes_um2 / min_object_um2 are areas in um^2: pass mpp (um per pixel of the image)")
     if fill_holes_um2 and fill_holes_um2 > 0:
-        from skimage.morphology import remove_small_holes
-
         px = math.ceil(fill_holes_um2 / px_um ** 2)
         if px > 1:
-            mask = remove_small_holes(mask, max_size=px - 1)
+            mask = ~_drop_small(~mask, px)
     if min_object_um2 and min_object_um2 > 0:
-        from skimage.morphology import remove_small_objects
-
         px = math.ceil(min_object_um2 / px_um ** 2)
         if px > 1:
-            mask = remove_small_objects(mask, max_size=px - 1)
+            mask = _drop_small(mask, px)
     return mask
 
 
@@ -211,7 +220,7 @@ def tissue_mask_from_rgb(img: np.ndarray, threshold: float | None = None, *, pen
         Luminance cut (0-255); default Otsu with guards.
     pen
         True (default): red, green, blue and black ink are not tissue; False keeps them; or a tuple of
-        colours, e.g. ``("green", "blue")``.
+        colours, e.g. ``("green", "blue")``. Ignored for a grey image (ink is told by its colour).
     mpp
         um per pixel of `img`; needed only for the areas below.
     despeckle_px
@@ -224,8 +233,10 @@ def tissue_mask_from_rgb(img: np.ndarray, threshold: float | None = None, *, pen
     RGBMask
         A ``(mask, threshold)`` tuple with ``.pen_mask`` and ``.pen`` (share of the image that is ink).
     """
+    grey = np.asarray(img).ndim == 2  # ink is told by its colour: none in a grey image
     img = _check_rgb(img, "tissue_mask_from_rgb")
-    mask, thr, ink = _segment_dark(img, None, threshold, pen=pen, px_um=mpp, despeckle_px=despeckle_px,
+    mask, thr, ink = _segment_dark(img, None, threshold, pen=False if grey else pen, px_um=mpp,
+                                   despeckle_px=despeckle_px,
                                    fill_holes_um2=fill_holes_um2, min_object_um2=min_object_um2,
                                    max_luminance=max_luminance, min_contrast=min_contrast, min_glass=min_glass)
     return RGBMask(mask, thr, ink)
