@@ -170,6 +170,8 @@ def _drop_small(mask: np.ndarray, min_px: int) -> np.ndarray:
         return mask
     keep = np.bincount(lab.ravel(), minlength=n + 1) >= min_px
     keep[0] = False
+    if keep[1:].all():
+        return mask
     return keep[lab]
 
 
