@@ -55,7 +55,10 @@ def test_ink_left_in_tissue_mask(thumb):
 
 def test_green_pen_tiles(pen_dir):
     for name, lo in [("tcga-green-pen.png", 0.10), ("medium-nuclei-score-green-pen-level1.png", 0.35)]:
+        rgba = np.asarray(Image.open(pen_dir / name))
+        assert rgba.shape[2] == 4 and (rgba[..., 3] == 255).all()  # opaque RGBA files: read as they are
         img = _rgb(pen_dir / name)
+        np.testing.assert_array_equal(tissue_mask_from_rgb(rgba).mask, tissue_mask_from_rgb(img).mask)
         r = tissue_mask_from_rgb(img)
         assert r.pen > lo, name
         assert not (r.mask & r.pen_mask).any()
@@ -128,6 +131,13 @@ def test_bad_images():
     assert r.mask[8:24, 8:24].all() and r.mask.sum() == 256 and r.pen == 0.0
     with pytest.raises(ValueError, match="mpp"):
         tissue_mask_from_rgb(grey, fill_holes_um2=100)
+    from pathkit.pp.tissue import TissueMask
+
+    with pytest.raises(ValueError, match="pen_mask has shape"):
+        TissueMask(np.zeros((4, 4), bool), 16.0, 200.0, pen_mask=np.zeros((4, 5), bool))
+    with pytest.raises(ValueError, match="2-D"):
+        TissueMask(np.zeros((4, 4, 3), bool), 16.0, 200.0)
+    assert TissueMask(np.eye(4, dtype=np.uint8), 16.0, 200.0).mask.dtype == bool
 
 
 # --------------------------------------------------------------------------------- holes / islands

@@ -265,6 +265,15 @@ class TissueMask:
     pen_mask: np.ndarray | None = field(default=None, repr=False, compare=False)
     _integral: np.ndarray | None = field(default=None, repr=False, compare=False)
 
+    def __post_init__(self):
+        self.mask = np.asarray(self.mask)
+        if self.mask.ndim != 2:
+            raise ValueError(f"TissueMask.mask must be a 2-D (H x W) array, got shape {self.mask.shape}")
+        self.mask = self.mask.astype(bool, copy=False)
+        if self.pen_mask is not None and np.shape(self.pen_mask) != self.mask.shape:
+            raise ValueError(f"TissueMask.pen_mask has shape {np.shape(self.pen_mask)}, the mask {self.mask.shape}: "
+                             "they must cover the same pixels")
+
     def __repr__(self):
         h, w = self.mask.shape
         return (f"TissueMask({self.slide_id!r}, {w}x{h} px at {self.downsample:.4g}x, "
