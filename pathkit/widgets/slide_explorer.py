@@ -157,7 +157,7 @@ class SlideExplorer:
         self._draw_current()
 
     def _draw_selection(self):
-        from ..pl.slide import _rect_path
+        from ..pl._slide import _rect_path
 
         sx, sy = self.slide_figure.layout.meta["scale"]
         sel = self.selected
@@ -173,7 +173,7 @@ class SlideExplorer:
         self.status.value = f"{len(sel)} tiles selected"
 
     def _draw_current(self):
-        from ..pl.slide import _rect_path
+        from ..pl._slide import _rect_path
 
         i = self.current_tile
         rows = [] if i is None else [i]
