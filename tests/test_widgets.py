@@ -48,8 +48,7 @@ def rows_of(tr, point_inds):
 @pytest.fixture
 def explorer():
     a = tile_adata()
-    return pk.widgets.SlideExplorer(FakeSlide(), a, color="leiden", thumbnail_size=500, max_thumbnails=20,
-                                    thumb_px=24)
+    return pk.widgets.SlideExplorer(a, "leiden", slide=FakeSlide(), thumbnail_size=500, thumb_px=24)
 
 
 # ------------------------------------------------------------------------------------------ SlideExplorer
@@ -104,12 +103,46 @@ def test_umap_lasso_selection_across_traces_highlights_slide(explorer):
     assert len(xs) == 5 * len(expected)
 
 
-def test_slide_selection_highlights_umap(explorer):
+def relayout(fw, data):
+    """Send ``fw`` the relayout message plotly.js sends, e.g. after a box/lasso drawn with the select tool."""
+    fw._js2py_relayout = {"relayout_data": data, "source_view_id": None}   # the trait the front end sets
+
+
+def test_slide_box_selection_from_geometry(explorer):
     ex, a = explorer, explorer.tiles
-    ti = trace_index(ex.slide_figure, "tiles")
-    fire(ex.slide_figure, "plotly_selected", {ti: [4, 7, 11]}, BOX)
-    assert ex.selected.tolist() == [4, 7, 11]
-    np.testing.assert_allclose(trace(ex.umap_figure, "selected").y, a.obsm["X_umap"][[4, 7, 11], 1])
+    s = 500 / 2000                                   # thumbnail px per level-0 px
+    cx, cy = (a.obs["x"] + 50) * s, (a.obs["y"] + 50) * s
+    # a box over level-0 x 300..900, y 200..700 (thumbnail px), as plotly.js reports it in layout.selections
+    box = {"type": "rect", "xref": "x", "yref": "y", "x0": 900 * s, "x1": 300 * s, "y0": 200 * s, "y1": 700 * s}
+    relayout(ex.slide_figure, {"selections": [box]})
+    want = np.flatnonzero((cx >= 300 * s) & (cx <= 900 * s) & (cy >= 200 * s) & (cy <= 700 * s))
+    assert len(want) >= 3
+    assert ex.selected.tolist() == want.tolist()
+    np.testing.assert_allclose(trace(ex.umap_figure, "selected").y, a.obsm["X_umap"][want, 1])
+    assert ex.status.value == f"{len(want)} tiles selected"
+    relayout(ex.slide_figure, {"selections[0].x0": 1400 * s})   # the user drags the box's edge
+    want = np.flatnonzero((cx >= 300 * s) & (cx <= 1400 * s) & (cy >= 200 * s) & (cy <= 700 * s))
+    assert ex.selected.tolist() == want.tolist()
+    # plotly.js's point list (sometimes empty for the slide's invisible markers) cannot lose it
+    fire(ex.slide_figure, "plotly_selected", {trace_index(ex.slide_figure, "tiles"): []}, BOX)
+    assert ex.selected.tolist() == want.tolist()
+    # recolouring replaces the layout (its selections go): the selection stays
+    ex.set_color("score")
+    assert ex.selected.tolist() == want.tolist()
+    # a lasso (SVG path): a triangle with corners at level-0 (0,0), (2000,0), (0,1200)
+    path = f"M0,0L{2000 * s},0L0,{1200 * s}Z"
+    relayout(ex.slide_figure, {"selections": [{"type": "path", "path": path, "xref": "x", "yref": "y"}]})
+    tri = np.flatnonzero(cx / (2000 * s) + cy / (1200 * s) < 1)
+    assert ex.selected.tolist() == tri.tolist()
+    relayout(ex.slide_figure, {"selections": []})      # double-click: cleared
+    assert ex.selected.tolist() == []
+
+
+def test_umap_lasso_geometry(explorer):
+    ex, a = explorer, explorer.tiles
+    u = a.obsm["X_umap"]
+    relayout(ex.umap_figure, {"selections": [{"type": "rect", "x0": 0, "x1": 5, "y0": -5, "y1": 0}]})
+    assert ex.selected.tolist() == np.flatnonzero((u[:, 0] >= 0) & (u[:, 1] <= 0)).tolist()
 
 
 def test_click_tile_shows_full_resolution_tile_and_values(explorer):
@@ -133,8 +166,11 @@ def test_click_tile_shows_full_resolution_tile_and_values(explorer):
 def test_hover_shows_thumbnail(explorer):
     ex, a = explorer, explorer.tiles
     tr = ex.umap_figure.data[0]
-    p = next(i for i, (r, uri) in enumerate(tr.customdata) if uri)
+    assert all(uri == "" for _, uri in tr.customdata)      # nothing embedded: read when hovered
+    assert ex.hover_image.layout.display == "none" and ex.tile_image.layout.display == "none"
+    p = 3
     fire(ex.umap_figure, "plotly_hover", {0: [p]})
+    assert ex.hover_image.layout.display is None          # shown from the first hover on
     img = np.asarray(Image.open(io.BytesIO(ex.hover_image.value)).convert("RGB"))
     r = int(tr.customdata[p][0])
     assert img.shape == (24, 24, 3)
@@ -145,7 +181,8 @@ def test_umap_hover_widget_shows_thumbnail():
     a = tile_adata()
     box = pk.pl.umap(a, color="leiden", slide=FakeSlide(), thumb_px=20, widget=True)
     fw = box.figure
-    p = next(i for i, (r, uri) in enumerate(fw.data[2].customdata) if uri)
+    assert all(uri == "" for _, uri in fw.data[2].customdata)   # read on hover, not embedded
+    p = 1
     fire(fw, "plotly_hover", {2: [p]})
     r = int(fw.data[2].customdata[p][0])
     img = np.asarray(Image.open(io.BytesIO(box.image.value)).convert("RGB"))
@@ -157,7 +194,7 @@ def test_umap_hover_widget_shows_thumbnail():
 def test_explorer_without_umap():
     a = tile_adata()
     del a.obsm["X_umap"]
-    ex = pk.widgets.SlideExplorer(FakeSlide(), a)
+    ex = pk.widgets.SlideExplorer(a, slide=FakeSlide())
     assert ex.umap_figure is None
     ex.select_tiles([1]).click_tile(1)
     assert len([v for v in trace(ex.slide_figure, "selected").x if v is not None]) == 5
@@ -165,8 +202,12 @@ def test_explorer_without_umap():
 
 def test_explorer_on_a_real_slide(tmp_path):
     slide, _, a = build_real_tiles(tmp_path)
-    ex = pk.widgets.SlideExplorer(slide, a, color="tissue", thumbnail_size=512, max_thumbnails=5)
-    assert len(ex._thumbs) == 5
+    ex = pk.widgets.SlideExplorer(a, "tissue", thumbnail_size=512)   # the slide from uns["slide"]["path"]
+    ex.hover_tile(4)
+    hov = np.asarray(Image.open(io.BytesIO(ex.hover_image.value)).convert("RGB"))
+    size0 = a.uns["tile_spec"]["size_level0"]
+    np.testing.assert_array_equal(hov, slide.read_tile(int(a.obs["x"].iloc[4]), int(a.obs["y"].iloc[4]),
+                                                       tile_px=96, mpp=size0 * slide.mpp / 96))
     ex.click_tile(3)
     img = np.asarray(Image.open(io.BytesIO(ex.tile_image.value)).convert("RGB"))
     ref = slide.read_tile(int(a.obs["x"].iloc[3]), int(a.obs["y"].iloc[3]), tile_px=32, mpp=4.0)

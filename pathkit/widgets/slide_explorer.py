@@ -64,6 +64,9 @@ def points_in_selections(x, y, selections) -> np.ndarray:
     return np.flatnonzero(hit)
 
 
+_SEL_KEY = __import__("re").compile(r"selections\[(\d+)\](?:\.(\w+))?")
+
+
 class SlideExplorer(StaticFallback):
     """Explore one slide's tiles in JupyterLab.
 
@@ -144,9 +147,12 @@ class SlideExplorer(StaticFallback):
         self._render(color)
         self.color_dropdown.observe(lambda ch: self._render(None if ch["new"] == NONE else ch["new"]),
                                     names="value")
-        self.slide_figure.layout.on_change(self._on_slide_selections, "selections")
+        # the selection geometry arrives in plotly.js's relayout message; plotly.py drops a whole new
+        # "selections" array when it applies the message to layout, so read the message itself
+        self._drawn: dict[str, list[dict]] = {"slide": [], "umap": []}
+        self.slide_figure.observe(lambda ch: self._on_relayout("slide", ch["new"]), names="_js2py_relayout")
         if self._has_umap:
-            self.umap_figure.layout.on_change(self._on_umap_selections, "selections")
+            self.umap_figure.observe(lambda ch: self._on_relayout("umap", ch["new"]), names="_js2py_relayout")
 
         figs = [self.slide_figure] + ([self.umap_figure] if self._has_umap else [])
         side = W.VBox([W.HTML("<b>tile</b>"), self.tile_image, self.values,
@@ -329,18 +335,34 @@ class SlideExplorer(StaticFallback):
         half = self._geom.size / 2
         return (self._geom.xy[:, 0] + half) * sx, (self._geom.xy[:, 1] + half) * sy
 
-    def _on_slide_selections(self, layout, selections):
-        # the box/lasso the user drew (layout.selections), not plotly.js's point list: every tile whose
-        # centre lies inside is selected; an empty list (double-click) clears the selection
-        if self._rendering:
+    def _on_relayout(self, which: str, msg):
+        """A relayout from the front end: apply its selection geometry (a new box/lasso, an edited one,
+        or none after a double-click) and select every tile whose centre (slide) or point (UMAP) is inside."""
+        data = (msg or {}).get("relayout_data") or {}
+        shapes = self._drawn[which]
+        changed = False
+        for key, val in data.items():
+            m = _SEL_KEY.fullmatch(key)
+            if key == "selections":
+                shapes[:] = [dict(v) for v in (val or [])]
+                changed = True
+            elif m:
+                i, attr = int(m.group(1)), m.group(2)
+                while len(shapes) <= i:
+                    shapes.append({})
+                if attr:
+                    shapes[i][attr] = val
+                else:
+                    shapes[i] = dict(val or {})
+                changed = True
+        if not changed or self._rendering:
             return
-        self.select_tiles(points_in_selections(*self._tile_centres(), selections))
-
-    def _on_umap_selections(self, layout, selections):
-        if self._rendering:
-            return
-        u = np.asarray(self.tiles.obsm["X_umap"], dtype=float)
-        self.select_tiles(points_in_selections(u[:, 0], u[:, 1], selections))
+        if which == "slide":
+            x, y = self._tile_centres()
+        else:
+            u = np.asarray(self.tiles.obsm["X_umap"], dtype=float)
+            x, y = u[:, 0], u[:, 1]
+        self.select_tiles(points_in_selections(x, y, shapes))
 
     def _on_umap_selection(self, i, trace, points):
         # plotly dispatches one selection event to every trace in turn: keep each trace's part, select
