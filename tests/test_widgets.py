@@ -120,9 +120,8 @@ def test_slide_box_selection_from_geometry(explorer):
     assert ex.selected.tolist() == want.tolist()
     np.testing.assert_allclose(trace(ex.umap_figure, "selected").y, a.obsm["X_umap"][want, 1])
     assert ex.status.value == f"{len(want)} tiles selected"
-    relayout(ex.slide_figure, {"selections[0].x0": 1400 * s})   # the user drags the box's edge
-    want = np.flatnonzero((cx >= 300 * s) & (cx <= 1400 * s) & (cy >= 200 * s) & (cy <= 700 * s))
-    assert ex.selected.tolist() == want.tolist()
+    # a drawn box cannot be dragged (plotly.py cannot apply "selections[0].x0" edits): a new one replaces it
+    assert ex.slide_figure._config["editSelection"] is False and ex.umap_figure._config["editSelection"] is False
     # plotly.js's point list (sometimes empty for the slide's invisible markers) cannot lose it
     fire(ex.slide_figure, "plotly_selected", {trace_index(ex.slide_figure, "tiles"): []}, BOX)
     assert ex.selected.tolist() == want.tolist()

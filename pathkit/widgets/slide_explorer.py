@@ -150,6 +150,9 @@ class SlideExplorer(StaticFallback):
         # the selection geometry arrives in plotly.js's relayout message; plotly.py drops a whole new
         # "selections" array when it applies the message to layout, so read the message itself
         self._drawn: dict[str, list[dict]] = {"slide": [], "umap": []}
+        for fw in (self.slide_figure, self.umap_figure):
+            if fw is not None:  # plotly.py raises on edits of a drawn box ("selections[0].x0"): draw new ones
+                fw._config = dict(fw._config or {}, editSelection=False)
         self.slide_figure.observe(lambda ch: self._on_relayout("slide", ch["new"]), names="_js2py_relayout")
         if self._has_umap:
             self.umap_figure.observe(lambda ch: self._on_relayout("umap", ch["new"]), names="_js2py_relayout")
