@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -287,3 +288,126 @@ def test_survival_explorer_missing_covariate_values_and_errors(cohort):
         pk.widgets.SurvivalExplorer(cohort, time="months", event="event")
     with pytest.raises(KeyError, match="stage"):
         ex.set_covariate("stage")
+
+
+# ------------------------------------------------------------------- maxstat: the cut-off chosen by looking
+HOHNLOSER = Path(__file__).parent / "fixtures" / "maxstat_hohnloser.txt"
+
+
+def test_maxstat_reproduces_r_maxstat_published_values():
+    """R maxstat 0.7's own examples (tests/Examples/maxstat-Ex.Rout.save): hohnloser, LogRank scores:
+    M = 3.5691, cut-point 39, Lau92 p = 0.01065, Lau94 p = 0.005453; pLausen94(2.5, 20, 0.25, 0.75) = 0.073
+    (Lausen 1994, p. 489); qLausen92 reproduces Table 2 of Lausen & Schumacher (1992)."""
+    from scipy.optimize import brentq
+
+    from pathkit.widgets._maxstat import maxstat, p_lausen92, p_lausen94
+
+    d = pd.read_csv(HOHNLOSER, sep=r"\s+")
+    r = maxstat(d["EF"], d["month"], d["cens"])
+    assert r.statistic == pytest.approx(3.5691, abs=5e-5)
+    assert r.cutpoint == 39
+    assert r.p_lau92 == pytest.approx(0.01065, abs=5e-6)
+    assert r.p_lau94 == pytest.approx(0.005453, abs=5e-7)
+    assert round(p_lausen94(2.5, 20, np.arange(5, 16)), 3) == 0.073
+    table2 = {(0.1, 0.25, 0.75): 2.539, (0.05, 0.4, 0.6): 2.560, (0.025, 0.1, 0.9): 3.297,
+              (0.01, 0.4, 0.9): 3.442}
+    for (alpha, lo, hi), q in table2.items():
+        got = brentq(lambda b: p_lausen92(b, lo, hi) - alpha, 1.01, 10)
+        assert round(got, 3) == q
+
+
+def test_dragged_cutoff_is_exploratory_with_corrected_p():
+    from pathkit.widgets._maxstat import p_lausen94
+
+    d = pd.read_csv(HOHNLOSER, sep=r"\s+")
+    ex = pk.widgets.SurvivalExplorer(d, time="month", event="cens")
+    assert list(ex.covariate_dropdown.options) == ["EF"]          # month/cens are the outcome
+    assert not ex.exploratory and "pre-specified cut-off (median)" in ex.label.value
+    assert np.isnan(ex.p_corrected)
+    ex.cutoff_slider.value = 39.0                                   # the user drags to R's best cut-off
+    assert ex.exploratory and ex.cutoff == pytest.approx(39.0, abs=ex.cutoff_slider.step)
+    ex.set_cutoff(39)
+    assert ex.p_value == pytest.approx(lifelines_p(d.rename(columns={"month": "time", "cens": "event"}),
+                                                   "EF", 39), rel=1e-6)
+    assert ex.p_corrected == pytest.approx(0.005453, abs=5e-7)    # R maxstat, Lau94, at its cut-point
+    assert ex.p_corrected > ex.p_value                             # the uncorrected one is too small
+    assert "EXPLORATORY" in ex.label.value and f"p = {ex.p_corrected:.3g}" in ex.label.value
+    assert "corrected for choosing the cut-off" in ex.figure.layout.title.text
+    ex.set_cutoff(30)                                               # any other cut-off: its own statistic
+    assert ex.p_corrected > 0.005453
+    assert ex.p_corrected == pytest.approx(p_lausen94(ex.maxstat.statistic_at(30, d["EF"], _scores(d)),
+                                                      ex.maxstat.n, ex.maxstat.counts))
+    ex.covariate_dropdown.value = "EF"                              # no change: stays
+    ex.set_covariate("EF")                                          # a fresh median split: pre-specified again
+    assert not ex.exploratory
+
+
+def _scores(d):
+    from pathkit.widgets._maxstat import logrank_scores
+
+    return logrank_scores(d["month"], d["cens"])
+
+
+def test_outcome_and_bookkeeping_columns_are_not_covariates():
+    """The columns issue 16 found in the dropdown (survival_months, censorship, DSS/PFI variants, train) and
+    what pk.io.link records in uns['survival'] are never offered; asking for one says why."""
+    import anndata as ad
+
+    from pathkit.io.survival_columns import normalise_survival
+
+    rng = np.random.default_rng(1)
+    n = 80
+    raw = pd.DataFrame({"survival_months": rng.exponential(30, n), "censorship": rng.integers(0, 2, n),
+                        "survival_months_dss": rng.exponential(30, n), "censorship_dss": rng.integers(0, 2, n),
+                        "PFI": rng.integers(0, 2, n), "PFI.time": rng.exponential(900, n),
+                        "train": rng.integers(0, 2, n), "fold": rng.integers(0, 5, n),
+                        "n_tiles": rng.integers(100, 900, n), "case_id_num": rng.integers(0, 9, n),
+                        "age": rng.normal(60, 9, n), "abmil_risk": rng.normal(size=n)},
+                       index=[f"S{i}" for i in range(n)])
+    obs, info = normalise_survival(raw)
+    c = ad.AnnData(obs=obs, uns={"survival": info})
+    ex = pk.widgets.SurvivalExplorer(c, time="time_months", event="event")
+    assert list(ex.covariate_dropdown.options) == ["age", "abmil_risk"]
+    for col in ("survival_months", "censorship", "event_dss", "time_months_dss", "PFI", "PFI.time", "train",
+                "fold", "n_tiles"):
+        assert col in ex.excluded
+    with pytest.raises(KeyError, match="survival"):
+        ex.set_covariate("survival_months")
+
+
+def test_genes_from_the_rna_modality():
+    """Genes come from a MuData's "rna" modality (var = genes) or a linked cohort's obsm["rna"]; a gene that
+    drives survival separates the curves."""
+    import anndata as ad
+
+    mudata = pytest.importorskip("mudata")
+    rng = np.random.default_rng(2)
+    n = 150
+    ids = [f"P{i}" for i in range(n)]
+    expr = rng.normal(size=(n, 3))
+    t = rng.exponential(np.exp(-1.5 * expr[:, 1]) * 30)
+    cens = rng.exponential(60, n)
+    obs = pd.DataFrame({"time": np.minimum(t, cens), "event": (t <= cens).astype(int),
+                        "age": rng.normal(60, 8, n)}, index=ids)
+    rna = ad.AnnData(expr.astype(np.float32), obs=pd.DataFrame(index=ids),
+                     var=pd.DataFrame(index=["TP53", "EGFR", "KRAS"]))
+    slides = ad.AnnData(obs=obs.copy())
+    md = mudata.MuData({"slides": slides, "rna": rna})
+    md.obs = md.obs.join(obs)
+    ex = pk.widgets.SurvivalExplorer(md, time="time", event="event")
+    assert list(ex.covariate_dropdown.options) == ["slides:age", "age", "TP53", "EGFR", "KRAS"]
+    assert "slides:time" in ex.excluded and "slides:event" in ex.excluded
+    ex.covariate_dropdown.value = "EGFR"
+    hi = expr[:, 1] > np.median(expr[:, 1])
+    assert (ex.groups == "high").to_numpy().tolist() == hi.tolist()
+    assert ex.p_value < 1e-4
+    # a linked cohort (obsm["rna"] DataFrame) with many genes: none in the dropdown, each can be picked
+    c = ad.AnnData(obs=obs.copy())
+    c.obsm["rna"] = pd.DataFrame(np.c_[expr, rng.normal(size=(n, 60))], index=ids,
+                                 columns=["TP53", "EGFR", "KRAS"] + [f"G{i}" for i in range(60)])
+    ex = pk.widgets.SurvivalExplorer(c, time="time", event="event")
+    assert list(ex.covariate_dropdown.options) == ["age"]
+    ex.set_covariate("EGFR")
+    assert ex.covariate_dropdown.value == "EGFR" and ex.p_value < 1e-4
+    with pytest.raises(KeyError, match="MYC"):
+        ex.set_covariate("MYC")
