@@ -411,3 +411,68 @@ def test_genes_from_the_rna_modality():
     assert ex.covariate_dropdown.value == "EGFR" and ex.p_value < 1e-4
     with pytest.raises(KeyError, match="MYC"):
         ex.set_covariate("MYC")
+
+
+# ------------------------------------------------------------------ a saved notebook: weight, static copies
+#: A one-run notebook with pl.slide, pl.umap and both widgets must save under this size (issue 16: 5-6 MB).
+#: Widget state is not stored (JupyterLab's default); with "Save Widget State Automatically" on, each plotly
+#: FigureWidget adds plotly's own ~5 MB JavaScript bundle to the notebook's metadata.
+MAX_NOTEBOOK_BYTES = 1_000_000
+
+
+@pytest.fixture(scope="module")
+def executed_notebook(tmp_path_factory):
+    """The widget notebook run once by nbclient (no widget state stored, as JupyterLab by default), after
+    moving the survival cut-off and selecting tiles in the kernel."""
+    import nbclient
+    import nbformat
+    from _widget_notebook import write_notebook
+
+    d = tmp_path_factory.mktemp("nb")
+    path = write_notebook(d / "widgets.ipynb", d, extra_cells=["sv.set_cutoff(0.8)\nsx.select_tiles([1, 2, 3]);"])
+    nb = nbformat.read(str(path), as_version=4)
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", store_widget_state=False,
+                            resources={"metadata": {"path": str(d)}}).execute()
+    nbformat.write(nb, str(path))
+    return nb, path
+
+
+def test_saved_notebook_stays_small(executed_notebook):
+    nb, path = executed_notebook
+    size = path.stat().st_size
+    assert size < MAX_NOTEBOOK_BYTES, f"{path.name} is {size / 1e6:.2f} MB"
+    umap_out = "".join(str(o.get("data", {})) for o in nb.cells[2].outputs)
+    assert "data:image/png;base64" not in umap_out          # no hover thumbnails embedded by default
+
+
+def test_saved_notebook_keeps_static_copies_of_the_widgets(executed_notebook):
+    """Each widget output is followed by its figures as plotly JSON + HTML; the survival copy shows the
+    cut-off moved after display (update_display), the slide copy the selection made after display."""
+    nb, _ = executed_notebook
+    for ci, n_figs, name in ((3, 2, "SlideExplorer"), (4, 1, "SurvivalExplorer")):
+        outs = [o for o in nb.cells[ci].outputs if o.output_type in ("display_data", "execute_result")]
+        assert "application/vnd.jupyter.widget-view+json" in outs[0]["data"]
+        static = outs[1:]
+        assert len(static) == n_figs
+        for o in static:
+            assert {"application/vnd.plotly.v1+json", "text/html", "text/plain"} <= set(o["data"])
+            assert o["data"]["text/plain"].startswith(name)
+            assert "transient" not in o or o["transient"].get("display_id")
+    sv_fig = nb.cells[4].outputs[-1]["data"]["application/vnd.plotly.v1+json"]
+    assert "0.8 (high)" in sv_fig["layout"]["title"]["text"] and "exploratory" in sv_fig["layout"]["title"]["text"]
+    sx_fig = [o for o in nb.cells[3].outputs if o.output_type == "display_data"][1]["data"][
+        "application/vnd.plotly.v1+json"]
+    sel = next(t for t in sx_fig["data"] if t.get("name") == "selected")
+    assert len([v for v in sel["x"] if v is not None]) == 15      # 3 tiles x 5 corners
+    assert "3 selected" in [o for o in nb.cells[3].outputs if o.output_type == "display_data"][1]["data"][
+        "text/plain"]
+
+
+def test_repr_mimebundle_has_widget_view_and_static_figure():
+    a = tile_adata()
+    ex = pk.widgets.SlideExplorer(a, "leiden", slide=FakeSlide(), thumbnail_size=300)
+    b = ex._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in b and "application/vnd.plotly.v1+json" in b
+    assert b["application/vnd.plotly.v1+json"]["layout"]["meta"]["pathkit"] == "slide"
+    import json
+    json.dumps(b["application/vnd.plotly.v1+json"], allow_nan=False)
