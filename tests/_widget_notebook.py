@@ -9,7 +9,7 @@ import numpy as np, pandas as pd, anndata as ad
 import pathkit as pk
 path = pk.datasets.synthetic_slide(WORKDIR + "/syn.svs", width=3072, height=2048, mpp=0.5)
 slide = pk.read_slide(path)
-t = pk.pp.tile(slide, tile_px=64, mpp=4.0, min_tissue=0.0)
+t = pk.pp.tile(slide, tile_px=32, mpp=4.0, min_tissue=0.0)
 if not hasattr(t, "obs"):  # before the contract: a DataFrame with attrs["tile_spec"]
     spec = dict(t.attrs["tile_spec"])
     t = ad.AnnData(obs=t.reset_index(drop=True).rename(index=str))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import html
+import time
 
 import numpy as np
 
@@ -141,6 +142,8 @@ class SlideExplorer(StaticFallback):
         self.values = W.HTML("<i>click a tile to see it at full resolution</i>")
         self.hover_caption = W.HTML("<i>hover a UMAP point</i>" if self._has_umap else "")
         self.status = W.HTML()
+        self.clear_button = W.Button(description="clear selection", layout=W.Layout(width="auto"))
+        self.clear_button.on_click(lambda _: self.select_tiles([]))
         self._reader = thumb_reader(tiles, slide, thumb_px, required=False) if self._has_umap else None
         self._thumb_cache: dict[int, bytes] = {}
 
@@ -150,6 +153,7 @@ class SlideExplorer(StaticFallback):
         # the selection geometry arrives in plotly.js's relayout message; plotly.py drops a whole new
         # "selections" array when it applies the message to layout, so read the message itself
         self._drawn: dict[str, list[dict]] = {"slide": [], "umap": []}
+        self._echo_until = {"slide": 0.0, "umap": 0.0}
         for fw in (self.slide_figure, self.umap_figure):
             if fw is not None:  # plotly.py raises on edits of a drawn box ("selections[0].x0"): draw new ones
                 fw._config = dict(fw._config or {}, editSelection=False)
@@ -163,7 +167,7 @@ class SlideExplorer(StaticFallback):
                       layout=W.Layout(width=f"{tile_view_px + 16}px", overflow="hidden"))
         panels = W.Box(figs + [side], layout=W.Layout(display="flex", flex_flow="row wrap",
                                                       align_items="flex-start", width="100%"))
-        self.widget = W.VBox([W.HBox([self.color_dropdown, self.status]), panels],
+        self.widget = W.VBox([W.HBox([self.color_dropdown, self.clear_button, self.status]), panels],
                              layout=W.Layout(max_width="100%"))
 
     # -- static fallback ---------------------------------------------------------------------------------
@@ -214,12 +218,10 @@ class SlideExplorer(StaticFallback):
                 ufig.add_trace(go.Scatter(x=[], y=[], mode="markers", name="current", hoverinfo="skip",
                                           marker={"symbol": "x", "size": 12, "color": "red"}, showlegend=False))
                 replace_figure(self.umap_figure, ufig)
-                self._umap_sel: dict[int, list[int]] = {}
                 for i in range(self._umap_point_traces):
                     t = self.umap_figure.data[i]
                     t.on_click(self._on_click)
                     t.on_hover(self._on_hover)
-                    t.on_selection(lambda trace, points, selector, i=i: self._on_umap_selection(i, trace, points))
         finally:
             self._rendering = False
         self._draw_selection(refresh=False)
@@ -360,15 +362,20 @@ class SlideExplorer(StaticFallback):
                 changed = True
         if not changed or self._rendering:
             return
+        if not shapes and time.monotonic() < self._echo_until[which]:
+            return  # the front end echoing our own clearing of the drawn box, not a deselect
+        if shapes:
+            # the drawn box would stay on the plot and swallow the next drag that starts inside it (plotly
+            # then moves nothing and sends nothing: a silently lost selection). Clear it: the black outlines
+            # show the selection from now on.
+            fw = self.slide_figure if which == "slide" else self.umap_figure
+            self._echo_until[which] = time.monotonic() + 2.0
+            fw._send_relayout_msg({"selections": []})
+            shapes = list(shapes)
+            self._drawn[which] = []
         if which == "slide":
             x, y = self._tile_centres()
         else:
             u = np.asarray(self.tiles.obsm["X_umap"], dtype=float)
             x, y = u[:, 0], u[:, 1]
         self.select_tiles(points_in_selections(x, y, shapes))
-
-    def _on_umap_selection(self, i, trace, points):
-        # plotly dispatches one selection event to every trace in turn: keep each trace's part, select
-        # the union
-        self._umap_sel[i] = _rows_of(trace, points.point_inds)
-        self.select_tiles([r for part in self._umap_sel.values() for r in part])
