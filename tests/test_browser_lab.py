@@ -176,6 +176,11 @@ const xa = fl[tr.xaxis.replace('x', 'xaxis')], ya = fl[tr.yaxis.replace('y', 'ya
 const r = gd.getBoundingClientRect();
 return [r.left + xa._offset + xa.l2p(tr.x[pi]), r.top + ya._offset + ya.l2p(tr.y[pi])];
 """
+FRAC_XY = """
+const gd = arguments[0], fx = arguments[1], fy = arguments[2];
+const fl = gd._fullLayout, r = gd.getBoundingClientRect(), wh = gd.layout.meta.thumbnail_size;
+return [r.left + fl.xaxis._offset + fl.xaxis.l2p(fx * wh[0]), r.top + fl.yaxis._offset + fl.yaxis.l2p(fy * wh[1])];
+"""
 DATA_AT = """
 const gd = arguments[0], px = arguments[1], py = arguments[2];
 const fl = gd._fullLayout, r = gd.getBoundingClientRect();
@@ -266,12 +271,11 @@ def test_widgets_in_jupyterlab_reach_the_kernel(lab):
     lab.wait(lambda: lab.kernel_eval("sx.current_tile") == 5, what="tile click reached the kernel")
     lab.wait(lambda: lab.js("return arguments[0].querySelector('img') && arguments[0].querySelector('img')"
                             ".naturalWidth > 0", sx_cell), what="tile image shown")
-    # 2. drag three boxes on the slide: each must reach the kernel with exactly the tiles inside
-    r = slide_gd.rect
-    boxes = [(0.15, 0.2, 0.45, 0.6), (0.5, 0.3, 0.85, 0.8), (0.3, 0.1, 0.6, 0.5)]
+    # 2. drag three boxes on the slide (fractions of the slide; the third starts inside the second): each must
+    # reach the kernel with exactly the tiles whose centres are inside
+    boxes = [(0.1, 0.1, 0.4, 0.5), (0.5, 0.3, 0.9, 0.9), (0.6, 0.4, 0.8, 0.6)]
     for k, (a0, b0, a1, b1) in enumerate(boxes):
-        p0 = (r["x"] + a0 * r["width"], r["y"] + b0 * r["height"])
-        p1 = (r["x"] + a1 * r["width"], r["y"] + b1 * r["height"])
+        p0, p1 = lab.js(FRAC_XY, slide_gd, a0, b0), lab.js(FRAC_XY, slide_gd, a1, b1)
         (dx0, dy0), (dx1, dy1) = lab.js(DATA_AT, slide_gd, *p0), lab.js(DATA_AT, slide_gd, *p1)
         want = lab.kernel_eval(
             f"[int(i) for i in __import__('numpy').flatnonzero((sx._tile_centres()[0] >= {min(dx0, dx1)}) & "

@@ -198,6 +198,9 @@ def test_umap_hover_widget_shows_thumbnail():
     assert img.shape == (20, 20, 3)
     assert (img.reshape(-1, 3) == block_color(a.obs["x"].iloc[r], a.obs["y"].iloc[r])).all()
     assert box.caption.value == f"row {r}"
+    b = box._repr_mimebundle_()       # a static copy for notebooks reopened without a kernel
+    assert "application/vnd.jupyter.widget-view+json" in b
+    np.testing.assert_allclose(b["application/vnd.plotly.v1+json"]["data"][2]["x"], fw.data[2].x)
 
 
 def test_explorer_without_umap():

@@ -195,8 +195,10 @@ class SlideExplorer(StaticFallback):
         from .. import pl
 
         self.color = color
+        # height from the slide's aspect ratio (no empty band above and below a wide slide)
+        height = int(min(max(480 * self._thumb.height / self._thumb.width + 90, 260), 560))
         sfig = pl.slide(self.tiles, color=color, slide=self.slide, use_rep=self.use_rep, alpha=self.alpha,
-                        highlight=self.selected, thumbnail=self._thumb, height=460, width=500)
+                        highlight=self.selected, thumbnail=self._thumb, height=height, width=500)
         sfig.add_trace(go.Scatter(x=[], y=[], mode="lines", name="current", line={"color": "red", "width": 3},
                                   hoverinfo="skip", showlegend=False))
         sfig.update_layout(dragmode="select", margin={"l": 10, "r": 10, "t": 30, "b": 10},
