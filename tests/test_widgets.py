@@ -34,6 +34,15 @@ def fire(fw, event_type, rows_by_trace, selector=None):
 BOX = {"type": "box", "selector_state": {"xrange": [0, 1], "yrange": [0, 1]}}
 
 
+def typed(v):
+    """A plotly JSON array: a list, or a typed array {"dtype", "bdata"} (base64)."""
+    import base64
+
+    if isinstance(v, dict) and "bdata" in v:
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"])
+    return np.asarray(v)
+
+
 def trace(fw, name):
     return next(t for t in fw.data if t.name == name)
 
@@ -200,7 +209,7 @@ def test_umap_hover_widget_shows_thumbnail():
     assert box.caption.value == f"row {r}"
     b = box._repr_mimebundle_()       # a static copy for notebooks reopened without a kernel
     assert "application/vnd.jupyter.widget-view+json" in b
-    np.testing.assert_allclose(b["application/vnd.plotly.v1+json"]["data"][2]["x"], fw.data[2].x)
+    np.testing.assert_allclose(typed(b["application/vnd.plotly.v1+json"]["data"][2]["x"]), fw.data[2].x)
 
 
 def test_explorer_without_umap():
