@@ -60,7 +60,7 @@ class Lab:
         env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                    JUPYTER_RUNTIME_DIR=str(self.runtime), JUPYTERLAB_SETTINGS_DIR=str(root / ".settings"),
                    JUPYTERLAB_WORKSPACES_DIR=str(root / ".workspaces"), HF_HUB_OFFLINE="1")
-        self.log = open(root / "lab.log", "w")
+        self.log = open(root / "lab.log", "w")  # noqa: SIM115 - open while the server runs
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
              f"--ServerApp.port={self.port}", f"--IdentityProvider.token={self.token}",
@@ -263,7 +263,7 @@ def test_widgets_in_jupyterlab_reach_the_kernel(lab):
     assert widest <= panel_right + 1, (widest, panel_right)
     lab.shot("slide_explorer")
 
-    slide_gd, umap_gd = _visible_plots(lab, 3)
+    slide_gd = _visible_plots(lab, 3)[0]
     tiles_ti = lab.js("return arguments[0]._fullData.findIndex(t => t.name === 'tiles')", slide_gd)
     # 1. click a tile
     x, y = lab.js(POINT_XY, slide_gd, tiles_ti, 5)
@@ -283,9 +283,8 @@ def test_widgets_in_jupyterlab_reach_the_kernel(lab):
             f"(sx._tile_centres()[1] <= {max(dy0, dy1)}))]")
         assert want, f"box {k} holds no tile centre: pick another box"
         drag(d, *p0, *p1)
-        got = lab.wait(lambda: (lambda v: v if v == want else None)(lab.kernel_eval(
-            "[int(i) for i in sx.selected]")), timeout=20, what=f"box {k} selection reached the kernel")
-        assert got == want
+        lab.wait(lambda want=want: lab.kernel_eval("[int(i) for i in sx.selected]") == want, timeout=20,
+                 what=f"box {k} selection reached the kernel")
     lab.shot("slide_explorer_selected")
     # 3. change a dropdown (the colour key)
     Select(sx_cell.find_element(By.CSS_SELECTOR, "select")).select_by_visible_text("score")
@@ -300,8 +299,8 @@ def test_widgets_in_jupyterlab_reach_the_kernel(lab):
     hr = handle.rect
     drag(d, hr["x"] + hr["width"] / 2, hr["y"] + hr["height"] / 2, hr["x"] + hr["width"] / 2 + 90,
          hr["y"] + hr["height"] / 2)
-    after = lab.wait(lambda: (lambda v: v if v[1] else None)(lab.kernel_eval("[sv.cutoff, sv.exploratory]")),
-                     timeout=20, what="cut-off drag reached the kernel")
+    lab.wait(lambda: lab.kernel_eval("sv.exploratory"), timeout=20, what="cut-off drag reached the kernel")
+    after = lab.kernel_eval("[sv.cutoff, sv.exploratory]")
     assert before[1] is False and after[0] > before[0]
     assert "EXPLORATORY" in sv_cell.text
     lab.shot("survival_explorer")

@@ -332,7 +332,7 @@ def test_slide_opens_uns_path_and_colours_by_obsm_feature(real_tiles):
     import anndata as ad
     import plotly.io as pio
 
-    slide, df, a0 = real_tiles
+    _, _, a0 = real_tiles
     a = ad.AnnData(obs=a0.obs.copy(), uns={k: a0.uns[k] for k in ("tile_spec", "slide")})
     a.obsm["spatial"] = a0.obsm["spatial"]
     a.obsm["X_uni"] = np.asarray(a0.X)

@@ -157,7 +157,7 @@ def test_contract_tile_anndata_use_rep_default_and_progress(capsys):
 
     from pathkit.tl._umap import numba_compiled
 
-    a0, truth = three_clusters(n_per=20, dim=16, seed=5)
+    a0, _ = three_clusters(n_per=20, dim=16, seed=5)
     a = ad.AnnData(obs=a0.obs.copy())                      # n_tiles x 0
     a.obsm["X_uni"] = a0.X
     a.uns["models"] = {"X_uni": {"name": "uni"}}

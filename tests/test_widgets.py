@@ -333,7 +333,7 @@ def test_maxstat_reproduces_r_maxstat_published_values():
     table2 = {(0.1, 0.25, 0.75): 2.539, (0.05, 0.4, 0.6): 2.560, (0.025, 0.1, 0.9): 3.297,
               (0.01, 0.4, 0.9): 3.442}
     for (alpha, lo, hi), q in table2.items():
-        got = brentq(lambda b: p_lausen92(b, lo, hi) - alpha, 1.01, 10)
+        got = brentq(lambda b, a=alpha, lo=lo, hi=hi: p_lausen92(b, lo, hi) - a, 1.01, 10)
         assert round(got, 3) == q
 
 

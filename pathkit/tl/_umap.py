@@ -174,7 +174,7 @@ def _default_rep(adata) -> str:
     """``use_rep=None``: the single embedding recorded in ``uns["models"]``, else ``"X"`` when it has columns."""
     models = adata.uns.get("models", {}) if hasattr(adata, "uns") else {}
     cands = []
-    for key in (models.keys() if isinstance(models, dict) else []):
+    for key in (models if isinstance(models, dict) else []):
         for k in (key, f"X_{key}"):
             if k in adata.obsm and k not in cands:
                 cands.append(k)
@@ -183,7 +183,7 @@ def _default_rep(adata) -> str:
         return cands[0]
     if not cands and adata.X is not None and adata.n_vars > 0:
         return "X"
-    reps = [k for k in adata.obsm.keys() if k not in ("X_umap", "spatial")]
+    reps = [k for k in adata.obsm if k not in ("X_umap", "spatial")]
     raise KeyError(f"pass use_rep=: adata has {'several' if cands else 'no recorded'} embeddings "
                    f"(obsm keys {reps}; uns['models'] {list(models)}) and X has {adata.n_vars} columns")
 

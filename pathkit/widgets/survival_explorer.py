@@ -16,10 +16,10 @@ HIGH, LOW = "high", "low"
 #: Columns that hold the outcome (or are derived from it): never offered as a covariate to split on.
 OUTCOME = re.compile(r"^(event|time|censorship|censored|censor|survival|os|dss|dfi|pfi|pfs|efs|rfs|dfs|ttp"
                      r"|vital_status|vital|dead|death|deceased|days_to_death|days_to_last_follow_?up"
-                     r"|last_contact_days_to|death_days_to|follow_?up|survival_status)([._ ].*)?$", re.I)
+                     r"|last_contact_days_to|death_days_to|follow_?up|survival_status)([._ ].*)?$", re.IGNORECASE)
 #: Bookkeeping columns (splits, folds, ids, files, job status).
 BOOKKEEPING = re.compile(r"^((is_)?(train|test|val|valid|validation)|split|fold|n_tiles|tile_file|path|error"
-                         r"|status|index|level_0|unnamed: ?0|.*_id|.*_barcode)([._ ].*)?$", re.I)
+                         r"|status|index|level_0|unnamed: ?0|.*_id|.*_barcode)([._ ].*)?$", re.IGNORECASE)
 
 
 def excluded_columns(obs: pd.DataFrame, time: str, event: str, survival_info=None) -> dict[str, str]:
@@ -65,7 +65,7 @@ def _gene_table(cohort, rna, obs: pd.DataFrame) -> pd.DataFrame | None:
     (an AnnData whose var are genes), a MuData's ``"rna"`` modality, or ``obsm["rna"]`` (``pk.io.link``)."""
     src = rna
     mod = getattr(cohort, "mod", None)
-    if src is None and hasattr(mod, "keys") and "rna" in mod.keys():   # MuData (DataFrame.mod is a method)
+    if src is None and hasattr(mod, "keys") and "rna" in mod:   # MuData (DataFrame.mod is a method)
         src = mod["rna"]
     if src is None and hasattr(cohort, "obsm") and "rna" in cohort.obsm:
         src = cohort.obsm["rna"]
