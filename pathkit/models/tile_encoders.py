@@ -247,10 +247,16 @@ def load_tile_encoder(model: str | ModelSpec, weights=None, device="cpu") -> tup
         enc = build_tile_encoder(spec, device="cpu")
         return enc.to(device).eval(), info
 
-    path = _weights.resolve(source)
+    hook = getattr(BUILDERS.get(spec.arch.split(":", 1)[1]), "spec_for_source", None) \
+        if spec.arch.startswith("pathkit:") else None
+    if hook is not None:  # e.g. an image tower reads its checkpoint's companion config, as load_clip does
+        spec = hook(spec, source)
+        info["config"] = spec.extra.get("config_source")
     published = weights is None or str(weights) in spec.weights
-    if spec.sha256 and published:
-        info["sha256"] = _weights.verify_sha256(path, spec.sha256)
+    expected = spec.sha256 if published else None
+    path = _weights.resolve(source, sha256=expected)
+    if expected:
+        info["sha256"] = _weights.verify_sha256(path, expected)
         info["verified"] = True
     raw = _weights.read_state_dict(path)
     sd = _weights.apply_key_map(raw, spec.key_map)

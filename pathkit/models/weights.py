@@ -69,6 +69,9 @@ def read_state_dict(path) -> dict:
     except Exception as e:
         msg = str(e)
         if "Weights only load failed" in msg or "Unsupported global" in msg or "GLOBAL" in msg:
+            obj = _training_checkpoint(path)
+            if obj is not None:
+                return unwrap(obj, path)
             first = next((ln for ln in msg.splitlines() if "GLOBAL" in ln or "global" in ln), msg.splitlines()[0])
             raise UnsafePickleError(
                 f"{path} is a pickle that would import or run code when loaded, so pathkit refuses it. If you "
@@ -80,6 +83,59 @@ def read_state_dict(path) -> dict:
         raise WeightsError(f"{path}: cannot be read as a torch checkpoint (corrupted or truncated?): {msg}. "
                            "Delete it and download it again, or pass another weights=") from e
     return unwrap(obj, path)
+
+
+# Training bookkeeping that mmengine/mmcv (BEPH's BEPH_weight.pth: `meta`, `message_hub`, optimizer state) and
+# numpy pickle next to the model's tensors. Their classes are never imported: `_Inert` stands in for each.
+TRAINING_METADATA_MODULES = ("mmengine.", "mmcv.", "mmcls.", "mmpretrain.", "mmselfsup.", "numpy.", "_codecs.")
+
+
+class _Inert:
+    """Placeholder for a class named in a checkpoint's training metadata: built from any arguments, keeps
+    its state as plain data, runs nothing."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+def _training_checkpoint(path) -> dict | None:
+    """Read a training checkpoint whose only non-tensor globals are training metadata
+    (`TRAINING_METADATA_MODULES`), with torch's weights-only unpickler and an inert placeholder for each of
+    those classes: nothing from the file is imported or run. Returns the tensor dict under `state_dict` /
+    `model` (the metadata is dropped with a warning), or None (then the file is refused as unsafe)."""
+    import torch
+    from torch import serialization as ser
+
+    if not hasattr(ser, "get_unsafe_globals_in_checkpoint"):
+        return None
+    try:
+        names = ser.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # noqa: BLE001  (not a zip checkpoint: refused by the caller)
+        return None
+    if not names or not all(n.startswith(TRAINING_METADATA_MODULES) for n in names):
+        return None
+    stubs = [(type(n.rsplit(".", 1)[-1], (_Inert,), {}), n) for n in names]
+    try:
+        with ser.safe_globals(stubs):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001
+        return None
+    if not isinstance(obj, dict):
+        return None
+    inner = next((obj[k] for k in CONTAINER_KEYS if isinstance(obj.get(k), dict)), None)
+    if inner is None or not inner or not all(isinstance(v, torch.Tensor) for v in inner.values()):
+        return None
+    skipped = sorted(k for k in obj if obj[k] is not inner)
+    warnings.warn(f"{path}: a training checkpoint; read its tensors only and skipped {skipped} "
+                  f"(training metadata of {sorted({n.split('.')[0] for n in names})}, never imported or run)",
+                  UserWarning, stacklevel=4)
+    return inner
 
 
 def unwrap(obj, path=None) -> dict:
@@ -184,6 +240,27 @@ def _beph_mmcls(sd: dict) -> dict:
     return out
 
 
+def _beph_clam(sd: dict) -> dict:
+    """BEPH as its own WSI feature script loads it (`CLAM_Feature/extract_features_fp_BEPH.py`: mmselfsup
+    `init_model` on `beitv2_base.py`, then `extract_feat`): the mmcls names of `_beph_mmcls`, but the
+    per-block relative-position tables stay at their initial zeros. mmcls copies the shared pre-training
+    table into the blocks in a load hook that looks for the key without the `backbone.` prefix, so for
+    BEPH's checkpoints it never fires and reports the shared table as unexpected. Per-block tables present
+    in the file are loaded as they are."""
+    import torch
+
+    sd = dict(sd)
+    if any(k.startswith("backbone.") for k in sd):
+        sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+    shared = sd.pop("rel_pos_bias.relative_position_bias_table", None)
+    out = _beph_mmcls(sd)
+    if shared is not None:
+        n_layers = 1 + max((int(m.group(1)) for k in out if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
+        for i in range(n_layers):
+            out.setdefault(f"blocks.{i}.attn.relative_position_bias_table", torch.zeros_like(shared))
+    return out
+
+
 def _dinov2_original(sd: dict) -> dict:
     """Original DINOv2 naming (facebookresearch/dinov2, kaiko's ViT-L/14 hub `.pth`) -> timm `*_reg4_dinov2`.
 
@@ -222,6 +299,7 @@ def _conch_visual(sd: dict) -> dict:
 
 
 KEY_MAPS = {
+    "beph_clam": _beph_clam,
     "beph_mmcls": _beph_mmcls,
     "conch_visual": _conch_visual,
     "dinov2_original": _dinov2_original,
@@ -291,8 +369,20 @@ def _resolve_hf(source: str, filenames) -> Path:
         "You can also pass a local file with weights=PATH. Tried: " + " | ".join(errors))
 
 
-def _resolve_url(url: str) -> Path:
-    dest = weights_cache_dir() / url.rstrip("/").split("/")[-1]
+def url_cache_path(url: str, sha256: str | None = None) -> Path:
+    """Where a URL's file is cached: ``sha256/<digest>/<name>`` when its sha256 is known (a new release
+    under the same name is a new file), else ``url/<sha256 of the URL>[:16]/<name>`` (never the bare file
+    name, which two releases or two sites may share)."""
+    import hashlib
+
+    name = url.rstrip("/").split("/")[-1].split("?")[0] or "weights"
+    if sha256:
+        return weights_cache_dir() / "sha256" / str(sha256).lower() / name
+    return weights_cache_dir() / "url" / hashlib.sha256(url.encode()).hexdigest()[:16] / name
+
+
+def _resolve_url(url: str, sha256: str | None = None) -> Path:
+    dest = url_cache_path(url, sha256)
     if dest.is_file():
         return dest
     if offline():
@@ -304,7 +394,11 @@ def _resolve_url(url: str) -> Path:
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
     try:
         torch.hub.download_url_to_file(url, str(tmp), progress=True)
+        if sha256:
+            verify_sha256(tmp, sha256)  # a wrong file never enters the cache under the expected digest
         os.replace(tmp, dest)
+    except ChecksumError:
+        raise
     except Exception as e:
         raise WeightsError(f"could not download {url}: {e}. Download it by hand and pass weights=PATH") from e
     finally:
@@ -322,20 +416,21 @@ def hf_revision(path) -> str | None:
     return None
 
 
-def resolve(source, filenames=("model.safetensors", "pytorch_model.bin")) -> Path:
+def resolve(source, filenames=("model.safetensors", "pytorch_model.bin"), sha256: str | None = None) -> Path:
     """A weights source -> a local file.
 
     - ``hf_hub:<org>/<repo>[@<revision>][/<file>]`` through huggingface_hub (token from HF_TOKEN or
       ``huggingface-cli login``; ``HF_HUB_OFFLINE``, ``HF_HUB_CACHE`` and ``HF_HOME`` read at call time);
       without a file name, `filenames` are tried in order;
-    - ``http(s)://...`` downloaded once into `weights_cache_dir()` (atomic; refused when offline);
+    - ``http(s)://...`` downloaded once into `weights_cache_dir()` (atomic; refused when offline), cached
+      under its `sha256` when given (`url_cache_path`);
     - anything else is a local path.
     """
     source = os.fspath(source)
     if source.startswith(("hf_hub:", "hf-hub:")):
         return _resolve_hf(source, filenames)
     if source.startswith(("https://", "http://")):
-        return _resolve_url(source)
+        return _resolve_url(source, sha256)
     path = Path(source).expanduser()
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist")
