@@ -61,7 +61,12 @@ class HFVision(nn.Module):
         return self.forward_features(x)[:, 0]
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """Takes the checkpoint as transformers saves it (keys of the model class, optionally wrapped)."""
+        """Takes the checkpoint as transformers saves it (keys of the model class, optionally wrapped), through
+        transformers' own loading so that its renamings of older checkpoints apply (transformers 5 renames
+        e.g. Dinov2's `attention.attention.query` and splits `mlp.weights_in`); strict: any missing,
+        unexpected or wrong-shape key raises RuntimeError."""
+        import transformers
+
         sd = dict(state_dict)
         if sd and all(k.startswith("hf.") for k in sd):
             sd = {k[3:]: v for k, v in sd.items()}
@@ -69,7 +74,21 @@ class HFVision(nn.Module):
             if sd and all(k.startswith(p) for k in sd):
                 sd = {k[len(p):]: v for k, v in sd.items()}
         sd = {k: v for k, v in sd.items() if not k.startswith(_UNUSED)}
-        return self.hf.load_state_dict(sd, strict=strict, assign=assign)
+        cls = type(self.hf)
+        extra = {"add_pooling_layer": False} if cls.__name__ == "ViTModel" else {}
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()
+        try:
+            model, report = cls.from_pretrained(None, config=self.hf.config, state_dict=sd, output_loading_info=True,
+                                                **extra)
+        finally:
+            transformers.logging.set_verbosity(verbosity)
+        bad = {k: list(report.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+        if strict and any(bad.values()):
+            raise RuntimeError(f"Error(s) in loading state_dict for {cls.__name__}: "
+                               + "; ".join(f"{k}: {v[:10]}" for k, v in bad.items() if v))
+        self.hf = model.eval()
+        return nn.modules.module._IncompatibleKeys(bad["missing_keys"], bad["unexpected_keys"])
 
 
 def _companion(source) -> tuple[dict | None, str | None]:
