@@ -158,3 +158,22 @@ def test_transformers_entries_match_the_card(name, tmp_path):
     with torch.no_grad():
         err = _max_err(enc(x), readout(ref(pixel_values=x)))
     assert err < TOL, (name, err)
+
+
+def test_conch_v15_matches_trident_reference_code(tmp_path):
+    """TRIDENT's CONCH v1.5 module (reduced: width 64, pooler 48) with a checkpoint whose position table is for
+    twice the model's grid (as the published one, trained at 448 px, is for the 224-px model): resized at
+    load, interpolated back at forward time (tests/fixtures/parity/make_conch15.py)."""
+    ref = torch.load(FIXTURES / "conch15.pt", weights_only=True)
+    path = tmp_path / "pytorch_model_vision.bin"
+    torch.save(ref["state_dict"], path)
+    small = {"img_size": 32, "patch_size": 16, "embed_dim": 64, "depth": 2, "num_heads": 2, "pool_dim": 48,
+             "pool_heads": 8}
+    spec = dataclasses.replace(get_spec("conch_v15"), name="small_conch_v15", kwargs=small, n_params=None,
+                               input_size=64)
+    enc, _ = _load(spec, path)
+    with torch.no_grad():
+        err = _max_err(enc(ref["x"]), ref["out"])
+    assert err < TOL, err
+    assert tuple(ref["state_dict"]["trunk.pos_embed"].shape) == (1, 17, 64)  # the file's 4 x 4 grid ...
+    assert tuple(enc.net.trunk.pos_embed.shape) == (1, 5, 64)  # ... resized to the model's 2 x 2 grid

@@ -154,3 +154,17 @@ register(ModelSpec(
         "https://github.com/HistAI/hibou): download them and pass weights=PATH. The HF hub copy (histai/hibou-b) "
         "needs trust_remote_code and is not read by pathkit")},
 ))
+
+# ------------------------------------------------------------------------------------------ pathkit modules
+register(ModelSpec(
+    name="conch_v15", arch="pathkit:conch_v15", kwargs={},
+    embed_dim=768, input_size=448, resize=448, interpolation="bilinear",
+    mean=IMAGENET_MEAN, std=IMAGENET_STD, pool="head",
+    weights=("hf_hub:MahmoodLab/conchv1_5/pytorch_model_vision.bin",), n_params=306_109_184,
+    license="CC BY-NC-ND 4.0; gated on the HF hub", gated=True,
+    source=("https://github.com/mahmoodlab/TRIDENT (model_zoo/conchv1_5/conchv1_5.py: ViT-L/16 trunk at 224 with "
+            "DINO-style position interpolation, attentional pooler 768-d, ln_contrast; Resize 448 bilinear, "
+            "CenterCrop 448, ImageNet mean/std) / https://huggingface.co/MahmoodLab/conchv1_5"),
+    description="CONCH v1.5 (TITAN's tile encoder): ViT-L/16 at 448 px, attentional pooler, 768-d",
+    extra={"mpp": 0.5, "tile": "512 px at 20x resized to 448 (TITAN)"},
+))
