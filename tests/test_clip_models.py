@@ -157,6 +157,8 @@ def test_conch_vision_tile_features_are_pre_projection_as_conch_extracts_them(co
         ref_feat = ref.encode_image(x, proj_contrast=False, normalize=False)
         ref_proj = ref.encode_image(x, proj_contrast=True, normalize=False)
     err = (out["conch_vision"] - ref_feat).abs().max().item()
+    print(f"PARITY conch_vision {err:.2e}")
+    print(f"PARITY conch_vision_proj {(out['conch_vision_proj'] - ref_proj).abs().max().item():.2e}")
     assert out["conch_vision"].shape == (2, 32) and err < 1e-5  # the pooler width (512 at full size)
     torch.testing.assert_close(out["conch_vision_proj"], ref_proj, atol=1e-5, rtol=1e-4)
     # zero-shot can still use conch_vision features: ClipModel.project_image applies proj_contrast
@@ -212,6 +214,7 @@ def test_quiltnet_round_trip(tmp_path):
     with torch.no_grad():
         feats = tower(x)
         ref_feats = ref.encode_image(x, normalize=False)
+    print(f"PARITY quiltnet_vision {(feats - ref_feats).abs().max().item():.2e}")
     assert (feats - ref_feats).abs().max().item() < 1e-5
     torch.testing.assert_close(torch.nn.functional.normalize(feats, dim=-1), img)
     (tmp_path / "open_clip_config.json").unlink()  # without it: the registry's full-size config, which this

@@ -30,6 +30,7 @@ def test_feather_matches_mil_lab_abmil(tmp_path):
         one = net(ref["h"][1])  # a single slide's [N, D] features
         shuffled = net(ref["h"][1][torch.randperm(37)])
     err = (batch - ref["out"]).abs().max().item()
+    print(f"PARITY feather {err:.2e}")
     assert err < 1e-5, err
     torch.testing.assert_close(one, ref["out"][1], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(shuffled, one, atol=1e-5, rtol=1e-5)  # no coordinates: order-free

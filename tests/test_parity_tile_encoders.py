@@ -59,6 +59,7 @@ def test_hibou_b_matches_histai_reference_code(tmp_path):
     enc, info = _load(spec, path)
     with torch.no_grad():
         err = _max_err(enc(ref["x"]), ref["out"])
+    print(f"PARITY hibou_b {err:.2e}")
     assert err < TOL, err
     assert info["key_map"] == "dinov2_original"
     # full size: 768 -> (int(3072 * 2 / 3) + 7) // 8 * 8 = 2048 per half, i.e. timm SwiGLUPacked hidden 4096
@@ -123,6 +124,7 @@ def test_timm_entries_match_the_authors_recipe(name, tmp_path):
     x = torch.randn(2, 3, small["img_size"], small["img_size"], generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         err = _max_err(enc(x), readout(ref, x))
+    print(f"PARITY {name} {err:.2e}")
     assert err < TOL, (name, err)
 
 
@@ -157,6 +159,7 @@ def test_transformers_entries_match_the_card(name, tmp_path):
     x = torch.randn(2, 3, cfg["image_size"], cfg["image_size"], generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         err = _max_err(enc(x), readout(ref(pixel_values=x)))
+    print(f"PARITY {name} {err:.2e}")
     assert err < TOL, (name, err)
 
 
@@ -174,6 +177,7 @@ def test_conch_v15_matches_trident_reference_code(tmp_path):
     enc, _ = _load(spec, path)
     with torch.no_grad():
         err = _max_err(enc(ref["x"]), ref["out"])
+    print(f"PARITY conch_v15 {err:.2e}")
     assert err < TOL, err
     assert tuple(ref["state_dict"]["trunk.pos_embed"].shape) == (1, 17, 64)  # the file's 4 x 4 grid ...
     assert tuple(enc.net.trunk.pos_embed.shape) == (1, 5, 64)  # ... resized to the model's 2 x 2 grid

@@ -36,7 +36,8 @@ register(ModelSpec(
     embed_dim=1536, input_size=224, resize=256, interpolation="bicubic",
     mean=IMAGENET_MEAN, std=IMAGENET_STD, pool="cls",
     weights=("hf_hub:prov-gigapath/prov-gigapath/pytorch_model.bin",), n_params=1_134_953_984,
-    license="Prov-GigaPath licence (non-commercial research); gated on the HF hub", gated=True,
+    license="Apache-2.0 (repository and model card since 2025; earlier releases: non-commercial research); "
+            "gated on the HF hub", gated=True,
     source="https://huggingface.co/prov-gigapath/prov-gigapath",
     description="Prov-GigaPath tile encoder (ViT-g/14 DINOv2 recipe, patch 16, 1536-d CLS)",
     extra={"published_params": "1,134,953,984", "tile": "256 px at 0.5 mpp"},
