@@ -150,7 +150,7 @@ def test_conch_vision_tile_features_are_pre_projection_as_conch_extracts_them(co
     for name in ("conch_vision", "conch_vision_proj"):
         s = get_spec(name)
         small = dataclasses.replace(s, extra={**s.extra, "config": CONCH_SMALL})
-        enc, info = pk.models.load_tile_encoder(small, weights=path)  # the full checkpoint, strictly
+        enc, _ = pk.models.load_tile_encoder(small, weights=path)  # the full checkpoint, strictly
         with torch.no_grad():
             out[name] = enc(x)
     with torch.no_grad():

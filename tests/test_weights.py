@@ -12,9 +12,9 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from _hf import hf_cache
 
 import pathkit as pk
-from _hf import hf_cache
 from pathkit.errors import ChecksumError, UnsafePickleError, WeightsError
 from pathkit.models import tile_encoders as te
 from pathkit.models import weights as W
@@ -169,7 +169,7 @@ def test_url_weights_with_a_known_sha256_are_cached_by_digest(tmp_path, monkeypa
     with pytest.raises(WeightsError, match="not in the cache"):  # the entry now names a newer release
         W.resolve(url, sha256="0" * 64)
     spec = dataclasses.replace(SPEC, weights=(url,), sha256=digest)
-    enc, info = load(spec, None)  # an entry carrying the sha256 finds and verifies its cached file
+    _, info = load(spec, None)  # an entry carrying the sha256 finds and verifies its cached file
     assert info["verified"] and info["sha256"] == digest and info["path"] == str(dest)
 
 

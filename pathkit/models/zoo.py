@@ -201,4 +201,4 @@ register(ModelSpec(
     extra={"published_params": "8,543,296 (conv1 ... layer3 of torchvision ResNet-50)"},
 ))
 
-from . import _zoo_more  # noqa: E402, F401  (the entries added for issue 14)
+from . import _zoo_more  # noqa: F401  (the entries added for issue 14)
