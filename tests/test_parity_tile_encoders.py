@@ -181,3 +181,20 @@ def test_conch_v15_matches_trident_reference_code(tmp_path):
     assert err < TOL, err
     assert tuple(ref["state_dict"]["trunk.pos_embed"].shape) == (1, 17, 64)  # the file's 4 x 4 grid ...
     assert tuple(enc.net.trunk.pos_embed.shape) == (1, 5, 64)  # ... resized to the model's 2 x 2 grid
+
+
+def test_transformers_entry_refuses_an_incomplete_checkpoint(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from pathkit.errors import WeightsError
+
+    cfg = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+                                    patch_size=14)
+    ref = transformers.Dinov2Model(cfg)
+    ref.save_pretrained(tmp_path)
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(tmp_path / "model.safetensors"))
+    sd.pop("layernorm.weight")
+    save_file(sd, str(tmp_path / "model.safetensors"))
+    with pytest.raises(WeightsError, match="layernorm.weight"):
+        _load(get_spec("phikon_v2"), tmp_path / "model.safetensors")
