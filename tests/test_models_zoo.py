@@ -210,36 +210,32 @@ def test_resnet50_trunc_is_clam_layer3_pool():
 
 
 def test_embed_real_slide_with_two_entries(shared_data):
-    from pathkit.tl import embed as embed_mod
+    from pathkit.tl._preprocess import TilePreprocess
 
     slide_path = shared_data / "slides" / "CMU-1-Small-Region.svs"
     slide = pk.read_slide(slide_path)
     full = pk.pp.tile(slide, tile_px=256, mpp=0.5)
-    assert len(full) > 8
-    tiles = full.iloc[:8].copy()
-    tiles.attrs = dict(full.attrs)
+    assert full.n_obs > 8
+    tiles = full[:8].copy()
     for name, weights, dim in [("vit_tiny_test", None, 192), ("resnet50_trunc", "random", 1024)]:
         with warnings.catch_warnings(record=True) as w:
             warnings.simplefilter("always")
-            ad = pk.tl.embed_tiles(slide, name, tiles=tiles, weights=weights, device="cpu", batch_size=4,
-                                   num_workers=0, progress=False)
+            pk.tl.embed_tiles(tiles, slide, name, weights=weights, device="cpu", dtype="float32", batch_size=4,
+                              num_workers=0, progress=False)
         assert any("RANDOM weights" in str(x.message) for x in w)
-        assert ad.shape == (8, dim) and ad.X.dtype == np.float32
-        assert list(ad.var_names) == [str(i) for i in range(dim)]
-        assert list(ad.obs_names) == [str(i) for i in range(8)]
-        assert {"slide_id", "x", "y", "tissue"} <= set(ad.obs.columns)
-        np.testing.assert_array_equal(ad.obsm["spatial"], tiles[["x", "y"]].to_numpy(np.float64))
-        m = ad.uns["model"]
+        X = tiles.obsm[f"X_{name}"]
+        assert X.shape == (8, dim) and X.dtype == np.float32
+        m = tiles.uns["models"][f"X_{name}"]
         assert m["name"] == name and m["embed_dim"] == dim and m["pool"] == get_spec(name).pool
-        assert ad.uns["slide"]["slide_id"] == "CMU-1-Small-Region"
         # first tile by hand: same random init (seed 0), same preprocessing -> same vector
         torch.manual_seed(0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             enc, _ = pk.models.load_tile_encoder(name, weights="random")
-        tile = slide.read_tile(int(tiles.x.iloc[0]), int(tiles.y.iloc[0]), tile_px=256, mpp=0.5)
-        x = embed_mod.TilePreprocess(get_spec(name))(torch.from_numpy(tile).permute(2, 0, 1)[None])
+        x0, y0 = int(tiles.obs["x"].iloc[0]), int(tiles.obs["y"].iloc[0])
+        tile = slide.read_tile(x0, y0, tile_px=256, mpp=0.5)
+        x = TilePreprocess(get_spec(name))(torch.from_numpy(tile).permute(2, 0, 1)[None])
         with torch.no_grad():
             ref = enc(x).numpy()[0]
-        np.testing.assert_allclose(ad.X[0], ref, rtol=1e-4, atol=1e-5)
-        assert np.abs(ad.X).sum() > 0 and not np.allclose(ad.X[0], ad.X[1])
+        np.testing.assert_allclose(X[0], ref, rtol=1e-4, atol=1e-5)
+        assert np.abs(X).sum() > 0 and not np.allclose(X[0], X[1])
