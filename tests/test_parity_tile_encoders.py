@@ -198,3 +198,33 @@ def test_transformers_entry_refuses_an_incomplete_checkpoint(tmp_path):
     save_file(sd, str(tmp_path / "model.safetensors"))
     with pytest.raises(WeightsError, match="layernorm.weight"):
         _load(get_spec("phikon_v2"), tmp_path / "model.safetensors")
+
+
+def test_h0_mini_reads_the_timm_hub_config_like_timm(tmp_path):
+    """timm.create_model('hf-hub:bioptimus/H0-mini', mlp_layer=..., act_layer=...) takes the architecture and
+    model_args of the repo's config.json, the card's explicit kwargs winning: pathkit does the same."""
+    import json
+
+    import timm
+    from safetensors.torch import save_file
+
+    from pathkit.models.tile_encoders import resolve_kwargs
+
+    model_args = {"embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 4.0, "img_size": 224,
+                  "num_classes": 0}  # a ratio unlike the registry's default: the file decides
+    card = resolve_kwargs({**_SWIGLU, "img_size": 56, "dynamic_img_size": True})
+    ref = _randomize(timm.create_model("vit_base_patch14_reg4_dinov2", pretrained=False,
+                                       **{**model_args, **card}), seed=9)
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "vit_base_patch14_reg4_dinov2",
+                                                      "model_args": model_args}))
+    spec = dataclasses.replace(get_spec("h0_mini"), kwargs={**get_spec("h0_mini").kwargs, "img_size": 56},
+                               n_params=None, input_size=56)
+    enc, info = _load(spec, tmp_path / "model.safetensors")
+    assert info["config"] == str(tmp_path / "config.json")
+    assert enc.net.blocks[0].mlp.fc1.out_features == 128  # int(32 * 4.0): from the file, not 5.33334
+    x = torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        err = _max_err(enc(x), _first(ref, x))
+    print(f"PARITY h0_mini(hub config) {err:.2e}")
+    assert err < TOL, err

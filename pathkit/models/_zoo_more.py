@@ -41,9 +41,11 @@ register(ModelSpec(
     source="https://huggingface.co/bioptimus/H0-mini (card: SwiGLUPacked + SiLU, CLS or CLS||mean); " + _TRIDENT,
     description="H0-mini (Bioptimus, distilled from H-optimus-1): ViT-B/14 with 4 registers, SwiGLU; 768-d CLS",
     extra={"mpp": 0.5, "alternatives": "CLS || mean of patch tokens (1536-d), as the card also shows",
-           "published_params": "86M",
+           "published_params": "86M", "timm_hub_config": True,
+           "card_kwargs": ["mlp_layer", "act_layer", "img_size", "dynamic_img_size"],
            "unverified": ("mlp_ratio 5.33334 (SwiGLU hidden 2048, as H-optimus-1's, 86M parameters) is not stated "
-                          "in the card; the hub config.json's model_args were not readable here")},
+                          "in the card; when the hub config.json is readable its model_args replace it, as "
+                          "timm.create_model('hf-hub:bioptimus/H0-mini') does")},
 ))
 
 register(ModelSpec(
