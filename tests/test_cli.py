@@ -158,6 +158,13 @@ def test_demo_offline_uses_synthetic(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("PATHKIT_SAMPLE_SLIDE", raising=False)
     monkeypatch.setenv("PATHKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(pooch, "retrieve", offline)
+    # offline, the demo uses the real H&E slide shipped inside pathkit
+    assert main(["demo", "--out", str(tmp_path / "real")]) == 0
+    out = capsys.readouterr().out
+    assert "real public OpenSlide sample" in out and "shipped with pathkit" in out and "SYNTHETIC" not in out
+    assert (tmp_path / "real" / "CMU-1-Small-Region.h5ad").is_file()
+    # an install without its package data falls back to a synthetic slide, and says so
+    monkeypatch.setattr(pk.datasets._fetch, "packaged_path", lambda name: None)
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
     assert "SYNTHETIC" in out and "no network (test)" in out
