@@ -34,24 +34,24 @@ slide.thumbnail(400)
 
 # %%
 tissue = pk.pp.find_tissue(slide)
-tiles = pk.pp.tile(slide, tile_px=256, mpp=0.5, min_tissue=0.1, tissue=tissue)
-print(f"{tissue.fraction:.1%} tissue, {len(tiles)} tiles")
-tiles.head()
+tiles = pk.pp.tile(slide, tile_px=256, mpp=0.5, min_tissue=0.1, tissue=tissue)   # an AnnData, one row per tile
+print(f"{tissue.fraction:.1%} tissue, {tiles.n_obs} tiles")
+tiles.obs.head()
 
 # %% [markdown]
 # ## Tile embeddings
 
 # %%
-adata = pk.tl.embed_tiles(slide, TILE_MODEL, tiles=tiles, weights=WEIGHTS, num_workers=0)
-adata.write_h5ad(out / f"{slide.slide_id}.h5ad")
-adata
+pk.tl.embed_tiles(tiles, slide, TILE_MODEL, weights=WEIGHTS, num_workers=0)   # -> tiles.obsm["X_<model>"]
+tiles.write_h5ad(out / f"{slide.slide_id}.h5ad")
+tiles
 
 # %% [markdown]
 # ## UMAP and clusters, on the slide
 
 # %%
-pk.tl.umap(adata, leiden=True)
-pk.pl.umap(adata, color="leiden", slide=slide)
+pk.tl.umap(tiles, use_rep=f"X_{TILE_MODEL}", leiden=True)
+pk.pl.umap(tiles, color="leiden", slide=slide)
 
 # %%
-pk.pl.slide(slide, adata, color="leiden")
+pk.pl.slide(slide, tiles, color="leiden")

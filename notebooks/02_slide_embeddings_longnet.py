@@ -71,7 +71,9 @@ pk.list_models("slide")[["architecture", "embed_dim", "weights", "gated", "descr
 import warnings
 warnings.filterwarnings("ignore", message=".*RANDOM weights")   # said once, loudly, above
 
-vec = pk.tl.embed_slide(bag, model=SLIDE_MODEL, weights=WEIGHTS)   # coords="grid", pool="mean" by default
+# the features are in bag.X (use_rep="X"); coords="grid", pool="mean" by default
+pk.tl.embed_slide(bag, model=SLIDE_MODEL, use_rep="X", weights=WEIGHTS)
+vec = bag.uns["slide_embeddings"][SLIDE_MODEL]
 info = bag.uns["slide_embeddings_info"][SLIDE_MODEL]
 print("slide vector:", vec.shape, "| stored in uns['slide_embeddings'][%r]" % SLIDE_MODEL)
 {k: v for k, v in info.items() if k != "tile_order"}
@@ -94,7 +96,8 @@ def to_grid(xy, tile_px=256, mpp=0.5):
     return np.floor((xy + size0 / 2) * mpp0 / 0.5 / 256) * 256
 cells = pd.DataFrame({"x_level0": xy[:5, 0], "cell_grid": to_grid(xy)[:5, 0] / 256,
                       "cell_level0": np.floor(xy[:5, 0] / 256)})
-v_level0 = pk.tl.embed_slide(bag, model=SLIDE_MODEL, weights=WEIGHTS, coords="level0", key="level0")
+pk.tl.embed_slide(bag, model=SLIDE_MODEL, use_rep="X", weights=WEIGHTS, coords="level0", key_added="level0")
+v_level0 = bag.uns["slide_embeddings"]["level0"]
 cos = float(vec @ v_level0 / np.linalg.norm(vec) / np.linalg.norm(v_level0))
 print(f"cosine(grid, level0) = {cos:.4f}  -> different position embeddings, a different slide vector")
 cells
@@ -112,7 +115,8 @@ import torch
 rng = np.random.default_rng(0)
 perm = rng.permutation(bag.n_obs)
 shuffled = bag[perm].copy()
-v_shuffled = pk.tl.embed_slide(shuffled, model=SLIDE_MODEL, weights=WEIGHTS)
+pk.tl.embed_slide(shuffled, model=SLIDE_MODEL, use_rep="X", weights=WEIGHTS)
+v_shuffled = shuffled.uns["slide_embeddings"][SLIDE_MODEL]
 print("embed_slide, shuffled obs: max |difference| =", float(np.abs(v_shuffled - vec).max()))
 
 net, _ = pk.models.longnet.load_slide_encoder(SLIDE_MODEL, weights=WEIGHTS)
@@ -138,10 +142,11 @@ print("raw encoder, shuffled order: max |difference| =", float(np.abs(raw(perm) 
 wide = bag.copy()
 wide.obs["x"] = wide.obs["x"] * 10
 try:
-    pk.tl.embed_slide(wide, model=SLIDE_MODEL, weights=WEIGHTS, coords="level0")
+    pk.tl.embed_slide(wide, model=SLIDE_MODEL, use_rep="X", weights=WEIGHTS, coords="level0")
 except pk.errors.GridError as e:
     print("GridError:", e)
-v_wide = pk.tl.embed_slide(wide, model=SLIDE_MODEL, weights=WEIGHTS, coords="grid", key="wide")
+pk.tl.embed_slide(wide, model=SLIDE_MODEL, use_rep="X", weights=WEIGHTS, coords="grid", key_added="wide")
+v_wide = wide.uns["slide_embeddings"]["wide"]
 print("coords='grid' fits it on the grid:", v_wide.shape)
 
 # %% [markdown]
@@ -155,10 +160,12 @@ print("coords='grid' fits it on the grid:", v_wide.shape)
 #   baseline for slide-level tasks.
 
 # %%
-v_cls = pk.tl.embed_slide(bag, model=SLIDE_MODEL, weights=WEIGHTS, pool="cls", key="cls")
-v_mean = pk.tl.embed_slide(bag, model="mean")
+pk.tl.embed_slide(bag, model=SLIDE_MODEL, use_rep="X", weights=WEIGHTS, pool="cls", key_added="cls")
+pk.tl.embed_slide(bag, model="mean", use_rep="X")
+v_cls, v_mean = bag.uns["slide_embeddings"]["cls"], bag.uns["slide_embeddings"]["mean"]
 print("plain mean == bag.X.mean(0):", np.allclose(v_mean, bag.X.mean(0), atol=1e-6), v_mean.shape)
-layers = pk.tl.embed_slide(bag, model=SLIDE_MODEL, weights=WEIGHTS, layers="all", key="all_layers")
+pk.tl.embed_slide(bag, model=SLIDE_MODEL, use_rep="X", weights=WEIGHTS, layers="all", key_added="all_layers")
+layers = bag.uns["slide_embeddings"]["all_layers"]
 print("layers='all':", layers.shape, "(input tokens + each layer, pooled)")
 vecs = {"grid, mean": vec, "grid, cls": v_cls, "level0, mean": v_level0, "raw encoder, shuffled": raw(perm)}
 cos = np.array([[a @ b / np.linalg.norm(a) / np.linalg.norm(b) for b in vecs.values()] for a in vecs.values()])

@@ -94,13 +94,14 @@ pd.DataFrame({f"K={k}": topk_pool(sims, k) for k in (1, 2, 4)}, index=["A", "B"]
 # %%
 slide = pk.read_slide(SLIDE) if SLIDE else pk.datasets.cmu1_small()
 tiles = pk.pp.tile(slide, tile_px=256, mpp=0.5, min_tissue=0.1)
-adata = pk.tl.embed_tiles(slide, f"{MODEL}_vision", tiles=tiles, weights=WEIGHTS, num_workers=0, progress=False)
-res = pk.tl.zero_shot(adata, classes="crc100k", model=clip, topk=TOPK, n_prompt_sets=20, progress=False)
-print(adata.n_obs, "tiles;", "prediction per K:", adata.uns["zeroshot"]["pred"])
+pk.tl.embed_tiles(tiles, slide, f"{MODEL}_vision", weights=WEIGHTS, num_workers=0, progress=False)
+res = pk.tl.zero_shot(tiles, classes="crc100k", model=clip, use_rep=f"X_{MODEL}_vision", topk=TOPK,
+                      n_prompt_sets=20, progress=False)
+print(tiles.n_obs, "tiles;", "prediction per K:", tiles.uns["zeroshot"]["pred"])
 res.filter(like="pred_")
 
 # %%
-pk.pl.slide(slide, adata, color="zeroshot_tile_pred")
+pk.pl.slide(slide, tiles, color="zeroshot_tile_pred")
 
 # %% [markdown]
 # ## Balanced accuracy per K on a labelled set

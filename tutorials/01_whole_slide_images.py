@@ -108,13 +108,13 @@ for a in ax: a.axis("off")
 # corner, whatever level the pixels are read from.
 
 # %%
-tiles = pk.pp.tile(slide, tile_px=256, mpp=0.5, min_tissue=0.1)
-print(len(tiles), "tiles"); print(tiles.attrs["tile_spec"])
-tiles.head()
+tiles = pk.pp.tile(slide, tile_px=256, mpp=0.5, min_tissue=0.1)   # an AnnData: one row per tile
+print(tiles.n_obs, "tiles"); print(tiles.uns["tile_spec"])
+tiles.obs.head()
 
 # %%
 import numpy as np
-best = tiles.sort_values("tissue", ascending=False).iloc[0]
+best = tiles.obs.sort_values("tissue", ascending=False).iloc[0]
 plt.imshow(slide.read_tile(int(best.x), int(best.y), tile_px=256, mpp=0.5)); plt.axis("off");
 
 # %% [markdown]
@@ -126,7 +126,7 @@ plt.imshow(slide.read_tile(int(best.x), int(best.y), tile_px=256, mpp=0.5)); plt
 #
 # ```python
 # strict = pk.pp.tile(slide, min_tissue=0.5)
-# print(len(strict), "tiles instead of", len(tiles))
+# print(strict.n_obs, "tiles instead of", tiles.n_obs)
 # # the lost tiles are on the tissue border: they are partly glass
 # ```
 # </details>
@@ -141,7 +141,7 @@ plt.imshow(slide.read_tile(int(best.x), int(best.y), tile_px=256, mpp=0.5)); plt
 # ```python
 # fl = pk.read_slide(ndpi, allow_non_brightfield=True)
 # t = pk.pp.tile(fl, tissue=None, min_tissue=0.0)
-# print(t.attrs["tile_spec"]["size_level0"])   # 256 * 0.5 / 0.228 ≈ 561 px, resampled to 256
+# print(t.uns["tile_spec"]["size_level0"])   # 256 * 0.5 / 0.228 ≈ 561 px, resampled to 256
 # ```
 # </details>
 

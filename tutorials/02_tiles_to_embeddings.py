@@ -50,13 +50,14 @@ print("input", spec.input_size, "| resize", spec.resize, "| mean", spec.mean, "|
 # %%
 slide = pk.read_slide(SLIDE) if SLIDE else pk.datasets.cmu1_small()
 tiles = pk.pp.tile(slide)
-adata = pk.tl.embed_tiles(slide, TILE_MODEL, tiles=tiles, weights=WEIGHTS, num_workers=0)
-adata
+pk.tl.embed_tiles(tiles, slide, TILE_MODEL, weights=WEIGHTS, num_workers=0)   # writes tiles.obsm["X_<model>"]
+tiles
 
 # %%
-print(adata.obs.head())
-print("spatial (level-0 px):", adata.obsm["spatial"][:3])
-print("model provenance:", {k: adata.uns["model"][k] for k in ("name", "arch")})
+key = f"X_{TILE_MODEL}"
+print(tiles.obs.head())
+print("features:", tiles.obsm[key].shape, "| spatial (level-0 px):", tiles.obsm["spatial"][:3].tolist())
+print("model provenance:", {k: tiles.uns["models"][key].get(k) for k in ("name", "arch", "weights")})
 
 # %% [markdown]
 # **Exercise 1.** Which tile has the largest embedding norm, and where is it on the slide?
@@ -66,8 +67,8 @@ print("model provenance:", {k: adata.uns["model"][k] for k in ("name", "arch")})
 #
 # ```python
 # import numpy as np
-# i = int(np.linalg.norm(adata.X, axis=1).argmax())
-# adata.obs.iloc[i][["x", "y"]]
+# i = int(np.linalg.norm(tiles.obsm[key], axis=1).argmax())
+# tiles.obs.iloc[i][["x", "y"]]
 # ```
 # </details>
 
@@ -91,14 +92,15 @@ px.scatter(bag.obs, x="x", y="y", color="leiden").update_yaxes(autorange="revers
 
 # %% [markdown]
 # **Exercise 2.** A slide embedding can be as simple as the mean of its tiles. Compute it, then compare with
-# `pk.tl.embed_slide(bag, model="mean")`.
+# `pk.tl.embed_slide(bag, model="mean", use_rep="X")` (it writes `bag.uns["slide_embeddings"]["mean"]`).
 
 # %% [markdown]
 # <details><summary>Solution</summary>
 #
 # ```python
 # import numpy as np
-# v = pk.tl.embed_slide(bag, model="mean")
+# pk.tl.embed_slide(bag, model="mean", use_rep="X")
+# v = bag.uns["slide_embeddings"]["mean"]
 # np.allclose(v, bag.X.mean(0))
 # ```
 # </details>
