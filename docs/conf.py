@@ -125,3 +125,22 @@ def _copy_plotly_js() -> None:
 
 _write_api_pages()
 _copy_plotly_js()
+
+
+def _write_data_page() -> None:
+    """The registry of example data as a table (name, size, licence, source, citation)."""
+    reg = pathkit.datasets.get_registry()
+    rows = ["# Example data", "",
+            ("Every file `pk.datasets.fetch(name)` knows: upstream (pinned to a commit or a stable id), sha256 "
+             "checked on download, licence and citation. `PATHKIT_DATA_DIR` pointing at a folder holding the "
+             "files at these names serves them offline."), "",
+            "| name | size | licence | source | citation |", "|---|---|---|---|---|"]
+    for r in reg.itertuples():
+        src = r.url or r.source
+        link = f"[{r.source or 'download'}]({src})" if src.startswith("http") else src
+        cells = [f"`{r.name}`", f"{r.size / 1e6:.2f} MB", r.license, link, r.citation]
+        rows.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
+    _write(HERE / "_generated" / "datasets.md", "\n".join(rows) + "\n")
+
+
+_write_data_page()

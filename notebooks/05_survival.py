@@ -35,7 +35,8 @@ obs.stage.value_counts(dropna=False)
 
 # %%
 staged = cohort[obs.stage.isin(["I", "II", "III", "IV"]).values].copy()
-pk.pl.kaplan_meier(staged, time="time_months", event="event", groupby="stage", title="TCGA COADREAD by stage")
+fig = pk.pl.kaplan_meier(staged, time="time_months", event="event", groupby="stage", title="TCGA COADREAD by stage")
+fig.update_layout(legend=dict(x=1.02, xanchor="left", y=1, yanchor="top"))   # legend beside, not on, the curves
 
 # %%
 km = pk.tl.kaplan_meier(staged, time="time_months", event="event", groupby="stage")
@@ -64,6 +65,7 @@ hr = cox.summary.reset_index()
 fig = px.scatter(hr, x="exp(coef)", y="covariate", error_x=hr["hr_upper"] - hr["exp(coef)"],
                  error_x_minus=hr["exp(coef)"] - hr["hr_lower"], log_x=True, title="hazard ratios (95% CI)",
                  height=300)
+fig.update_xaxes(tickvals=[0.25, 0.5, 1, 2, 4, 8, 16], title="hazard ratio (log scale)")
 fig.add_vline(x=1, line_dash="dot")
 
 # %% [markdown]
@@ -135,8 +137,9 @@ res.summary
 # %%
 pk.tl.risk_groups(sim, "abmil_risk", method="median")
 c = pk.tl.cindex("time_months", "abmil_risk", "event", data=sim)
-pk.pl.kaplan_meier(sim, time="time_months", event="event", groupby="risk_group",
-                   title=f"out-of-fold ABMIL risk groups (c-index {c:.2f})")
+fig = pk.pl.kaplan_meier(sim, time="time_months", event="event", groupby="risk_group",
+                         title=f"out-of-fold ABMIL risk groups (c-index {c:.2f})")
+fig.update_layout(legend=dict(x=1.02, xanchor="left", y=1, yanchor="top"))   # legend beside, not on, the curves
 
 # %% [markdown]
 # ## With real data

@@ -143,6 +143,8 @@ fig = px.line(long, x="K", y=["balanced_accuracy", "bacc_median"], markers=True,
               title="balanced accuracy per K (ensemble, and median over prompt sets)", height=350)
 fig.add_scatter(x=long.K, y=long.bacc_q75, mode="lines", line_dash="dot", name="prompt sets, 75th pct")
 fig.add_scatter(x=long.K, y=long.bacc_q25, mode="lines", line_dash="dot", name="prompt sets, 25th pct")
+fig.update_xaxes(tickvals=list(long.K), title="K (top-K tiles pooled, log scale)")
+fig.update_layout(legend=dict(orientation="h", y=-0.3), yaxis_title="balanced accuracy")
 
 # %% [markdown]
 # ## With real CONCH weights

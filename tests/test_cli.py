@@ -142,7 +142,7 @@ def test_demo_real_sample(shared_data, tmp_path, monkeypatch, capsys):
     h5 = tmp_path / "demo" / "CMU-1-Small-Region.h5ad"
     png = tmp_path / "demo" / "CMU-1-Small-Region_tiles.png"
     got = ad.read_h5ad(h5)
-    assert got.n_obs == len(pk.pp.tile(pk.read_slide(cmu))) and got.n_vars == 192
+    assert got.n_obs == pk.pp.tile(pk.read_slide(cmu)).n_obs and got.obsm["X_vit_tiny_test"].shape[1] == 192
     img = Image.open(png)
     assert max(img.size) == 1024 and img.mode == "RGB"
     assert str(h5) in out and str(png) in out
@@ -170,5 +170,5 @@ def test_demo_offline_uses_synthetic(tmp_path, monkeypatch, capsys):
     assert "SYNTHETIC" in out and "no network (test)" in out
     h5 = next((tmp_path / "demo").glob("*.h5ad"))
     got = ad.read_h5ad(h5)
-    assert got.n_obs > 0 and got.n_vars == 192
+    assert got.n_obs > 0 and got.obsm["X_vit_tiny_test"].shape[1] == 192
     assert (tmp_path / "demo" / f"{h5.stem}_tiles.png").is_file()

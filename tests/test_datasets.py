@@ -7,6 +7,7 @@ import hashlib
 import shutil
 import tracemalloc
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -294,3 +295,21 @@ def test_tcga_cdr_converted_from_upstream_xlsx(loopback, shared_data, tmp_path, 
     assert _sha(tmp_path / "tcga/TCGA-CDR.csv") == _sha(shared_data / "tcga/TCGA-CDR.csv")
     assert cdr.shape == (11160, 33) and cdr.type.nunique() == 33
     assert cdr.set_index("bcr_patient_barcode").loc["TCGA-AD-6964", "OS"] == 1
+
+
+def test_require_data_turns_skips_into_failures(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    # the repo's conftest with one test that needs the real data, run where that data is absent
+    shutil.copy(Path(__file__).with_name("conftest.py"), tmp_path / "conftest.py")
+    (tmp_path / "test_needs_data.py").write_text("def test_needs(shared_data):\n    pass\n")
+    env = {**os.environ, "PATHKIT_TEST_DATA": str(tmp_path / "absent"), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    env.pop("PATHKIT_REQUIRE_DATA", None)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", str(tmp_path)]
+    skipped = subprocess.run(cmd, check=False, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert skipped.returncode == 0 and "1 skipped" in skipped.stdout, skipped.stdout
+    failed = subprocess.run(cmd, check=False, env={**env, "PATHKIT_REQUIRE_DATA": "1"}, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert failed.returncode != 0 and "PATHKIT_REQUIRE_DATA=1 forbids skipping" in failed.stdout, failed.stdout

@@ -21,12 +21,11 @@ unzip -l "$WHEEL" | grep -q "pathkit/datasets/_registry.csv" || { echo "wheel la
 SITE=$("$TMP/venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 "$CI_VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > "$SITE/ci-deps.pth"
 "$TMP/venv/bin/python" -m pip install -q --no-deps --no-index "$WHEEL"
-PK=$("$TMP/venv/bin/python" -c "import pathkit; print(pathkit.__file__)")
-case "$PK" in "$TMP"/venv/*) ;; *) echo "pathkit imported from $PK, not from the wheel"; exit 1;; esac
-
 mkdir "$TMP/empty" "$TMP/out"
 cp notebooks/01_quickstart.ipynb tutorials/03_survival_with_histology.ipynb "$TMP/out/"
 cd "$TMP/empty"
+PK=$(env -i PATH=/usr/bin:/bin "$TMP/venv/bin/python" -c "import pathkit; print(pathkit.__file__)")
+case "$PK" in "$TMP"/venv/*) ;; *) echo "pathkit imported from $PK, not from the wheel"; exit 1;; esac
 run_nb() {  # notebook, parameters (YAML)
   env -i HOME="$HOME" PATH="$TMP/venv/bin:/usr/bin:/bin" PATHKIT_DATA_DIR="$PATHKIT_DATA_DIR" TQDM_DISABLE=1 \
     "$TMP/venv/bin/python" -m papermill --no-progress-bar --cwd "$TMP/empty" -y "$2" \

@@ -69,8 +69,9 @@ km = pk.tl.kaplan_meier(staged, time="time_months", event="event", groupby="stag
 pd.concat([km.counts, km.median.rename("median months")], axis=1)
 
 # %%
-pk.pl.kaplan_meier(staged, time="time_months", event="event", groupby="stage",
-                   title=f"TCGA {CANCER.upper()}: overall survival by stage")
+fig = pk.pl.kaplan_meier(staged, time="time_months", event="event", groupby="stage",
+                         title=f"TCGA {CANCER.upper()}: overall survival by stage")
+fig.update_layout(legend=dict(x=1.02, xanchor="left", y=1, yanchor="top"))   # legend beside, not on, the curves
 
 # %% [markdown]
 # ## 2. The log-rank test
@@ -170,9 +171,10 @@ data.obs["score"] = scores["histology + molecular"]
 sub = data[scored].copy()
 pk.tl.risk_groups(sub, "score", method="median")
 p = pk.tl.logrank(sub, time="time_months", event="event", groupby="risk_group").p_value
-pk.pl.kaplan_meier(sub, time="time_months", event="event", groupby="risk_group",
-                   title=f"out-of-fold histology + molecular score: c-index {cidx['histology + molecular']:.2f}, "
-                         f"log-rank p = {p:.1g}")
+fig = pk.pl.kaplan_meier(sub, time="time_months", event="event", groupby="risk_group",
+                         title=f"out-of-fold histology + molecular score: c-index {cidx['histology + molecular']:.2f},"
+                               f" log-rank p = {p:.1g}")
+fig.update_layout(legend=dict(x=1.02, xanchor="left", y=1, yanchor="top"))   # legend beside, not on, the curves
 
 # %% [markdown]
 # **Exercise.** Split patients at the median `age` with `pk.tl.risk_groups` and test the two groups with the
