@@ -28,12 +28,13 @@ out = Path(OUT)
 out.mkdir(parents=True, exist_ok=True)
 
 # %% [markdown]
-# > **Weights used here.** CONCH's weights are gated and CI has no internet, so this notebook registers a
-# > **small CONCH variant with random weights** (same CoCa architecture, tokenizer, attentional pooler and
-# > preprocessing; 2 layers, 32-d, 64-px input) and saves one checkpoint so that its image and text towers
-# > belong together. Prompts, pooling, scores and evaluation are exactly the real pipeline; the *predictions*
-# > mean nothing. With real weights set `MODEL = "conch"`, `WEIGHTS = None` in the parameter cell: CONCH reaches
-# > ~0.9 balanced accuracy on TCGA NSCLC subtyping zero-shot (Lu et al., Nature Medicine 2024).
+# > **Weights.** The default is QuiltNet (`quiltnet`, ungated: downloaded once from the Hugging Face hub);
+# > `plip` is the other ungated choice, and CONCH (`conch`, gated: accept its licence and log in) reaches ~0.9
+# > balanced accuracy on TCGA NSCLC subtyping zero-shot (Lu et al., Nature Medicine 2024). The documentation
+# > and CI run offline with `MODEL = "conch_small_demo"`: a **small CONCH variant with random weights** (same
+# > CoCa architecture, tokenizer, attentional pooler and preprocessing; 2 layers, 32-d, 64-px input), saved as
+# > one checkpoint so that its image and text towers belong together. Prompts, pooling, scores and evaluation
+# > are then exactly the real pipeline, but the *predictions* mean nothing.
 
 # %%
 import warnings

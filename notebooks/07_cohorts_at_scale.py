@@ -29,10 +29,11 @@ out = Path(OUT)
 out.mkdir(parents=True, exist_ok=True)
 
 # %% [markdown]
-# > **Data and weights used here.** To keep CI fast, the cohort is three small **synthetic** H&E-like slides
+# > **Data and weights.** With `SLIDES = None` the cohort is three small **synthetic** H&E-like slides
 # > (`pk.datasets.synthetic_slide`: pyramidal Aperio-style TIFFs with known tissue geometry) plus one corrupt
-# > file, embedded by `vit_tiny_test`, a 2-block ViT with **random weights**. Set `SLIDES`, `TILE_MODEL` and
-# > `WEIGHTS` in the parameter cell for a real cohort; nothing else changes.
+# > file, embedded by `kaiko_vits16` (ungated weights, downloaded once). The documentation and CI run it
+# > offline with `vit_tiny_test`, a 2-block ViT with **random weights**. Set `SLIDES` (and a gated model if
+# > you have access) in the parameter cell for a real cohort; nothing else changes.
 
 # %%
 import time

@@ -29,10 +29,10 @@ WEIGHTS = None                 # None: the registry's source; or a local file
 pk.list_models()[["architecture", "embed_dim", "input", "pool", "license"]]
 
 # %% [markdown]
-# > **Random weights in this notebook.** CI has no internet, so `vit_tiny_test` is a 2-block ViT with
-# > random weights: every number below is *structurally* right (shapes, keys, coordinates) but carries no
-# > biology. With real weights (set `TILE_MODEL`/`WEIGHTS` above), tiles of the same tissue type cluster
-# > together in the UMAP and slide-level predictions become meaningful.
+# > **Weights.** The default `kaiko_vits16` (Kaiko.ai's ViT-S/16 trained on TCGA) has ungated weights,
+# > downloaded once. The documentation and CI run this tutorial offline with `vit_tiny_test`, a 2-block ViT
+# > with **random** weights: every number is then *structurally* right (shapes, keys, coordinates) but carries
+# > no biology. With real weights, tiles of the same tissue type cluster together in the UMAP.
 #
 # ## 2. Preprocessing
 # The model's own normalisation matters: a model trained with ImageNet mean/std sees shifted colours if fed
