@@ -39,7 +39,8 @@ myst_heading_anchors = 3
 
 # plotly.js is served from this site (offline-safe), not a CDN
 html_static_path = ["_static"]
-html_js_files = ["plotly.min.js"]
+html_js_files = ["plotly.min.js", "pathkit.js"]
+html_css_files = ["pathkit.css"]
 html_theme = "pydata_sphinx_theme"
 html_title = f"pathkit {version}"
 html_theme_options = {"navigation_with_keys": False, "show_toc_level": 2,

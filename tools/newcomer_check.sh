@@ -12,7 +12,7 @@ CI_VENV=$(cd "${1:-.venv}" && pwd)
 TMP=$(mktemp -d /tmp/pathkit-newcomer.XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
 
-"$CI_VENV/bin/python" -m pip wheel -q --no-deps --no-build-isolation -w "$TMP/dist" "$REPO"
+"$CI_VENV/bin/python" -m pip wheel -q --no-deps -w "$TMP/dist" "$REPO"
 WHEEL=$(ls "$TMP"/dist/pathkit-*.whl)
 unzip -l "$WHEEL" | grep -q "pathkit/data/CMU-1-Small-Region.svs" || { echo "wheel lacks the sample slide"; exit 1; }
 unzip -l "$WHEEL" | grep -q "pathkit/datasets/_registry.csv" || { echo "wheel lacks the data registry"; exit 1; }

@@ -58,9 +58,12 @@ def for_docs(path) -> bool:
             fig = data.get("application/vnd.plotly.v1+json")
             if fig is None:
                 continue
-            height = (fig.get("layout") or {}).get("height") or 500
+            layout = fig.setdefault("layout", {})
+            layout.pop("width", None)  # follow the page's column width
+            height = layout.get("height") or 500
             data["text/html"] = pio.to_html(fig, include_plotlyjs=False, include_mathjax=False, full_html=False,
-                                            default_width="100%", default_height=f"{height}px", validate=False)
+                                            default_width="100%", default_height=f"{height}px", validate=False,
+                                            config={"responsive": True})
             del data["application/vnd.plotly.v1+json"]
             changed = True
     if changed:
