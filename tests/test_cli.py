@@ -165,7 +165,7 @@ def test_demo_real_sample(shared_data, tmp_path, monkeypatch, capsys):
     h5 = tmp_path / "demo" / "CMU-1-Small-Region.h5ad"
     png = tmp_path / "demo" / "CMU-1-Small-Region_tiles.png"
     got = ad.read_h5ad(h5)
-    assert got.n_obs == len(pk.pp.tile(pk.read_slide(cmu))) and got.obsm["X_vit_tiny_test"].shape[1] == 192
+    assert got.n_obs == pk.pp.tile(pk.read_slide(cmu)).n_obs and got.obsm["X_vit_tiny_test"].shape[1] == 192
     img = Image.open(png)
     assert max(img.size) == 1024 and img.mode == "RGB"
     assert str(h5) in out and str(png) in out
@@ -181,6 +181,13 @@ def test_demo_offline_uses_synthetic(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("PATHKIT_SAMPLE_SLIDE", raising=False)
     monkeypatch.setenv("PATHKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(pooch, "retrieve", offline)
+    # offline, the demo uses the real H&E slide shipped inside pathkit
+    assert main(["demo", "--out", str(tmp_path / "real")]) == 0
+    out = capsys.readouterr().out
+    assert "real public OpenSlide sample" in out and "shipped with pathkit" in out and "SYNTHETIC" not in out
+    assert (tmp_path / "real" / "CMU-1-Small-Region.h5ad").is_file()
+    # an install without its package data falls back to a synthetic slide, and says so
+    monkeypatch.setattr(pk.datasets._fetch, "packaged_path", lambda name: None)
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
     assert "SYNTHETIC" in out and "no network (test)" in out
