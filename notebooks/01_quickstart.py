@@ -42,7 +42,7 @@ tiles.obs.head()
 # ## Tile embeddings
 
 # %%
-pk.tl.embed_tiles(tiles, slide, TILE_MODEL, weights=WEIGHTS, num_workers=0)   # -> tiles.obsm["X_<model>"]
+pk.tl.embed_tiles(tiles, slide, TILE_MODEL, weights=WEIGHTS)   # -> tiles.obsm["X_<model>"]
 tiles.write_h5ad(out / f"{slide.slide_id}.h5ad")
 tiles
 
@@ -51,7 +51,7 @@ tiles
 
 # %%
 pk.tl.umap(tiles, use_rep=f"X_{TILE_MODEL}", leiden=True)
-pk.pl.umap(tiles, color="leiden", slide=slide)
+pk.pl.umap(tiles, color="leiden")
 
 # %%
-pk.pl.slide(slide, tiles, color="leiden")
+pk.pl.slide(tiles, color="leiden", slide=slide)

@@ -88,21 +88,22 @@ pd.DataFrame({f"K={k}": topk_pool(sims, k) for k in (1, 2, 4)}, index=["A", "B"]
 # %% [markdown]
 # ## Zero-shot on a real slide
 #
-# Tiles of the CMU-1 H&E sample are embedded by the model's **image tower** (`<model>_vision`, a tile encoder
-# like any other), then scored against the colorectal tissue classes. `pk.tl.zero_shot` writes tile scores and
+# Tiles of the CMU-1 H&E sample are embedded by the model's **image tower** (named in the model's registry entry,
+# e.g. `conch_vision_proj` for CONCH: the projected embedding; a tile encoder like any other), then scored against the colorectal tissue classes. `pk.tl.zero_shot` writes tile scores and
 # the tile's best class into the tile AnnData, and returns one row per slide.
 
 # %%
 slide = pk.read_slide(SLIDE) if SLIDE else pk.datasets.cmu1_small()
 tiles = pk.pp.tile(slide, tile_px=256, mpp=0.5, min_tissue=0.1)
-pk.tl.embed_tiles(tiles, slide, f"{MODEL}_vision", weights=WEIGHTS, num_workers=0, progress=False)
-res = pk.tl.zero_shot(tiles, classes="crc100k", model=clip, use_rep=f"X_{MODEL}_vision", topk=TOPK,
+TOWER = clip.spec.extra["image_tower"]
+pk.tl.embed_tiles(tiles, slide, TOWER, weights=WEIGHTS, progress=False)   # -> tiles.obsm[f"X_{TOWER}"]
+res = pk.tl.zero_shot(tiles, classes="crc100k", model=clip, use_rep=f"X_{TOWER}", topk=TOPK,
                       n_prompt_sets=20, progress=False)
 print(tiles.n_obs, "tiles;", "prediction per K:", tiles.uns["zeroshot"]["pred"])
 res.filter(like="pred_")
 
 # %%
-pk.pl.slide(slide, tiles, color="zeroshot_tile_pred")
+pk.pl.slide(tiles, color="zeroshot_tile_pred", slide=slide)
 
 # %% [markdown]
 # ## Balanced accuracy per K on a labelled set
@@ -152,8 +153,9 @@ fig.update_layout(legend=dict(orientation="h", y=-0.3), yaxis_title="balanced ac
 #
 # ```python
 # clip = pk.models.clip.load_clip("conch")                              # hf_hub:MahmoodLab/CONCH (gated)
-# tiles = pk.tl.embed_tiles(slide, "conch_vision")                      # 512-d projected image embeddings
-# res = pk.tl.zero_shot(tiles, classes="nsclc", model=clip, cohort=cohort)
+# tiles = pk.pp.tile(slide)
+# pk.tl.embed_tiles(tiles, slide, "conch_vision_proj")                  # 512-d projected image embeddings
+# res = pk.tl.zero_shot(tiles, classes="nsclc", model=clip, cohort=cohort)  # reads obsm["X_conch_vision_proj"]
 # pk.tl.zero_shot_eval(cohort, "oncotree_code")                         # balanced accuracy per K
 # ```
 # Your own classes: `classes={"tumour": ["adenocarcinoma", "tumor"], "normal": ["normal colonic mucosa"]}`;

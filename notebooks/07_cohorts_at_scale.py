@@ -60,7 +60,7 @@ if demo:   # start the demo from scratch; with your own slides, earlier results 
         shutil.rmtree(d, ignore_errors=True)
 t0 = time.perf_counter()
 cohort = pk.tl.embed_cohort(SLIDES, run, tile_model=TILE_MODEL, weights=WEIGHTS, slide_model=SLIDE_MODEL,
-                            embed_kwargs={"num_workers": 0}, progress=False)
+                            progress=False)
 print(f"first run: {time.perf_counter() - t0:.1f} s")
 cohort.obs[["status", "error", "n_tiles", "seconds"]]
 
@@ -83,7 +83,7 @@ sorted(p.name for p in run.iterdir())
 # %%
 t0 = time.perf_counter()
 again = pk.tl.embed_cohort(SLIDES, run, tile_model=TILE_MODEL, weights=WEIGHTS, slide_model=SLIDE_MODEL,
-                           embed_kwargs={"num_workers": 0}, progress=False)
+                           progress=False)
 print(f"re-run: {time.perf_counter() - t0:.1f} s")
 import numpy as np
 ok = again.obs.status != "failed"
@@ -108,7 +108,7 @@ with warnings.catch_warnings():
 print(client)
 t0 = time.perf_counter()
 dcohort = pk.tl.embed_cohort(SLIDES, drun, tile_model=TILE_MODEL, weights=WEIGHTS,
-                             slide_model=SLIDE_MODEL, embed_kwargs={"num_workers": 0}, client=client,
+                             slide_model=SLIDE_MODEL, client=client,
                              progress=False)
 print(f"dask run: {time.perf_counter() - t0:.1f} s")
 ok = dcohort.obs.status == "ok"

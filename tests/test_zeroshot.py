@@ -128,7 +128,7 @@ def _planted_slide(sid, text, cls_idx, n=20, n_aligned=5, seed=0):
     feats[:n_aligned] = text[cls_idx] * 3.0 + rng.normal(size=(n_aligned, text.shape[1])) * 1e-3
     a = ad.AnnData(np.zeros((n, 4), np.float32), obs=pd.DataFrame({"slide_id": sid}, index=[str(i) for i in
                                                                                                range(n)]))
-    a.obsm["X_conch_vision"] = feats.astype(np.float32)
+    a.obsm["X_conch_vision_proj"] = feats.astype(np.float32)
     a.uns["slide"] = {"slide_id": sid}
     return a
 
@@ -143,7 +143,7 @@ def test_zero_shot_planted_features(small_conch, tmp_path):
     assert res.loc["S1", "pred_k1"] == "LUAD" and res.loc["S2", "pred_k1"] == "LUSC"
     # tile scores are cosine similarities; slide score = mean of the top-K tile scores (K capped at 20)
     s1 = slides["S1"]
-    f = s1.obsm["X_conch_vision"] / np.linalg.norm(s1.obsm["X_conch_vision"], axis=1, keepdims=True)
+    f = s1.obsm["X_conch_vision_proj"] / np.linalg.norm(s1.obsm["X_conch_vision_proj"], axis=1, keepdims=True)
     np.testing.assert_allclose(s1.obs["zeroshot_LUAD"], f @ text[0], rtol=1e-5)
     tile_pred = np.where(f @ text[0] >= f @ text[1], "LUAD", "LUSC")
     assert (s1.obs["zeroshot_tile_pred"].astype(str).to_numpy() == tile_pred).all()
@@ -170,7 +170,7 @@ def test_zero_shot_refuses_features_of_another_model(small_conch):
     a.uns["models"] = {"X_gigapath_tile": {"name": "gigapath_tile"}}
     with pytest.raises(ValueError, match="'gigapath_tile' features.*conch_vision"):
         pk.tl.zero_shot(a, model=small_conch, use_rep="X_gigapath_tile", n_prompt_sets=0)
-    with pytest.raises(KeyError, match=r"X_conch_vision.*embed_tiles\(tiles, slide, 'conch_vision'\)"):
+    with pytest.raises(KeyError, match=r"X_conch_vision_proj.*embed_tiles\(tiles, slide, .conch_vision_proj.\)"):
         pk.tl.zero_shot(a, model=small_conch, n_prompt_sets=0)  # never re-reads a slide
 
 

@@ -50,7 +50,7 @@ print("input", spec.input_size, "| resize", spec.resize, "| mean", spec.mean, "|
 # %%
 slide = pk.read_slide(SLIDE) if SLIDE else pk.datasets.cmu1_small()
 tiles = pk.pp.tile(slide)
-pk.tl.embed_tiles(tiles, slide, TILE_MODEL, weights=WEIGHTS, num_workers=0)   # writes tiles.obsm["X_<model>"]
+pk.tl.embed_tiles(tiles, slide, TILE_MODEL, weights=WEIGHTS)   # writes tiles.obsm["X_<model>"]
 tiles
 
 # %%
