@@ -6,7 +6,7 @@ from .abmil import train_abmil
 from .survival import cindex, cox, kaplan_meier, logrank, risk_groups
 from .zeroshot import text_embeddings, topk_pool, zero_shot, zero_shot_eval
 from . import prompts
-from .umap import umap
+from ._umap import umap
 from ._annotate import annotate_tiles
 
 __all__ = ["embed_tiles", "embed_slide", "embed_cohort", "train_abmil", "kaplan_meier", "logrank", "cox",
