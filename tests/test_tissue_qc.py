@@ -293,7 +293,7 @@ def test_pl_qc_figure(tmp_path, pen_dir):
     slide = _pen_slide(tmp_path, pen_dir)
     tm = pk.pp.find_tissue(slide)
     tiles = pk.pp.tile(slide, tile_px=64, mpp=2.0, tissue=tm)
-    fig = pk.pl.qc(slide, tiles, tissue=tm, thumbnail_size=525)
+    fig = pk.pl.qc(tiles, slide, tissue=tm, thumbnail_size=525)
     names = [t.name for t in fig.data]
     q = tiles.uns["qc"]
     assert names[:2] == ["thumbnail", "mask"]
@@ -316,7 +316,10 @@ def test_pl_qc_figure(tmp_path, pen_dir):
     s = 468 / slide.dimensions[0]
     assert pen_trace.x[0] == pytest.approx(tiles.obs["x"].iloc[first] * s)
     with pytest.raises(pk.errors.TableError, match="no QC"):
-        pk.pl.qc(slide, pk.pp.tile(slide, tile_px=64, mpp=2.0, tissue=tm, qc=False), tissue=tm)
+        pk.pl.qc(pk.pp.tile(slide, tile_px=64, mpp=2.0, tissue=tm, qc=False), slide, tissue=tm)
+    with pytest.raises(TypeError, match="tiles first"):
+        pk.pl.qc(slide, tiles)
+    assert pk.pl.qc(tiles, tissue=tm).data[0].name == "thumbnail"  # the slide from uns["slide"]["path"]
 
 
 def test_drop_small_matches_skimage():

@@ -46,17 +46,17 @@ def _mask_layer(tissue, size) -> np.ndarray:
     return np.asarray(Image.fromarray(rgba, "RGBA"))
 
 
-def qc(slide, tiles, *, tissue=None, thumbnail_size: int = 1024, show_kept: bool = True,
+def qc(tiles, slide=None, *, tissue=None, thumbnail_size: int = 1024, show_kept: bool = True,
        title: str | None = None, height: int = 700, width: int | None = None):
     """A slide's QC at a glance: thumbnail, tissue mask (green), pen ink (blue), and the tiles QC rejected
     outlined by reason (pen blue, focus orange, tissue grey), kept tiles in thin green.
 
     Parameters
     ----------
-    slide
-        A :class:`~pathkit.slide.Slide` or its path.
     tiles
         The tiles AnnData of :func:`pathkit.pp.tile` with QC (``obs["qc_pass"]``, ``uns["qc"]``).
+    slide
+        A :class:`~pathkit.slide.Slide` or its path; ``None`` opens ``tiles.uns["slide"]["path"]``.
     tissue
         The :class:`~pathkit.pp.tissue.TissueMask` to draw; default ``find_tissue(slide)``.
     thumbnail_size
@@ -74,12 +74,14 @@ def qc(slide, tiles, *, tissue=None, thumbnail_size: int = 1024, show_kept: bool
     """
     import plotly.graph_objects as go
 
+    from ..pp._qc import _slide_from
     from ..pp.tissue import find_tissue
-    from ..slide import read_slide
+    from ._slide import _check_one_slide, _rect_path
     from ._thumbs import data_uri, tile_geometry
-    from .slide import _check_one_slide, _rect_path
 
-    slide = read_slide(slide)
+    if not hasattr(tiles, "obs") and hasattr(slide, "obs"):
+        raise TypeError("pk.pl.qc takes the tiles first, as pk.pl.slide does: pk.pl.qc(tiles, slide)")
+    slide = _slide_from(tiles, slide)
     _check_one_slide(slide, tiles)
     reasons = qc_reasons(tiles)
     if tissue is None:
@@ -90,7 +92,8 @@ def qc(slide, tiles, *, tissue=None, thumbnail_size: int = 1024, show_kept: bool
     geom = tile_geometry(tiles, slide=slide)
     xy = geom.xy
     fig = go.Figure()
-    fig.add_trace(go.Image(source=data_uri(thumb), x0=0, y0=0, dx=1, dy=1, name="thumbnail", hoverinfo="skip"))
+    fig.add_trace(go.Image(source=data_uri(thumb, "jpeg"), x0=0, y0=0, dx=1, dy=1, name="thumbnail",
+                           hoverinfo="skip"))
     fig.add_trace(go.Image(source=data_uri(_mask_layer(tissue, thumb.size)), x0=0, y0=0, dx=1, dy=1,
                            name="mask", hoverinfo="skip"))
     ok = tiles.obs["qc_pass"].to_numpy(bool)
