@@ -110,6 +110,17 @@ def _embed_slide_tiles(job: SlideJob):
             pass
 
 
+QC_COLUMNS = ("tissue_area_mm2", "pen_area_mm2", "n_qc_pass")
+
+
+def _qc_summary(qc) -> dict:
+    """The per-slide QC figures of ``uns["qc"]`` (pk.pp.tile_qc) that go into the cohort's obs."""
+    qc = dict(qc or {})
+    return {"tissue_area_mm2": float(qc.get("tissue_area_mm2", np.nan)),
+            "pen_area_mm2": float(qc.get("pen_area_mm2", np.nan)),
+            "n_qc_pass": float(qc.get("n_pass", np.nan))}
+
+
 def process_slide(job: SlideJob) -> dict:
     """The work unit: one slide to ``job.out_path``; never raises (errors are returned).
 
@@ -119,7 +130,8 @@ def process_slide(job: SlideJob) -> dict:
     """
     t0 = time.perf_counter()
     res = {"slide_id": job.slide_id, "path": job.path, "status": "failed", "error": "", "n_tiles": 0,
-           "tile_file": job.out_path, "sha256": "", "stat": None, "seconds": 0.0, "slide_embeddings": {}}
+           "tile_file": job.out_path, "sha256": "", "stat": None, "seconds": 0.0, "slide_embeddings": {},
+           "qc": {}}
     try:
         src, out = Path(job.path), Path(job.out_path)
         if not src.is_file():
@@ -170,6 +182,8 @@ def process_slide(job: SlideJob) -> dict:
                 if res["status"] == "skipped":
                     res["status"] = "ok"
             res["slide_embeddings"] = {key: np.asarray(emb, dtype=np.float32).tolist()}
+        qc = adata.uns.get("qc") if adata is not None else _read_uns(out, "qc")
+        res["qc"] = _qc_summary(qc)
         if dirty:  # one atomic write holding tiles, record and slide embedding together
             write_h5ad_atomic(adata, out)
     except Exception as exc:
@@ -312,7 +326,8 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
     -------
     AnnData
         obs_names = slide ids; ``obs``: ``slide_id``, ``path``, ``status`` ("ok" computed now, "skipped"
-        reused from an earlier run, "failed"), ``error``, ``n_tiles``, ``tile_file``, ``seconds``, TCGA parts
+        reused from an earlier run, "failed"), ``error``, ``n_tiles``, ``tile_file``, ``seconds``, the slide's QC
+        (``tissue_area_mm2``, ``pen_area_mm2``, ``n_qc_pass``: tiles passing pk.pp.tile_qc), TCGA parts
         (``patient_id``, ``sample_id``, ``sample_type``, ``slide_type``) when the id is a barcode, and the
         input table's columns; ``obsm["X_<key>"]``; ``uns["pathkit"]`` (provenance) and ``uns["cohort"]``
         (counts). Usable rows: ``obs.status != "failed"``.
@@ -379,7 +394,7 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
                     results[sid] = {"slide_id": sid, "path": str(src), "status": "skipped", "error": "",
                                     "n_tiles": int(rec.get("n_tiles", 0)), "tile_file": str(out_path),
                                     "sha256": known_sha, "stat": list(cur), "seconds": 0.0,
-                                    "slide_embeddings": emb}
+                                    "slide_embeddings": emb, "qc": rec.get("qc") or {}}
                     continue
         jobs.append(SlideJob(slide_id=sid, path=str(src), out_path=str(out_path), tile_model=tile_model,
                              weights=None if weights is None else str(weights), mpp=mpp, tile_kwargs=tile_kwargs,
@@ -403,7 +418,8 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
             n_failed += res["status"] == "failed"
             out_path = Path(res.get("tile_file") or out_dir / f"{sid}.h5ad")
             entry = {"path": res.get("path"), "stat": res.get("stat"), "sha256": res.get("sha256"),
-                     "status": res["status"], "n_tiles": res.get("n_tiles", 0), "error": res.get("error", "")}
+                     "status": res["status"], "n_tiles": res.get("n_tiles", 0), "error": res.get("error", ""),
+                     "qc": res.get("qc") or {}}
             if res["status"] != "failed":
                 job = by_id[sid]
                 entry.update(params_hash=job.params_hash, out_stat=list(_stat(out_path)))
@@ -428,6 +444,8 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
         obs[c] = [results[s].get(c, "") if c != "n_tiles" else int(results[s].get("n_tiles") or 0)
                   for s in obs["slide_id"]]
     obs["seconds"] = pd.to_numeric(obs["seconds"], errors="coerce")
+    for c in QC_COLUMNS:
+        obs[c] = [float((results[s].get("qc") or {}).get(c, np.nan)) for s in obs["slide_id"]]
     parts = parse_barcodes(obs["slide_id"], errors="coerce")
     if parts["error"].isna().any():
         for src, dst in (("patient", "patient_id"), ("sample", "sample_id"), ("sample_type", "sample_type"),
