@@ -26,12 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-CACHE = RESULTS / "cache"
-SIDE = 81920
-BLOBS = [{"kind": "rect", "x0": 256, "y0": 256, "x1": SIDE - 256, "y1": SIDE - 256}]
-SLIDE = CACHE / "synthetic_100k.svs"
+from _slide100k import BLOBS, CACHE, RESULTS, ROOT, SIDE, SLIDE  # noqa: F401  (shared slide)
 RAW = {"pen": False, "despeckle_um": 0, "fill_holes_um2": 0, "min_object_um2": 0}
 
 

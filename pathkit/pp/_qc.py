@@ -95,20 +95,14 @@ def tile_qc(tiles, slide=None, *, tissue=None, focus: bool = True, max_pen: floa
         ``tissue_area_mm2``, ``pen_area_mm2``, ``n_tiles``, ``n_pass``, ``n_dropped``, ``dropped`` (count per
         reason: ``tissue``, ``pen``, ``focus``; a tile can fail several), and the thresholds used.
     """
-    from .tissue import TissueMask, find_tissue
+    from .tissue import mask_for
 
     adata = tiles.copy() if copy else tiles
     spec = _spec(adata)
     if not 0 <= max_pen <= 1:
         raise ValueError(f"max_pen is a share of the tile in [0, 1], got {max_pen}")
     slide = _slide_from(adata, slide)
-    if tissue is None:
-        tissue = find_tissue(slide)
-    elif not isinstance(tissue, TissueMask):
-        raise TypeError(f"tissue must be a TissueMask from pk.pp.find_tissue, got {type(tissue).__name__}")
-    if tissue.slide_dimensions is not None and tuple(tissue.slide_dimensions) != tuple(slide.dimensions):
-        raise ValueError(f"the tissue mask was made for a {tissue.slide_dimensions} slide ({tissue.slide_id}), "
-                         f"not {slide.slide_id} {slide.dimensions}")
+    tissue = mask_for(slide, tissue)
     x = adata.obs["x"].to_numpy(np.float64)
     y = adata.obs["y"].to_numpy(np.float64)
     size = float(spec["size_level0"])

@@ -70,7 +70,7 @@ def tile(slide, tile_px: int = 256, mpp: float = 0.5, *, min_tissue: float = 0.1
         Saved with ``tiles.write_h5ad(path)`` and read back with ``anndata.read_h5ad``.
     """
     from ..slide import read_slide
-    from .tissue import TissueMask, find_tissue
+    from .tissue import mask_for
 
     slide = read_slide(slide)
     tile_px = int(tile_px)
@@ -83,13 +83,7 @@ def tile(slide, tile_px: int = 256, mpp: float = 0.5, *, min_tissue: float = 0.1
         raise ValueError(f"mpp must be positive, got {mpp}")
     if not 0 <= min_tissue <= 1:
         raise ValueError(f"min_tissue is a share of the tile in [0, 1], got {min_tissue}")
-    if tissue is None:
-        tissue = find_tissue(slide)
-    elif not isinstance(tissue, TissueMask):
-        raise TypeError(f"tissue must be a TissueMask from pk.pp.find_tissue, got {type(tissue).__name__}")
-    if tissue.slide_dimensions is not None and tuple(tissue.slide_dimensions) != tuple(slide.dimensions):
-        raise ValueError(f"the tissue mask was made for a {tissue.slide_dimensions} slide "
-                         f"({tissue.slide_id}), not {slide.slide_id} {slide.dimensions}")
+    tissue = mask_for(slide, tissue)
 
     level, eff_ds, resized = slide.tile_geometry(tile_px, mpp)
     size0 = tile_px * eff_ds

@@ -403,3 +403,16 @@ def find_tissue(slide, mask_mpp: float = 8.0, *, threshold: float | None = None,
                       f"{'' if threshold is None else f' below threshold {threshold:g}'}); the mask is empty",
                       stacklevel=2)
     return tm
+
+
+def mask_for(slide, tissue=None) -> TissueMask:
+    """The tissue mask to use for `slide`: ``find_tissue(slide)`` when None, else `tissue`, checked to be a
+    :class:`TissueMask` made for a slide of the same dimensions."""
+    if tissue is None:
+        return find_tissue(slide)
+    if not isinstance(tissue, TissueMask):
+        raise TypeError(f"tissue must be a TissueMask from pk.pp.find_tissue, got {type(tissue).__name__}")
+    if tissue.slide_dimensions is not None and tuple(tissue.slide_dimensions) != tuple(slide.dimensions):
+        raise ValueError(f"the tissue mask was made for a {tissue.slide_dimensions} slide "
+                         f"({tissue.slide_id}), not {slide.slide_id} {slide.dimensions}")
+    return tissue
