@@ -8,6 +8,22 @@ import numpy as np
 from ..errors import TableError
 
 
+def h5_bag_slide_id(path) -> str:
+    """The slide id of an HDF5 bag file: its name up to ``.features`` / ``.h5``."""
+    return Path(path).name.split(".features")[0].rsplit(".h5", 1)[0]
+
+
+def read_h5_features(path, features: str | None = None) -> np.ndarray:
+    """Only the feature matrix of an HDF5 bag (float32): ``features`` or the first of "feats", "features"."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        name = features or next((k for k in ("feats", "features") if k in f), None)
+        if name is None or name not in f:
+            raise TableError(f"{path}: no features dataset {features or 'feats/features'!r}; it has {list(f)}")
+        return np.asarray(f[name][:], dtype=np.float32)
+
+
 def read_h5_bag(path, features: str | None = None, coords: str | None = "coords", coords_order: str = "xy",
                 slide_id: str | None = None, tile_px: int | None = None, mpp: float | None = None,
                 slide_mpp: float | None = None):
@@ -48,7 +64,7 @@ def read_h5_bag(path, features: str | None = None, coords: str | None = "coords"
                 raise TableError(f"{path}: {coords!r} has shape {xy.shape}, expected ({X.shape[0]}, 2)")
             if coords_order == "yx":
                 xy = xy[:, ::-1].copy()
-    sid = slide_id or path.name.split(".features")[0].rsplit(".h5", 1)[0]
+    sid = slide_id or h5_bag_slide_id(path)
     obs = pd.DataFrame({"slide_id": sid}, index=[str(i) for i in range(X.shape[0])])
     if xy is not None:
         obs["x"], obs["y"] = xy[:, 0].astype(np.int64), xy[:, 1].astype(np.int64)

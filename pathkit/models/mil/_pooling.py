@@ -1,4 +1,4 @@
-"""Pooling baselines: mean of the tile features, and the top-scoring tile (max-instance, CLAM's ``MIL_fc``)."""
+"""Pooling baselines: the mean, and the element-wise max, of the tiles' hidden features."""
 from __future__ import annotations
 
 import torch
@@ -38,10 +38,11 @@ class MeanMIL(nn.Module):
 
 
 class MaxMIL(nn.Module):
-    """Max-instance MIL: every tile is scored by ``Linear + ReLU + Dropout`` and a linear head; the bag takes
-    the outputs of its top tile (highest :func:`instance_score`; for a 2-output head the tile with the highest
-    softmax probability of output 1, as CLAM's ``MIL_fc``; for more outputs the tile holding the highest
-    probability of any output, as ``MIL_fc_mc``). Importance: each tile's score.
+    """``Linear + ReLU + Dropout`` per tile, the element-wise max over the tiles, a linear head.
+
+    Importance: each tile's share of the bag's output, i.e. the head weights of the hidden units whose max
+    the tile holds times its values there (for 2 outputs the difference of output 1 and 0, for 1 output that
+    output, else the bag's top output); the shares plus the head's bias add up to the bag's output.
     """
 
     def __init__(self, in_dim: int, n_out: int, hidden: int = 512, dropout: float = 0.25):
@@ -50,12 +51,17 @@ class MaxMIL(nn.Module):
         self.head = nn.Linear(hidden, n_out)
 
     def forward(self, x: torch.Tensor, target=None):
-        logits = self.head(self.fc(x))
-        if logits.shape[1] > 2:
-            p = torch.softmax(logits, dim=1)
-            top = int(torch.argmax(p.reshape(-1))) // logits.shape[1]
-            score = p.max(1).values
-        else:
-            score = instance_score(logits)
-            top = int(torch.argmax(score))
-        return logits[top], score.detach(), {}
+        h = self.fc(x)
+        pooled, winner = h.max(0)
+        out = self.head(pooled)
+        with torch.no_grad():
+            w = self.head.weight
+            if w.shape[0] == 1:
+                wk = w[0]
+            elif w.shape[0] == 2:
+                wk = w[1] - w[0]
+            else:
+                wk = w[int(torch.argmax(out))]
+            imp = torch.zeros(len(x), dtype=h.dtype, device=h.device)
+            imp.index_add_(0, winner, wk * pooled)
+        return out, imp, {}
