@@ -160,8 +160,13 @@ def _pearson(y, p) -> float:
 
 def metric_fns(task: str, n_classes: int) -> dict[str, Callable]:
     """name -> f(truth dict) over the arrays ``y`` + ``p`` (prediction) or ``time`` + ``event`` + ``risk``."""
-    from sklearn.metrics import (average_precision_score, balanced_accuracy_score, mean_absolute_error, r2_score,
-                                 roc_auc_score)
+    from sklearn.metrics import (
+        average_precision_score,
+        balanced_accuracy_score,
+        mean_absolute_error,
+        r2_score,
+        roc_auc_score,
+    )
 
     if task in ("survival", "cox"):
         from .survival import cindex

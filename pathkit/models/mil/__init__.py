@@ -44,5 +44,15 @@ def build_mil(name: str, in_dim: int, n_out: int, **params):
     return MIL_MODELS[name][0](in_dim, n_out, **mil_params(name, **params))
 
 
-__all__ = ["MIL_MODELS", "ABMIL", "CLAMSB", "TransMIL", "DSMIL", "MeanMIL", "MaxMIL", "GatedAttention",
-           "build_mil", "mil_params"]
+__all__ = [
+    "ABMIL",
+    "CLAMSB",
+    "DSMIL",
+    "MIL_MODELS",
+    "GatedAttention",
+    "MaxMIL",
+    "MeanMIL",
+    "TransMIL",
+    "build_mil",
+    "mil_params",
+]

@@ -5,16 +5,12 @@ import torch
 from torch import nn
 
 
-def instance_score(logits: torch.Tensor, bag_out: torch.Tensor | None = None) -> torch.Tensor:
-    """One number per tile from per-tile outputs ``[N, n_out]``: the single output (``n_out`` 1), the
-    softmax probability of the second output (``n_out`` 2), else the probability of the bag's top output."""
+def instance_score(logits: torch.Tensor, bag_out: torch.Tensor) -> torch.Tensor:
+    """One number per tile from per-tile outputs ``[N, n_out]``: the single output (``n_out`` 1), else the
+    softmax probability of the bag's top output (evidence for the class the bag is given)."""
     if logits.shape[1] == 1:
         return logits[:, 0]
-    p = torch.softmax(logits, dim=1)
-    if logits.shape[1] == 2:
-        return p[:, 1]
-    k = int(torch.argmax(bag_out)) if bag_out is not None else int(torch.argmax(p.max(0).values))
-    return p[:, k]
+    return torch.softmax(logits, dim=1)[:, int(torch.argmax(bag_out))]
 
 
 class MeanMIL(nn.Module):
@@ -41,8 +37,8 @@ class MaxMIL(nn.Module):
     """``Linear + ReLU + Dropout`` per tile, the element-wise max over the tiles, a linear head.
 
     Importance: each tile's share of the bag's output, i.e. the head weights of the hidden units whose max
-    the tile holds times its values there (for 2 outputs the difference of output 1 and 0, for 1 output that
-    output, else the bag's top output); the shares plus the head's bias add up to the bag's output.
+    the tile holds times its values there, for the single output (``n_out`` 1) or the bag's top output (for 2
+    outputs: the top minus the other); the shares plus the head's bias add up to that output.
     """
 
     def __init__(self, in_dim: int, n_out: int, hidden: int = 512, dropout: float = 0.25):
@@ -56,12 +52,13 @@ class MaxMIL(nn.Module):
         out = self.head(pooled)
         with torch.no_grad():
             w = self.head.weight
+            k = int(torch.argmax(out))
             if w.shape[0] == 1:
                 wk = w[0]
             elif w.shape[0] == 2:
-                wk = w[1] - w[0]
+                wk = w[k] - w[1 - k]
             else:
-                wk = w[int(torch.argmax(out))]
+                wk = w[k]
             imp = torch.zeros(len(x), dtype=h.dtype, device=h.device)
             imp.index_add_(0, winner, wk * pooled)
         return out, imp, {}

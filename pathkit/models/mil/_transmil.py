@@ -102,8 +102,8 @@ class TransMIL(nn.Module):
     def __init__(self, in_dim: int, n_out: int, dim: int = 512, heads: int = 8, landmarks: int | None = None,
                  pinv_iters: int = 6, dropout: float = 0.1):
         super().__init__()
-        attn = dict(heads=heads, dim_head=dim // heads, landmarks=landmarks or dim // 2, pinv_iters=pinv_iters,
-                    dropout=dropout)
+        attn = {"heads": heads, "dim_head": dim // heads, "landmarks": landmarks or dim // 2,
+                "pinv_iters": pinv_iters, "dropout": dropout}
         self.fc = nn.Sequential(nn.Linear(in_dim, dim), nn.ReLU())
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
         self.layer1 = TransLayer(dim, **attn)
