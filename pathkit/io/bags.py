@@ -9,8 +9,10 @@ from ..errors import TableError
 
 
 def h5_bag_slide_id(path) -> str:
-    """The slide id of an HDF5 bag file: its name up to ``.features`` / ``.h5``."""
-    return Path(path).name.split(".features")[0].rsplit(".h5", 1)[0]
+    """The slide id of an HDF5 bag file (pathkit's one rule: the name without ``.features.h5`` / ``.h5``)."""
+    from .._ids import slide_id_from_path
+
+    return slide_id_from_path(Path(path).name)
 
 
 def read_h5_features(path, features: str | None = None) -> np.ndarray:

@@ -8,18 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .._ids import slide_id_from_path
 from ..errors import TableError
-
-_SLIDE_EXTS = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm",
-               ".h5ad", ".h5", ".zarr")
-
-
-def _strip_ext(s: str) -> str:
-    low = s.lower()
-    for ext in _SLIDE_EXTS:
-        if low.endswith(ext):
-            return s[: -len(ext)]
-    return s
 
 
 def match_slides(cohort_ids: list[str], bag_ids: list[str]) -> dict[str, str]:
@@ -27,13 +17,13 @@ def match_slides(cohort_ids: list[str], bag_ids: list[str]) -> dict[str, str]:
     bags = set(bag_ids)
     stripped: dict[str, str] = {}
     for b in bag_ids:
-        stripped.setdefault(_strip_ext(b), b)
+        stripped.setdefault(slide_id_from_path(b), b)
     out = {}
     for c in cohort_ids:
         if c in bags:
             out[c] = c
-        elif _strip_ext(c) in stripped:
-            out[c] = stripped[_strip_ext(c)]
+        elif slide_id_from_path(c) in stripped:
+            out[c] = stripped[slide_id_from_path(c)]
     return out
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .._device import resolve_device
+from .._io import write_text_atomic
 from ..errors import TableError, WeightsError
 from . import _mil_tasks as T
 from ._mil_bags import BagSet
@@ -19,33 +21,14 @@ _EVAL_TILES = 8192  # tiles per evaluation chunk of the batched (ABMIL) path
 _FORMAT = 1
 
 
-def _device(device: str):
-    import torch
-
-    try:
-        from .._device import resolve_device
-
-        return torch.device(resolve_device(device))
-    except ImportError:
-        pass
-    if device != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
-
-
 def _release_memory():
-    """Hand freed heap pages back to the OS (glibc keeps the many few-MB bag buffers in its arenas)."""
-    import ctypes
+    """Collect, then hand freed heap pages back to the OS (the many few-MB bag buffers)."""
     import gc
 
+    from .._io import malloc_trim
+
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+    malloc_trim()
 
 
 class MIL:
@@ -215,7 +198,7 @@ class MIL:
                "training": {k: getattr(self, k) for k in ("epochs", "lr", "weight_decay", "patience",
                                                           "batch_size", "val_fraction", "n_bins", "alpha_surv",
                                                           "random_state")}}
-        (path / "config.json").write_text(json.dumps(cfg, indent=1, default=str))
+        write_text_atomic(path / "config.json", json.dumps(cfg, indent=1, default=str))
         return path
 
     @classmethod
@@ -365,7 +348,7 @@ class MIL:
             tr, va = train_idx[itr], train_idx[iva]
         else:
             tr, va = train_idx, train_idx[:0]
-        dev = _device(self.device)
+        dev = resolve_device(self.device)
         in_dim = self._unit_x(bagset, units, int(train_idx[0]), None).shape[1]
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
@@ -427,7 +410,7 @@ class MIL:
         import torch
 
         self._check_fitted()
-        dev = _device(self.device)
+        dev = resolve_device(self.device)
         module = self.module_.to(dev).eval()
         outs, imps = [], {}
         with torch.no_grad():
