@@ -106,8 +106,10 @@ def _split(meta, seed=0):
     return tr, te
 
 
-def run_model(path, meta, model, epochs, q):
+def run_model(path, meta, model, epochs, threads, q):
     import torch
+
+    torch.set_num_threads(threads)
     from sklearn.metrics import roc_auc_score
 
     import pathkit as pk
@@ -128,9 +130,11 @@ def run_model(path, meta, model, epochs, q):
            "train_bags": len(tr), "test_bags": len(te), "torch_threads": torch.get_num_threads()})
 
 
-def run_legacy(root, path, meta, epochs, q):
+def run_legacy(root, path, meta, epochs, threads, q):
     sys.path.insert(0, str(root))
     import torch
+
+    torch.set_num_threads(threads)
 
     import pathkit as pk
 
@@ -163,6 +167,7 @@ def main(argv=None):
     ap.add_argument("--dim", type=int, default=768)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--models", nargs="+", default=["abmil", "clam_sb", "transmil", "dsmil", "mean", "max"])
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per measured process")
     ap.add_argument("--legacy", default=None, help="a checkout with pathkit/tl/abmil.py (today's ABMIL)")
     ap.add_argument("--workdir", default=None, help="where the synthetic .h5ad goes (default: a temp dir)")
     ap.add_argument("--reuse", action="store_true", help="reuse the .h5ad already in --workdir")
@@ -188,12 +193,12 @@ def main(argv=None):
 
     rows = {}
     for m in args.models:
-        rows[m] = _in_process(run_model, path, meta, m, args.epochs)
+        rows[m] = _in_process(run_model, path, meta, m, args.epochs, args.threads)
         print(f"{m} done: {rows[m]}", flush=True)
-    legacy = _in_process(run_legacy, args.legacy, path, meta, args.epochs) if args.legacy else None
+    legacy = _in_process(run_legacy, args.legacy, path, meta, args.epochs, args.threads) if args.legacy else None
 
     print(f"\nfit on {rows[args.models[0]]['train_bags']} bags ({args.epochs} epochs, batch 1 bag), predict "
-          f"{rows[args.models[0]]['test_bags']} bags; CPU ({torch.get_num_threads()} torch threads, "
+          f"{rows[args.models[0]]['test_bags']} bags; CPU ({args.threads} torch threads, "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f})")
     hdr = f"{'model':28s} {'fit s':>8s} {'predict s':>10s} {'CPU s':>8s} {'peak RSS MB':>12s} {'AUROC':>7s}"
     print(hdr)

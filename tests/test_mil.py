@@ -72,7 +72,7 @@ def _topk_recall(tiles, planted):
     rec = []
     for sid, mask in planted.items():
         if mask.any():
-            att = tiles[sid].obs["abmil_attention"].to_numpy()
+            att = tiles[sid].obs["abmil_importance"].to_numpy()
             top = np.argsort(-att)[: mask.sum()]
             rec.append(mask[top].mean())
     return float(np.mean(rec))

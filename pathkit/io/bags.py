@@ -28,7 +28,7 @@ def read_h5_features(path, features: str | None = None) -> np.ndarray:
 
 def read_h5_bag(path, features: str | None = None, coords: str | None = "coords", coords_order: str = "xy",
                 slide_id: str | None = None, tile_px: int | None = None, mpp: float | None = None,
-                slide_mpp: float | None = None):
+                slide_mpp: float | None = None, key_added: str | None = None):
     """Read an HDF5 bag of tile features into a tile AnnData with pathkit's keys.
 
     Parameters
@@ -41,8 +41,10 @@ def read_h5_bag(path, features: str | None = None, coords: str | None = "coords"
     tile_px, mpp: the tile geometry when known (tile side in px at `mpp` µm/px), recorded in `uns["tile_spec"]`.
     slide_mpp: the level-0 µm/px of the slide the coordinates refer to; needed to put the tiles on the
         LongNet grid (`pk.tl.embed_slide(coords="grid")`).
+    key_added: None keeps the features in X; a name (e.g. "X_uni") puts them in obsm[key_added] with X empty
+        (n_tiles x 0), as `pk.tl.embed_tiles` stores features, so `use_rep=key_added` reads them.
 
-    Returns an AnnData: X float32 features, obs `slide_id`, `x`, `y`, obsm["spatial"] (x, y) float64,
+    Returns an AnnData: X float32 features (or obsm[key_added]), obs `slide_id`, `x`, `y`, obsm["spatial"] (x, y) float64,
     uns["slide"] (path, slide_id), uns["tile_spec"], uns["model"] = {"name": "external", "source": path}.
     """
     import anndata as ad
@@ -70,8 +72,12 @@ def read_h5_bag(path, features: str | None = None, coords: str | None = "coords"
     obs = pd.DataFrame({"slide_id": sid}, index=[str(i) for i in range(X.shape[0])])
     if xy is not None:
         obs["x"], obs["y"] = xy[:, 0].astype(np.int64), xy[:, 1].astype(np.int64)
-    adata = ad.AnnData(X=X, obs=obs)
-    adata.var_names = [str(i) for i in range(X.shape[1])]
+    if key_added is None:
+        adata = ad.AnnData(X=X, obs=obs)
+        adata.var_names = [str(i) for i in range(X.shape[1])]
+    else:
+        adata = ad.AnnData(obs=obs)
+        adata.obsm[key_added] = X
     if xy is not None:
         adata.obsm["spatial"] = xy
     adata.uns["slide"] = {"path": str(path), "slide_id": sid}
