@@ -195,7 +195,7 @@ def survival_bags(real_feats):
 
 
 @pytest.mark.parametrize("task", ["survival", "cox"])
-def test_survival_heads_learn_planted_risk(survival_bags, task):
+def test_survival_heads_learn_planted_risk(survival_bags, task, tmp_path):
     tiles, rows, r = survival_bags
     cohort = _cohort(rows, ["slide_id", "patient_id", "months", "dead"])
     truth = pk.tl.cindex(cohort.obs["months"], r, cohort.obs["dead"])
@@ -209,6 +209,17 @@ def test_survival_heads_learn_planted_risk(survival_bags, task):
     assert np.corrcoef(cohort.obs["abmil_risk"], r)[0, 1] > 0.5
     if task == "survival":
         assert len(res.bins) == 4 and all(len(e) == 5 for e in res.bins.values())
+    # a fold's estimator predicts the same risk after save / load (bins and all)
+    est = res.estimators[0]
+    loaded = pk.tl.MIL.load(est.save(tmp_path / task))
+    if task == "survival":
+        np.testing.assert_array_equal(loaded.bins_, est.bins_)
+    r1 = est.predict(tiles, cohort.copy(), key_added="again")["risk"]
+    r2 = loaded.predict(tiles, cohort.copy(), key_added="again")["risk"]
+    np.testing.assert_allclose(r2, r1, rtol=1e-5, atol=1e-6)
+    held = cohort.obs["abmil_fold"] == 0  # on its own held-out fold it reproduces the out-of-fold risk
+    np.testing.assert_allclose(r1.loc[cohort.obs.index[held]], cohort.obs.loc[held, "abmil_risk"], rtol=1e-5,
+                               atol=1e-6)
 
 
 def test_multiclass_and_multilabel(real_feats):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import time as _time
 from pathlib import Path
 
@@ -10,15 +9,13 @@ import numpy as np
 import pandas as pd
 
 from .._device import resolve_device
-from .._io import write_text_atomic
-from ..errors import TableError, WeightsError
+from ..errors import TableError
 from . import _mil_tasks as T
 from ._mil_bags import BagSet
 from ._mil_data import Units, cohort_obs, make_units, write_predictions
 from .splits import inner_split
 
 _EVAL_TILES = 8192  # tiles per evaluation chunk of the batched (ABMIL) path
-_FORMAT = 1
 
 
 def _release_memory():
@@ -179,61 +176,17 @@ class MIL:
 
     def save(self, path) -> Path:
         """Write ``path/model.safetensors`` and ``path/config.json`` (a folder); returns the folder."""
-        from safetensors.torch import save_file
-
-        from .._version import __version__
+        from ._mil_io import save_estimator
 
         self._check_fitted()
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.module_.state_dict().items()}
-        save_file(state, str(path / "model.safetensors"))
-        cfg = {"format": _FORMAT, "pathkit": __version__, "model": self.model, "task": self.task,
-               "params": self.params, "in_dim": self.in_dim_, "n_out": self.n_out_, "classes": self.classes_,
-               "label": self.label_, "time": self.time_, "event": self.event_, "use_rep": self.use_rep_,
-               "split_by": self.split_by_, "bag_by": self.bag_by,
-               "bins": None if self.bins_ is None else [float(b) for b in self.bins_[1:-1]],
-               "y_mean": None if self.y_mean_ is None else np.asarray(self.y_mean_).tolist(),
-               "y_sd": None if self.y_sd_ is None else np.asarray(self.y_sd_).tolist(),
-               "training": {k: getattr(self, k) for k in ("epochs", "lr", "weight_decay", "patience",
-                                                          "batch_size", "val_fraction", "n_bins", "alpha_surv",
-                                                          "random_state")}}
-        write_text_atomic(path / "config.json", json.dumps(cfg, indent=1, default=str))
-        return path
+        return save_estimator(self, path)
 
     @classmethod
     def load(cls, path, *, device: str = "auto") -> MIL:
         """Rebuild a saved estimator (see :meth:`save`)."""
-        from safetensors.torch import load_file
+        from ._mil_io import load_estimator
 
-        from ..models.mil import build_mil
-
-        path = Path(path)
-        cfg_file, w_file = path / "config.json", path / "model.safetensors"
-        for f in (cfg_file, w_file):
-            if not f.exists():
-                raise FileNotFoundError(f"{f} does not exist: MIL.load needs the folder written by MIL.save")
-        cfg = json.loads(cfg_file.read_text())
-        if cfg.get("format") != _FORMAT:
-            raise WeightsError(f"{cfg_file}: format {cfg.get('format')!r} is not {_FORMAT}")
-        tr = cfg["training"]
-        est = cls(cfg["model"], cfg["task"], bag_by=cfg["bag_by"], device=device, progress=False,
-                  **{k: v for k, v in tr.items()}, **cfg["params"])
-        module = build_mil(cfg["model"], cfg["in_dim"], cfg["n_out"], **cfg["params"])
-        try:
-            module.load_state_dict(load_file(str(w_file)))
-        except RuntimeError as err:
-            raise WeightsError(f"{w_file} does not fit {cfg['model']!r} with {cfg['params']}: {err}") from None
-        est.module_ = module.eval()
-        est.in_dim_, est.n_out_, est.classes_ = cfg["in_dim"], cfg["n_out"], cfg["classes"]
-        est.label_, est.time_, est.event_ = cfg["label"], cfg["time"], cfg["event"]
-        est.use_rep_, est.split_by_ = cfg["use_rep"], cfg["split_by"]
-        est.bins_ = None if cfg["bins"] is None else np.r_[-np.inf, cfg["bins"], np.inf]
-        est.y_mean_ = None if cfg["y_mean"] is None else np.asarray(cfg["y_mean"])
-        est.y_sd_ = None if cfg["y_sd"] is None else np.asarray(cfg["y_sd"])
-        est.history_ = None
-        est._sizes = {}
-        return est
+        return load_estimator(cls, path, device=device)
 
     # ================================================================ internals
     def _check_fitted(self):
