@@ -123,7 +123,7 @@ def test_regression_recovers_a_planted_expression(real_feats):
                                    **MODELS["abmil"])
     r = np.corrcoef(cohort.obs["abmil_pred"], cohort.obs["GENE1"])[0, 1]
     assert r >= 0.8, r
-    assert res.summary.loc["pearson_r", "value"] == pytest.approx(r, abs=1e-9)
+    assert res.summary.loc["pearson_r", "value"] == pytest.approx(r, abs=1e-6)  # float32 predictions
     lo, hi = res.summary.loc["pearson_r", ["ci_lower", "ci_upper"]]
     assert lo <= r <= hi
     # predictions are on the label's scale (the target is standardised inside)
