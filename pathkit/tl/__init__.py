@@ -7,7 +7,7 @@ from ._mil_cv import MILCVResult, cross_validate_mil
 from .survival import cindex, cox, kaplan_meier, logrank, risk_groups
 from .zeroshot import text_embeddings, topk_pool, zero_shot, zero_shot_eval
 from . import prompts
-from .umap import umap
+from ._umap import umap
 
 __all__ = ["embed_tiles", "embed_slide", "embed_cohort", "kaplan_meier", "logrank", "cox",
            "cindex", "risk_groups", "zero_shot", "zero_shot_eval", "topk_pool",
