@@ -162,7 +162,8 @@ def test_a_patient_in_two_folds_is_refused(cohorts):
     (tiles, cohort, _), _ = cohorts
     pats = sorted(cohort.obs["patient_id"].unique())
     splits = [(pats[5:], pats[:5]), (pats[:4] + pats[10:], pats[4:10])]  # pats[4] held out twice
-    with pytest.raises(TableError, match="held out in folds 0 and 1"):
+    with pytest.raises(TableError, match="held out in folds 0 and 1"), \
+            pytest.warns(UserWarning, match="10 patients are in no held-out split"):
         pk.tl.cross_validate_mil(tiles, cohort.copy(), "mean", label="msi", splits=splits, use_rep="X_uni", **TRAIN)
     leak = [(pats[3:], pats[:5])]  # on both sides
     with pytest.raises(TableError, match="in both train and val"):
