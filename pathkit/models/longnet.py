@@ -75,7 +75,7 @@ def sincos_pos_embed(gx: torch.Tensor, gy: torch.Tensor, dim: int, chunk: int = 
 
 
 from ._dilated_attention import (  # noqa: E402,F401  (dilated_attention is public)
-    UNCOVERED_LSE, _attend, _dilated_attention_packed, dilated_attention)
+    _dilated_attention_packed, dilated_attention)
 
 
 # ----------------------------------------------------------------------------------------------------
