@@ -31,7 +31,7 @@ from ._link_tables import (
 from ._mudata import _rna_table, make_mudata, split_mudata
 from .survival_columns import normalise_survival
 
-__all__ = ["link", "cohort_from_table", "read_table", "summarise_report", "LinkWarning"]
+__all__ = ["LinkWarning", "cohort_from_table", "link", "read_table", "summarise_report"]
 
 
 class LinkWarning(UserWarning):

@@ -11,7 +11,7 @@ import pandas as pd
 
 from ..errors import TableError
 
-__all__ = ["make_mudata", "split_mudata", "rna_by_slide", "slides_and_rna"]
+__all__ = ["make_mudata", "rna_by_slide", "slides_and_rna", "split_mudata"]
 
 
 def _rna_table(rna, rna_key):
