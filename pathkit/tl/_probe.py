@@ -66,18 +66,29 @@ def patient_folds(y, groups, folds, *, classification: bool, random_state=0) -> 
     return out
 
 
-def _model(method: str, classification: bool, n_neighbors: int, C: float, random_state):
-    from sklearn.linear_model import LogisticRegression, Ridge
+CS = np.logspace(-4, 1, 6)  # the linear head's inverse penalties tried by the inner patient-level CV
+
+
+def _model(method: str, classification: bool, n_neighbors: int, C, random_state, groups=None):
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, Ridge, RidgeCV
+    from sklearn.model_selection import GroupKFold
     from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     if method == "knn":
-        est = (KNeighborsClassifier if classification else KNeighborsRegressor)(n_neighbors=n_neighbors,
-                                                                                metric="cosine")
-        return est
-    head = LogisticRegression(C=C, max_iter=2000, random_state=random_state) if classification else \
-        Ridge(alpha=1.0 / C)
+        return (KNeighborsClassifier if classification else KNeighborsRegressor)(n_neighbors=n_neighbors,
+                                                                                 metric="cosine")
+    if C == "auto" and groups is not None:  # penalty chosen on the training patients only
+        if classification:
+            cv = list(GroupKFold(n_splits=min(3, len(np.unique(groups)))).split(np.zeros(len(groups)), None, groups))
+            head = LogisticRegressionCV(Cs=CS, cv=cv, max_iter=2000, random_state=random_state)
+        else:
+            head = RidgeCV(alphas=1.0 / CS)
+    else:
+        c = 1.0 if C == "auto" else float(C)
+        head = LogisticRegression(C=c, max_iter=2000, random_state=random_state) if classification else \
+            Ridge(alpha=1.0 / c)
     return make_pipeline(StandardScaler(), head)
 
 
@@ -95,7 +106,8 @@ def _metrics(y, pred, score, classes, classification: bool) -> dict:
             "mae": m.mean_absolute_error(y, pred)}
 
 
-def _fit_predict(X, y, fold, method, classification, classes, *, k_shot, rng, n_neighbors, C, random_state):
+def _fit_predict(X, y, fold, method, classification, classes, *, k_shot, rng, n_neighbors, C, random_state,
+                 groups):
     pred = np.empty(len(y), dtype=object if classification else float)
     score = np.full((len(y), len(classes)), np.nan) if classification else None
     for k in np.unique(fold):
@@ -106,7 +118,8 @@ def _fit_predict(X, y, fold, method, classification, classes, *, k_shot, rng, n_
                     for c in classes]
             tr = np.zeros(len(y), bool)
             tr[np.concatenate(pick)] = True
-        est = _model("linear" if method == "fewshot" else method, classification, n_neighbors, C, random_state)
+        g = None if method == "fewshot" else groups[tr]
+        est = _model("linear" if method == "fewshot" else method, classification, n_neighbors, C, random_state, g)
         est.fit(X[tr], y[tr])
         pred[te] = est.predict(X[te])
         if classification:
@@ -119,7 +132,7 @@ def _fit_predict(X, y, fold, method, classification, classes, *, k_shot, rng, n_
 
 
 def probe(adata, label: str, *, use_rep: str, method: str = "linear", k_shot: int = 8, n_draws: int = 10,
-          folds=5, groups: str = "patient_id", task: str = "auto", n_neighbors: int = 20, C: float = 1.0,
+          folds=5, groups: str = "patient_id", task: str = "auto", n_neighbors: int = 20, C="auto",
           n_boot: int = 500, ci: float = 0.95, random_state=0, key_added: str | None = None) -> pd.DataFrame:
     """Probe a frozen representation for a slide label with patient-level cross-validation.
 
@@ -144,7 +157,8 @@ def probe(adata, label: str, *, use_rep: str, method: str = "linear", k_shot: in
     task
         ``"classification"``, ``"regression"`` or ``"auto"`` (regression for a float label with > 10 values).
     n_neighbors, C
-        kNN size; inverse regularisation of the linear head.
+        kNN size; inverse penalty of the linear head: ``"auto"`` picks it from ``1e-4 .. 10`` by an inner
+        3-fold patient-level CV on each training split (few-shot: 1.0), or a number.
     n_boot, ci
         Patient-level bootstrap of the out-of-fold predictions for the confidence intervals (few-shot: the
         spread over draws).
@@ -195,7 +209,8 @@ def probe(adata, label: str, *, use_rep: str, method: str = "linear", k_shot: in
     fold_arg = folds if isinstance(folds, (int, np.integer)) else ad.obs[folds][has].to_numpy()
     fold = patient_folds(y, g, fold_arg, classification=classification, random_state=random_state)
     rng = np.random.default_rng(random_state)
-    kw = {"k_shot": k_shot, "rng": rng, "n_neighbors": n_neighbors, "C": C, "random_state": random_state}
+    kw = {"k_shot": k_shot, "rng": rng, "n_neighbors": n_neighbors, "C": C, "random_state": random_state,
+          "groups": g}
     alpha = (1 - ci) / 2
     if method == "fewshot":
         draws = [_fit_predict(X, y, fold, method, classification, classes, **kw) for _ in range(n_draws)]
