@@ -2,8 +2,8 @@
 
     import pathkit as pk
     slide = pk.read_slide("slide.svs")
-    tiles = pk.pp.tile(slide)
-    adata = pk.tl.embed_tiles(slide, "gigapath_tile", tiles=tiles)
+    tiles = pk.pp.tile(slide)                         # AnnData: one row per tile
+    pk.tl.embed_tiles(tiles, slide, "gigapath_tile")  # -> tiles.obsm["X_gigapath_tile"]
 """
 from ._version import __version__
 from . import errors, models

@@ -1,4 +1,4 @@
-"""The `pathkit` command line: info, tile, embed, demo, fetch, list-models.
+"""The `pathkit` command line: info, tile, embed, cohort, demo, fetch, list-models.
 
 Errors pathkit raises on purpose (bad file, missing mpp, unknown model, ...) print one line and exit with
 code 2; anything else is a bug and keeps its traceback.
@@ -6,7 +6,6 @@ code 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -22,6 +21,18 @@ def _add_tiling(p):
     p.add_argument("--tile-px", type=int, default=256, help="tile side in pixels at the target mpp (256)")
     p.add_argument("--target-mpp", type=float, default=0.5, help="tile resolution in um/px (0.5)")
     p.add_argument("--min-tissue", type=float, default=0.1, help="keep tiles with at least this tissue share")
+
+
+def _add_embedding(p):
+    p.add_argument("--weights", default=None, help="weights file or hf_hub:<repo> (default: the model's own)")
+    _add_slide_mpp(p)
+    _add_tiling(p)
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1 ...")
+    p.add_argument("--dtype", default="auto",
+                   help="auto (bfloat16 on CUDA and on CPUs with native bf16, else float32) or float32 (exact)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-workers", type=int, default=None, help="tile reader processes (default min(4, CPUs))")
+    p.add_argument("--no-progress", action="store_true")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,21 +51,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("slide")
     _add_slide_mpp(p)
     _add_tiling(p)
-    p.add_argument("--out", default=None, help="write the tile table (x, y, tissue) to this CSV file")
+    p.add_argument("--out", default=None,
+                   help="write the tiles AnnData to this .h5ad file (pk.pp.tile's output, read by anndata)")
 
     p = sub.add_parser("embed", help="embed the tissue tiles of slides into DIR/<slide_id>.h5ad")
     p.add_argument("slides", nargs="+", metavar="SLIDE")
     p.add_argument("--model", required=True, help="registry name (pathkit list-models) or timm:<arch>")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--weights", default=None, help="weights file or hf_hub:<repo> (default: the model's own)")
-    _add_slide_mpp(p)
-    _add_tiling(p)
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
-    p.add_argument("--dtype", default=None, help="autocast dtype (default bfloat16 on CUDA, float32 on CPU)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--num-workers", type=int, default=None, help="tile reader processes (default min(4, CPUs))")
-    p.add_argument("--skip-existing", action="store_true", help="leave slides whose h5ad already exists")
-    p.add_argument("--no-progress", action="store_true")
+    _add_embedding(p)
+    p.add_argument("--skip-existing", action="store_true",
+                   help="reuse a slide's h5ad when it was made from the same file (sha256) with the same "
+                        "model, weights and tiling; recompute it otherwise")
+
+    p = sub.add_parser("cohort", help="embed a cohort (folder, slide table or manifest) into one cohort.h5ad, "
+                                      "resuming where a run stopped")
+    p.add_argument("slides", help="a folder of slides, a slide table CSV (path column) or a manifest CSV")
+    p.add_argument("--out", required=True, help="output folder (per-slide h5ad, cohort_state.json, cohort.h5ad)")
+    p.add_argument("--tile-model", required=True, help="tile encoder (pathkit list-models)")
+    p.add_argument("--slide-model", default=None, help="slide encoder, e.g. gigapath_slide or mean")
+    p.add_argument("--slide-dir", default=None, help="folder holding a manifest's files")
+    p.add_argument("--dask-workers", type=int, default=0,
+                   help="run slides on a local Dask cluster with this many worker processes (0: in-process)")
+    _add_embedding(p)
 
     p = sub.add_parser("demo", help="offline end-to-end demo: sample slide -> tiles -> embeddings")
     p.add_argument("--out", default="pathkit_demo_out", help="output folder (pathkit_demo_out)")
@@ -92,57 +110,79 @@ def _tiles(slide, args):
 
 
 def _cmd_tile(args) -> int:
+    from ._io import write_h5ad_atomic
     from .slide import read_slide
 
+    if args.out and not str(args.out).endswith(".h5ad"):
+        raise PathkitError(f"--out {args.out}: the tiles are an AnnData; name an .h5ad file")
     with read_slide(args.slide, mpp=args.mpp) as s:
         tiles = _tiles(s, args)
-    spec = tiles.attrs.get("tile_spec", {})
-    print(f"{s.slide_id}: {len(tiles)} tiles of {args.tile_px} px at {args.target_mpp} um/px "
+    spec = tiles.uns["tile_spec"]
+    print(f"{s.slide_id}: {tiles.n_obs} tiles of {args.tile_px} px at {args.target_mpp} um/px "
           f"(level {spec.get('level', '?')}, min tissue {args.min_tissue})")
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        try:
-            tiles[["x", "y", "tissue"]].to_csv(tmp, index=False)
-            os.replace(tmp, out)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        print(f"wrote {out}")
+        write_h5ad_atomic(tiles, args.out)
+        print(f"wrote {args.out}")
     else:
-        print(tiles.head(10).to_string())
+        print(tiles.obs.head(10).to_string())
+    return 0
+
+
+def _cohort_args(args) -> dict:
+    return {"weights": args.weights,
+            "tile_kwargs": {"tile_px": args.tile_px, "mpp": args.target_mpp, "min_tissue": args.min_tissue},
+            "embed_kwargs": {"device": args.device, "dtype": args.dtype, "batch_size": args.batch_size,
+                             "num_workers": args.num_workers},
+            "progress": not args.no_progress}
+
+
+def _report(cohort) -> int:
+    for sid, row in cohort.obs.iterrows():
+        if row["status"] == "failed":
+            print(f"pathkit: error: {sid}: {row['error']}", file=sys.stderr)
+        else:
+            print(f"{sid}: {row['status']}, {int(row['n_tiles'])} tiles -> {row['tile_file']}")
+    n_failed = int((cohort.obs["status"] == "failed").sum())
+    if n_failed:
+        print(f"pathkit: {n_failed} of {cohort.n_obs} slides failed", file=sys.stderr)
+        return 2
     return 0
 
 
 def _cmd_embed(args) -> int:
-    from .slide import read_slide
-    from .tl.embed import embed_tiles, write_h5ad_atomic
+    import pandas as pd
 
-    out_dir = Path(args.out)
-    failed = 0
-    for path in args.slides:
-        try:
-            with read_slide(path, mpp=args.mpp) as s:
-                target = out_dir / f"{s.slide_id}.h5ad"
-                if args.skip_existing and target.exists():
-                    print(f"{s.slide_id}: {target} exists, skipped")
-                    continue
-                tiles = _tiles(s, args)
-                adata = embed_tiles(s, args.model, tiles=tiles, weights=args.weights, device=args.device,
-                                    batch_size=args.batch_size, num_workers=args.num_workers,
-                                    dtype=args.dtype, progress=not args.no_progress)
-                write_h5ad_atomic(adata, target)
-                print(f"{s.slide_id}: {adata.n_obs} tiles x {adata.n_vars} features -> {target}")
-        except PathkitError as e:
-            if len(args.slides) == 1:
-                raise
-            failed += 1
-            print(f"pathkit: error: {path}: {e}", file=sys.stderr)
-    if failed:
-        print(f"pathkit: {failed} of {len(args.slides)} slides failed", file=sys.stderr)
-        return 2
-    return 0
+    from .tl.cohort import embed_cohort
+
+    table = pd.DataFrame({"path": [str(p) for p in args.slides]})
+    if args.mpp is not None:
+        table["mpp"] = args.mpp
+    cohort = embed_cohort(table, args.out, tile_model=args.model, write=False, resume=args.skip_existing,
+                          **_cohort_args(args))
+    return _report(cohort)
+
+
+def _cmd_cohort(args) -> int:
+    from .tl.cohort import embed_cohort
+
+    if args.mpp is not None:
+        raise PathkitError("pathkit cohort: give each slide's mpp in an 'mpp' column of the slide table "
+                           "instead of --mpp")
+    client = cluster = None
+    if args.dask_workers > 0:
+        from dask.distributed import Client, LocalCluster
+
+        cluster = LocalCluster(n_workers=args.dask_workers, threads_per_worker=1, processes=True)
+        client = Client(cluster)
+    try:
+        cohort = embed_cohort(args.slides, args.out, tile_model=args.tile_model, slide_model=args.slide_model, slide_dir=args.slide_dir,
+                              client=client, **_cohort_args(args))
+    finally:
+        if client is not None:
+            client.close()
+            cluster.close()
+    print(f"wrote {Path(args.out) / 'cohort.h5ad'} ({cohort.n_obs} slides)")
+    return _report(cohort)
 
 
 def _cmd_demo(args) -> int:
@@ -179,7 +219,7 @@ def _cmd_list_models(args) -> int:
     return 0
 
 
-_COMMANDS = {"info": _cmd_info, "tile": _cmd_tile, "embed": _cmd_embed, "demo": _cmd_demo,
+_COMMANDS = {"info": _cmd_info, "tile": _cmd_tile, "embed": _cmd_embed, "cohort": _cmd_cohort, "demo": _cmd_demo,
              "fetch": _cmd_fetch, "list-models": _cmd_list_models}
 
 

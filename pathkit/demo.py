@@ -41,9 +41,9 @@ def draw_tile_grid(slide, tiles, path, size: int = 1024, color=(0, 90, 255)):
     thumb = slide.thumbnail(size=size).convert("RGB")
     w0, _ = slide.dimensions
     scale = thumb.width / float(w0)
-    side = float(tiles.attrs.get("tile_spec", {}).get("size_level0", 0)) * scale
+    side = float(tiles.uns["tile_spec"]["size_level0"]) * scale
     draw = ImageDraw.Draw(thumb)
-    for x, y in zip(tiles["x"].to_numpy(), tiles["y"].to_numpy()):
+    for x, y in zip(tiles.obs["x"].to_numpy(), tiles.obs["y"].to_numpy()):
         x0, y0 = x * scale, y * scale
         draw.rectangle([x0, y0, x0 + side, y0 + side], outline=color, width=1)
     path = Path(path)
@@ -61,8 +61,9 @@ def run_demo(out="pathkit_demo_out", device="auto", verbose: bool = True) -> dic
     """Run the demo; returns the output paths and figures. Writes `<out>/<slide_id>.h5ad` and
     `<out>/<slide_id>_tiles.png`."""
     from . import pp
+    from ._io import write_h5ad_atomic
     from .slide import read_slide
-    from .tl.embed import embed_tiles, write_h5ad_atomic
+    from .tl.embed import embed_tiles
 
     t0 = time.perf_counter()
     say = print if verbose else (lambda *a, **k: None)
@@ -73,19 +74,21 @@ def run_demo(out="pathkit_demo_out", device="auto", verbose: bool = True) -> dic
     slide = read_slide(path)
     tissue = pp.find_tissue(slide)
     tiles = pp.tile(slide, tissue=tissue)
-    say(f"tiles:   {len(tiles)} tissue tiles of 256 px at 0.5 um/px "
+    say(f"tiles:   {tiles.n_obs} tissue tiles of 256 px at 0.5 um/px "
         f"(slide {slide.dimensions[0]} x {slide.dimensions[1]} px, {slide.mpp:.3f} um/px)")
     with warnings.catch_warnings():
         # the random-weights warning is stated plainly below instead
         warnings.filterwarnings("ignore", message=".*RANDOM weights.*")
-        adata = embed_tiles(slide, DEMO_MODEL, tiles=tiles, device=device, progress=verbose)
+        embed_tiles(tiles, slide, DEMO_MODEL, device=device, progress=verbose)
+    adata = tiles
+    key = next(iter(adata.uns["models"]))
     h5ad = write_h5ad_atomic(adata, out / f"{slide.slide_id}.h5ad")
     png = draw_tile_grid(slide, tiles, out / f"{slide.slide_id}_tiles.png")
     secs = time.perf_counter() - t0
     say(f"weights: {DEMO_MODEL} (2-block ViT-Ti/16) with RANDOM weights - the features show the pipeline "
         "works but carry no biological meaning; use e.g. --model gigapath_tile with real weights.")
-    say(f"wrote:   {h5ad}  ({adata.n_obs} tiles x {adata.n_vars} features)")
+    say(f"wrote:   {h5ad}  ({adata.n_obs} tiles x {adata.obsm[key].shape[1]} features in obsm[{key!r}])")
     say(f"         {png}  (thumbnail with the tile grid)")
     say(f"done in {secs:.1f} s")
     return {"slide": path, "source": info.get("source"), "h5ad": h5ad, "png": png,
-            "n_tiles": int(adata.n_obs), "dim": int(adata.n_vars), "seconds": secs}
+            "n_tiles": int(adata.n_obs), "dim": int(adata.obsm[key].shape[1]), "key": key, "seconds": secs}

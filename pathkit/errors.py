@@ -42,3 +42,7 @@ class ModelNotFoundError(PathkitError, KeyError):
 
     def __str__(self):  # KeyError quotes its message; show it plainly
         return str(self.args[0]) if self.args else ""
+
+
+class CohortError(PathkitError, RuntimeError):
+    """Every slide of a cohort run failed (the first errors are in the message, all in the state file)."""

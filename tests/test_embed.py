@@ -10,7 +10,8 @@ import torch
 import pathkit as pk
 from pathkit.errors import TableError
 from pathkit.models import build_tile_encoder, get_spec
-from pathkit.tl.embed import TilePreprocess, write_h5ad_atomic
+from pathkit._io import write_h5ad_atomic
+from pathkit.tl._preprocess import TilePreprocess
 
 MODEL = "vit_tiny_test"  # 2-block ViT-Ti/16, 192-d
 
@@ -53,8 +54,11 @@ def weights_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def adata(slide, tiles, weights_file):
-    return pk.tl.embed_tiles(slide, MODEL, tiles=tiles, weights=weights_file, device="cpu", batch_size=4,
-                             num_workers=0, progress=False)
+    return pk.tl.embed_tiles(tiles, slide, MODEL, weights=weights_file, device="cpu", dtype="float32",
+                             batch_size=4, num_workers=0, progress=False, copy=True)
+
+
+KEY = f"X_{MODEL}"
 
 
 def _reference(slide, tiles, weights_file):
@@ -65,9 +69,9 @@ def _reference(slide, tiles, weights_file):
 
     spec = get_spec(MODEL)
     enc, _ = pk.models.load_tile_encoder(MODEL, weights=weights_file)
-    tile_px, mpp = tiles.attrs["tile_spec"]["tile_px"], tiles.attrs["tile_spec"]["mpp"]
+    tile_px, mpp = tiles.uns["tile_spec"]["tile_px"], tiles.uns["tile_spec"]["mpp"]
     imgs = np.stack([slide.read_tile(int(x), int(y), tile_px=tile_px, mpp=mpp)
-                     for x, y in zip(tiles["x"], tiles["y"])])
+                     for x, y in zip(tiles.obs["x"], tiles.obs["y"])])
     t = torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous()
     t = TF.resize(t, [spec.resize or spec.input_size], interpolation=InterpolationMode.BICUBIC,
                   antialias=True)
@@ -79,33 +83,36 @@ def _reference(slide, tiles, weights_file):
 
 def test_features_equal_model_applied_by_hand(adata, slide, tiles, weights_file):
     ref = _reference(slide, tiles, weights_file)
-    assert adata.X.dtype == np.float32 and adata.X.shape == (len(tiles), 192)
-    np.testing.assert_allclose(adata.X, ref, rtol=1e-4, atol=1e-4)
+    X = adata.obsm[KEY]
+    assert X.dtype == np.float32 and X.shape == (len(tiles), 192)
+    np.testing.assert_allclose(X, ref, rtol=1e-4, atol=1e-4)
     # features differ between tiles (not one constant vector)
-    assert np.abs(adata.X - adata.X.mean(0)).max() > 1e-3
+    assert np.abs(X - X.mean(0)).max() > 1e-3
+    # the input object is untouched with copy=True, and X stays empty: features live in obsm
+    assert KEY not in tiles.obsm and adata.n_vars == 0
 
 
 def test_obs_obsm_uns_match_tile_table(adata, slide, tiles, weights_file):
     n = len(tiles)
     assert list(adata.obs_names) == [str(i) for i in range(n)]
-    assert list(adata.var_names) == [str(i) for i in range(192)]
-    np.testing.assert_array_equal(adata.obs["x"].to_numpy(), tiles["x"].to_numpy())
-    np.testing.assert_array_equal(adata.obs["y"].to_numpy(), tiles["y"].to_numpy())
-    np.testing.assert_array_equal(adata.obs["tissue"].to_numpy(), tiles["tissue"].to_numpy())
+    np.testing.assert_array_equal(adata.obs["x"].to_numpy(), tiles.obs["x"].to_numpy())
+    np.testing.assert_array_equal(adata.obs["y"].to_numpy(), tiles.obs["y"].to_numpy())
+    np.testing.assert_array_equal(adata.obs["tissue"].to_numpy(), tiles.obs["tissue"].to_numpy())
     assert set(adata.obs["slide_id"]) == {slide.slide_id} and slide.slide_id == "synth"
     sp = adata.obsm["spatial"]
     assert sp.dtype == np.float64
-    np.testing.assert_array_equal(sp, tiles[["x", "y"]].to_numpy(dtype=np.float64))
+    np.testing.assert_array_equal(sp, tiles.obs[["x", "y"]].to_numpy(dtype=np.float64))
 
     ts = adata.uns["tile_spec"]
-    for k, v in tiles.attrs["tile_spec"].items():
+    for k, v in tiles.uns["tile_spec"].items():
         assert ts[k] == pytest.approx(v), k
     sl = adata.uns["slide"]
     assert sl["sha256"] == _sha256(slide.path)
     assert sl["slide_id"] == "synth" and sl["mpp"] == pytest.approx(slide.mpp)
     assert list(sl["dimensions"]) == list(slide.dimensions)
 
-    m = adata.uns["model"]
+    assert list(adata.uns["models"]) == [KEY]
+    m = adata.uns["models"][KEY]
     spec = get_spec(MODEL)
     assert m["name"] == MODEL and m["arch"] == spec.arch
     assert m["weights"] == str(weights_file) and m["weights_sha256"] == _sha256(weights_file)
@@ -121,54 +128,105 @@ def test_h5ad_round_trip_is_atomic(adata, tmp_path):
     out = write_h5ad_atomic(adata, tmp_path / "sub" / "synth.h5ad")
     assert sorted(p.name for p in out.parent.iterdir()) == ["synth.h5ad"]  # no temporary file left
     back = ad.read_h5ad(out)
-    np.testing.assert_array_equal(back.X, adata.X)
-    assert back.uns["model"]["weights_sha256"] == adata.uns["model"]["weights_sha256"]
+    np.testing.assert_array_equal(back.obsm[KEY], adata.obsm[KEY])
+    assert back.uns["models"][KEY]["weights_sha256"] == adata.uns["models"][KEY]["weights_sha256"]
+    assert back.uns["tile_spec"]["tile_px"] == 256
     np.testing.assert_array_equal(back.obsm["spatial"], adata.obsm["spatial"])
 
 
 def test_deterministic_and_same_with_workers(adata, slide, tiles, weights_file):
-    again = pk.tl.embed_tiles(slide, MODEL, tiles=tiles, weights=weights_file, device="cpu", batch_size=4,
-                              num_workers=0, progress=False)
-    np.testing.assert_array_equal(again.X, adata.X)
-    workers = pk.tl.embed_tiles(slide, MODEL, tiles=tiles, weights=weights_file, device="cpu", batch_size=4,
-                                num_workers=2, progress=False)
-    np.testing.assert_array_equal(workers.X, adata.X)
+    kw = dict(weights=weights_file, device="cpu", dtype="float32", batch_size=4, progress=False, copy=True)
+    again = pk.tl.embed_tiles(tiles, slide, MODEL, num_workers=0, **kw)
+    np.testing.assert_array_equal(again.obsm[KEY], adata.obsm[KEY])
+    workers = pk.tl.embed_tiles(tiles, slide, MODEL, num_workers=2, **kw)
+    np.testing.assert_array_equal(workers.obsm[KEY], adata.obsm[KEY])
+
+
+def test_in_place_several_models_and_scanpy(slide, tiles, weights_file):
+    """In place by default (returns None); two models side by side; scanpy reads them with use_rep."""
+    import scanpy as sc
+
+    t = tiles.copy()
+    assert pk.tl.embed_tiles(t, slide, MODEL, weights=weights_file, dtype="float32", num_workers=0,
+                             progress=False) is None
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        pk.tl.embed_tiles(t, None, MODEL, key_added="X_random", num_workers=0, progress=False)  # slide from uns
+    assert {KEY, "X_random"} <= set(t.obsm) and set(t.uns["models"]) == {KEY, "X_random"}
+    assert not np.allclose(t.obsm[KEY], t.obsm["X_random"])
+    assert t.uns["models"]["X_random"]["weights"] == "random"
+    sc.pp.neighbors(t, use_rep=KEY, n_neighbors=5)
+    assert t.obsp["connectivities"].shape == (t.n_obs, t.n_obs)
+
+
+def test_dtype_auto_is_recorded(slide, tiles, weights_file):
+    from pathkit._device import cpu_has_native_bf16
+
+    a = pk.tl.embed_tiles(tiles[:4].copy(), slide, MODEL, weights=weights_file, num_workers=0, progress=False,
+                          copy=True)
+    f = pk.tl.embed_tiles(tiles[:4].copy(), slide, MODEL, weights=weights_file, dtype="float32", num_workers=0,
+                          progress=False, copy=True)
+    want = "bfloat16" if cpu_has_native_bf16() else "float32"
+    assert a.uns["models"][KEY]["dtype"] == want
+    cos = (a.obsm[KEY] * f.obsm[KEY]).sum(1) / np.linalg.norm(a.obsm[KEY], axis=1) / np.linalg.norm(f.obsm[KEY], axis=1)
+    assert cos.min() > 0.999
+
+
+def test_old_call_order_gets_a_clear_error(slide, tiles):
+    with pytest.raises(TypeError, match="tiles first"):
+        pk.tl.embed_tiles(slide, MODEL, tiles)
 
 
 def test_random_weights_warn_and_are_reproducible(slide, tiles):
-    few = tiles.iloc[:3]
+    few = tiles[:3].copy()
     with pytest.warns(UserWarning, match="RANDOM weights"):
-        a = pk.tl.embed_tiles(slide, MODEL, tiles=few, device="cpu", num_workers=0, progress=False)
+        a = pk.tl.embed_tiles(few, slide, MODEL, device="cpu", num_workers=0, progress=False, copy=True)
     with pytest.warns(UserWarning, match="RANDOM weights"):
-        b = pk.tl.embed_tiles(str(slide.path), MODEL, tiles=few, device="cpu", num_workers=0, progress=False)
-    np.testing.assert_array_equal(a.X, b.X)
-    assert a.uns["model"]["weights"] == "random"
+        b = pk.tl.embed_tiles(few, str(slide.path), MODEL, device="cpu", num_workers=0, progress=False, copy=True)
+    np.testing.assert_array_equal(a.obsm[KEY], b.obsm[KEY])
+    assert a.uns["models"][KEY]["weights"] == "random"
 
 
 def test_timm_arch_warns_and_embeds(slide, tiles):
     with pytest.warns(UserWarning, match="RANDOM weights"):
-        a = pk.tl.embed_tiles(slide, "timm:vit_tiny_patch16_224", tiles=tiles.iloc[:2], device="cpu",
-                              num_workers=0, progress=False)
-    assert a.shape == (2, 192) and np.isfinite(a.X).all()
-    assert a.uns["model"]["name"] == "timm:vit_tiny_patch16_224"
-    assert a.uns["model"]["arch"] == "vit_tiny_patch16_224"
+        a = pk.tl.embed_tiles(tiles[:2].copy(), slide, "timm:vit_tiny_patch16_224", device="cpu",
+                              num_workers=0, progress=False, copy=True)
+    k = "X_timm_vit_tiny_patch16_224"
+    assert a.obsm[k].shape == (2, 192) and np.isfinite(a.obsm[k]).all()
+    assert a.uns["models"][k]["name"] == "timm:vit_tiny_patch16_224"
+    assert a.uns["models"][k]["arch"] == "vit_tiny_patch16_224"
 
 
 def test_empty_tile_table(slide, tiles):
-    empty = tiles.iloc[:0]
-    empty.attrs = dict(tiles.attrs)
-    with pytest.warns(UserWarning, match="empty"):
-        a = pk.tl.embed_tiles(slide, MODEL, tiles=empty, device="cpu", progress=False)
-    assert a.shape == (0, 192)
-    assert a.obsm["spatial"].shape == (0, 2)
-    assert a.uns["model"]["name"] == MODEL and a.uns["slide"]["sha256"] == _sha256(slide.path)
+    empty = tiles[:0].copy()
+    with pytest.warns(UserWarning, match="no tiles"):
+        pk.tl.embed_tiles(empty, slide, MODEL, device="cpu", progress=False)
+    assert empty.obsm[KEY].shape == (0, 192)
+    assert empty.obsm["spatial"].shape == (0, 2)
+    assert empty.uns["models"][KEY]["name"] == MODEL and empty.uns["slide"]["sha256"] == _sha256(slide.path)
 
 
 def test_tile_table_without_spec_is_refused(slide, tiles):
     bare = tiles.copy()
-    bare.attrs = {}
+    del bare.uns["tile_spec"]
     with pytest.raises(TableError, match="tile_spec"):
-        pk.tl.embed_tiles(slide, MODEL, tiles=bare, device="cpu", progress=False)
+        pk.tl.embed_tiles(bare, slide, MODEL, device="cpu", progress=False)
+
+
+def test_tiles_of_another_slide_are_refused(tiles, tmp_path):
+    other = pk.read_slide(pk.datasets.synthetic_slide(tmp_path / "other.tiff", width=1024, height=1024, mpp=0.5))
+    with pytest.raises(TableError, match="not .*other"):
+        pk.tl.embed_tiles(tiles, other, MODEL, device="cpu", progress=False)
+
+
+def test_tiles_h5ad_round_trip_then_embed(slide, tiles, weights_file, tmp_path):
+    """The tiles saved by plain anndata (as `pathkit tile --out` does) embed like the originals."""
+    import anndata as ad
+
+    tiles.write_h5ad(tmp_path / "t.h5ad")
+    back = ad.read_h5ad(tmp_path / "t.h5ad")
+    assert back.uns["tile_spec"]["tile_px"] == 256 and list(back.obs["x"]) == list(tiles.obs["x"])
+    pk.tl.embed_tiles(back[:4].copy(), slide, MODEL, weights=weights_file, dtype="float32", num_workers=0,
+                      progress=False)
 
 
 @pytest.mark.parametrize("path", ["cpu_uint8", "float_matmul"])
@@ -182,7 +240,7 @@ def test_preprocess_matches_pil_bicubic(slide, tiles, path):
     mean = torch.tensor(spec.mean).view(3, 1, 1)
     std = torch.tensor(spec.std).view(3, 1, 1)
     for i in range(3):
-        img = slide.read_tile(int(tiles["x"].iloc[i]), int(tiles["y"].iloc[i]), tile_px=256, mpp=0.5).copy()
+        img = slide.read_tile(int(tiles.obs["x"].iloc[i]), int(tiles.obs["y"].iloc[i]), tile_px=256, mpp=0.5).copy()
         u8 = torch.from_numpy(img)[None]
         ours = pre(u8, channels_last_input=True) if path == "cpu_uint8" else pre(u8.permute(0, 3, 1, 2).float())
         assert ours.shape == (1, 3, 224, 224)
@@ -194,7 +252,7 @@ def test_preprocess_matches_pil_bicubic(slide, tiles, path):
 
 def test_resample_matrix_rows():
     """PIL-style weights: rows sum to 1; a 2x box shrink averages pixel pairs."""
-    from pathkit.tl.embed import resample_matrix
+    from pathkit.tl._preprocess import resample_matrix
 
     m = resample_matrix(256, 224, "bicubic")
     np.testing.assert_allclose(m.sum(1), 1.0, atol=1e-12)
@@ -222,11 +280,12 @@ def test_preprocess_resize_then_centre_crop():
 def test_real_cmu1_end_to_end(shared_data):
     path = shared_data / "slides" / "CMU-1-Small-Region.svs"
     slide = pk.read_slide(path)
-    expected = len(pk.pp.tile(slide))
+    a = pk.pp.tile(slide)
+    expected = a.n_obs
     with pytest.warns(UserWarning, match="RANDOM weights"):
-        a = pk.tl.embed_tiles(slide, MODEL, device="cpu", batch_size=32, progress=False)
+        pk.tl.embed_tiles(a, slide, MODEL, device="cpu", batch_size=32, progress=False)
     assert expected > 0 and a.n_obs == expected
-    assert a.n_vars == 192 and np.isfinite(a.X).all()
+    assert a.obsm[KEY].shape[1] == 192 and np.isfinite(a.obsm[KEY]).all()
     assert a.uns["slide"]["slide_id"] == "CMU-1-Small-Region"
     assert a.uns["slide"]["sha256"] == _sha256(path)
     assert a.uns["tile_spec"]["tile_px"] == 256 and a.uns["tile_spec"]["mpp"] == 0.5
@@ -252,11 +311,12 @@ def test_model_loaded_once_across_slides(slide, tiles, weights_file, monkeypatch
     embed_mod.clear_model_cache()
     w = tmp_path / "w.safetensors"
     shutil.copy(weights_file, w)
-    first = pk.tl.embed_tiles(slide, "vit_tiny_test", tiles=tiles, weights=w, num_workers=0, progress=False)
-    again = pk.tl.embed_tiles(slide, "vit_tiny_test", tiles=tiles, weights=w, num_workers=0, progress=False)
+    kw = dict(weights=w, num_workers=0, progress=False, copy=True)
+    first = pk.tl.embed_tiles(tiles, slide, "vit_tiny_test", **kw)
+    again = pk.tl.embed_tiles(tiles, slide, "vit_tiny_test", **kw)
     assert len(calls) == 1
-    np.testing.assert_array_equal(first.X, again.X)
+    np.testing.assert_array_equal(first.obsm[KEY], again.obsm[KEY])
     os.utime(w, ns=(0, 0))  # same path, "new" file: reloaded
-    pk.tl.embed_tiles(slide, "vit_tiny_test", tiles=tiles, weights=w, num_workers=0, progress=False)
+    pk.tl.embed_tiles(tiles, slide, "vit_tiny_test", **kw)
     assert len(calls) == 2
     embed_mod.clear_model_cache()

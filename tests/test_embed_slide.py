@@ -29,13 +29,13 @@ def _bag_adata(shared_data, n=None):
         yx = f["coords"][:n].astype(np.int64)
     obs = pd.DataFrame({"slide_id": "TCGA-AD-6964-01Z-00-DX1", "x": yx[:, 1], "y": yx[:, 0]},
                        index=[str(i) for i in range(len(X))])
-    a = ad.AnnData(X=X, obs=obs)
-    a.var_names = [str(i) for i in range(X.shape[1])]
+    a = ad.AnnData(obs=obs)
+    a.obsm["X_bag"] = X
     a.obsm["spatial"] = np.stack([yx[:, 1], yx[:, 0]], axis=1).astype(np.float64)
     a.uns["tile_spec"] = {"tile_px": 256, "mpp": 0.5, "slide_mpp": SLIDE_MPP, "size_level0": 512.0,
                           "stride_level0": 512.0, "overlap": 0}
     a.uns["slide"] = {"slide_id": "TCGA-AD-6964-01Z-00-DX1", "mpp": SLIDE_MPP}
-    a.uns["model"] = {"name": "bag-512d"}
+    a.uns["models"] = {"X_bag": {"name": "bag-512d"}}
     return a
 
 
@@ -52,9 +52,16 @@ def small_net():
     return net
 
 
+def _emb(a, model, key=None, **kw):
+    """embed_slide writes into `a` and returns None; the test reads the vector back."""
+    assert pk.tl.embed_slide(a, model, key_added=key, **kw) is None
+    name = key or ("mean" if model == "mean" else getattr(model, "name", None))
+    return a.uns["slide_embeddings"][name]
+
+
 def _random(**kw):
     with pytest.warns(UserWarning, match="RANDOM"):
-        return pk.tl.embed_slide(kw.pop("adata"), SMALL, weights="random", **kw)
+        return _emb(kw.pop("adata"), SMALL, kw.pop("key", None), weights="random", dtype="float32", **kw)
 
 
 def test_grid_coords_sorted_by_hand(bag, small_net):
@@ -70,7 +77,7 @@ def test_grid_coords_sorted_by_hand(bag, small_net):
     assert cx.max() < 1000 and cy.max() < 1000
     order = np.lexsort((cx, cy))  # row-major: y, then x
     np.testing.assert_array_equal(info["tile_order"], order)
-    feats = torch.from_numpy(a.X[order])[None]
+    feats = torch.from_numpy(a.obsm["X_bag"][order])[None]
     coords = torch.from_numpy(np.stack([cx[order], cy[order]], 1) * 256.0)[None]
     with torch.inference_mode():
         want = small_net(feats, coords, pool="mean")[0].numpy()
@@ -103,17 +110,23 @@ def test_all_layers_level0_and_cls(bag, small_net):
 
 def test_model_passed_as_module(bag, small_net):
     a = bag.copy()
-    v = pk.tl.embed_slide(a, small_net, key="mine")
+    v = _emb(a, small_net, key="mine")
     np.testing.assert_allclose(v, _random(adata=bag.copy()), atol=1e-6)
     assert "mine" in a.uns["slide_embeddings"]
-    v2 = pk.tl.embed_slide(a, small_net)  # a loaded module keeps its registry name as key
+    v2 = _emb(a, small_net)  # a loaded module keeps its registry name as key
+    assert next(small_net.parameters()).dtype == torch.float32  # the user's module is not cast
     assert "longnet_small_test" in a.uns["slide_embeddings"] and np.array_equal(v, v2)
 
 
 def test_mean_model(bag):
     a = bag.copy()
-    v = pk.tl.embed_slide(a, "mean")
-    np.testing.assert_allclose(v, a.X.astype(np.float64).mean(0), rtol=0, atol=1e-6)
+    v = _emb(a, "mean")
+    np.testing.assert_allclose(v, a.obsm["X_bag"].astype(np.float64).mean(0), rtol=0, atol=1e-6)
+    b = pk.tl.embed_slide(a, "mean", use_rep="X_bag", key_added="m2", copy=True)
+    np.testing.assert_array_equal(b.uns["slide_embeddings"]["m2"], v)
+    assert "m2" not in a.uns["slide_embeddings"]
+    with pytest.raises(KeyError, match="X_nope"):
+        pk.tl.embed_slide(a, "mean", use_rep="X_nope")
     np.testing.assert_array_equal(a.uns["slide_embeddings"]["mean"], v)
     with pytest.raises(ValueError, match="layers"):
         pk.tl.embed_slide(a, "mean", layers="all")
@@ -124,7 +137,7 @@ def test_off_grid_error_names_max_and_fix(bag):
     a = bag.copy()
     a.obs["x"] = a.obs["x"] * 10  # up to 276480 px: cell 1080 at 256 px per cell
     with pytest.raises(GridError, match=r"1080.*coords='grid'"):
-        pk.tl.embed_slide(a, SMALL, weights="random", coords="level0")
+        pk.tl.embed_slide(a, SMALL, weights="random", coords="level0", dtype="float32")
 
 
 @pytest.mark.filterwarnings("ignore:.*RANDOM")
@@ -138,14 +151,25 @@ def test_grid_needs_mpp(bag):
 
 def test_wrong_feature_dim_names_tile_model(bag):
     with pytest.raises(ValueError, match=r"1536.*512.*bag-512d"):
-        pk.tl.embed_slide(bag.copy(), "gigapath_slide")
+        pk.tl.embed_slide(bag.copy(), "gigapath_slide", use_rep="X_bag")
+
+
+def test_features_of_another_tile_model_are_refused(bag):
+    a = bag.copy()
+    a.obsm["X_uni"] = np.zeros((a.n_obs, 1536), np.float32)
+    a.uns["models"] = {"X_uni": {"name": "uni"}}
+    with pytest.raises(ValueError, match="'uni' features.*'gigapath_tile'"):
+        pk.tl.embed_slide(a, "gigapath_slide", use_rep="X_uni")
+    with pytest.raises(KeyError, match="X_gigapath_tile"):
+        pk.tl.embed_slide(a, "gigapath_slide")  # the default use_rep is the expected tile model's
 
 
 def test_registry_weights_no_download(shared_data):
     import anndata as ad
 
     b = _bag_adata(shared_data, n=5)
-    a = ad.AnnData(X=np.zeros((5, 1536), dtype=np.float32), obs=b.obs, uns=b.uns)
+    a = ad.AnnData(obs=b.obs, uns={**b.uns, "models": {}})
+    a.obsm["X_gigapath_tile"] = np.zeros((5, 1536), dtype=np.float32)
     with pytest.raises(WeightsError, match="weights=PATH|huggingface-cli"):
         pk.tl.embed_slide(a, "gigapath_slide")  # offline in tests: a clear error, no download
 
@@ -155,7 +179,7 @@ def test_writes_h5ad(bag, tmp_path):
 
     a = bag[:50].copy()
     v = _random(adata=a)
-    pk.tl.embed_slide(a, "mean")
+    _emb(a, "mean")
     a.write_h5ad(tmp_path / "s.h5ad")
     b = ad.read_h5ad(tmp_path / "s.h5ad")
     np.testing.assert_array_equal(b.uns["slide_embeddings"]["longnet_small_test"], v)

@@ -60,9 +60,9 @@ def rect025(tmp_path_factory):
 
 
 def _check(df, rows):
-    assert df["x"].dtype == np.int64 and df["y"].dtype == np.int64 and df["tissue"].dtype == np.float64
-    assert list(zip(df["x"], df["y"])) == [(x, y) for x, y, _ in rows]
-    np.testing.assert_allclose(df["tissue"].to_numpy(), [s for _, _, s in rows], rtol=0, atol=1e-9)
+    assert df.obs["x"].dtype == np.int64 and df.obs["y"].dtype == np.int64 and df.obs["tissue"].dtype == np.float64
+    assert list(zip(df.obs["x"], df.obs["y"])) == [(x, y) for x, y, _ in rows]
+    np.testing.assert_allclose(df.obs["tissue"].to_numpy(), [s for _, _, s in rows], rtol=0, atol=1e-9)
 
 
 def test_mask_equals_truth(rect05):
@@ -91,7 +91,7 @@ def test_tiles_with_overlap(rect05):
     rows = expected_tiles(2048, 1536, 256, 192, RECTS_05, 0.0)
     assert len(rows) == 10 * 7  # x: 0..1728, y: 0..1152 every 192 px
     _check(df, rows)
-    spec = df.attrs["tile_spec"]
+    spec = df.uns["tile_spec"]
     assert spec == {"tile_px": 256, "mpp": 0.5, "overlap": 64, "level": 0, "downsample": 1.0, "slide_mpp": 0.5,
                     "size_level0": 256.0, "stride_level0": 192.0, "min_tissue": 0.0, "resized": False}
     kept = pk.pp.tile(rect05, tile_px=256, mpp=0.5, min_tissue=0.25, overlap=64)
@@ -106,11 +106,11 @@ def test_tiles_resampled_from_025(rect025):
     df = pk.pp.tile(rect025, tile_px=256, mpp=0.5, min_tissue=0.1, tissue=tm)
     _check(df, expected_tiles(4096, 3072, 512, 512, RECTS_025, 0.1))
     assert len(df) == 13
-    spec = df.attrs["tile_spec"]
+    spec = df.uns["tile_spec"]
     assert (spec["level"], spec["downsample"], spec["size_level0"], spec["resized"]) == (0, 1.0, 512.0, True)
     # a 1-mpp grid reads level 1 (4x) natively
     df1 = pk.pp.tile(rect025, tile_px=128, mpp=1.0, min_tissue=0.1, tissue=tm)
-    assert df1.attrs["tile_spec"]["level"] == 1 and not df1.attrs["tile_spec"]["resized"]
+    assert df1.uns["tile_spec"]["level"] == 1 and not df1.uns["tile_spec"]["resized"]
     _check(df1, expected_tiles(4096, 3072, 512, 512, RECTS_025, 0.1))
 
 
@@ -122,7 +122,7 @@ def test_disc_tiles(tmp_path):
     assert len(df) == 8 * 6
     full, touching, shares = set(), set(), {}
     sub = (np.arange(64) + 0.5) * 4  # 4-px supersampling of each tile
-    for x, y in zip(df["x"], df["y"]):
+    for x, y in zip(df.obs["x"], df.obs["y"]):
         corners = [(x + a, y + b) for a in (0, 256) for b in (0, 256)]
         if all((u - cx) ** 2 + (v - cy) ** 2 <= r * r for u, v in corners):
             full.add((x, y))
@@ -130,7 +130,7 @@ def test_disc_tiles(tmp_path):
         if (nx - cx) ** 2 + (ny - cy) ** 2 < r * r:
             touching.add((x, y))
         shares[(x, y)] = (((x + sub[None, :] - cx) ** 2 + (y + sub[:, None] - cy) ** 2) < r * r).mean()
-    got = {(x, y): t for x, y, t in zip(df["x"], df["y"], df["tissue"])}
+    got = {(x, y): t for x, y, t in zip(df.obs["x"], df.obs["y"], df.obs["tissue"])}
     ones = {k for k, t in got.items() if t >= 1 - 1e-12}
     nonzero = {k for k, t in got.items() if t > 0}
     assert len(full) == 12 and full <= ones
@@ -147,8 +147,8 @@ def test_no_tissue(tmp_path):
     assert not tm.mask.any() and tm.fraction == 0.0
     with pytest.warns(UserWarning, match="no tiles"):
         df = pk.pp.tile(s, tissue=tm)
-    assert len(df) == 0 and list(df.columns) == ["x", "y", "tissue"]
-    assert df["x"].dtype == np.int64
+    assert len(df) == 0 and list(df.obs.columns) == ["slide_id", "x", "y", "tissue"]
+    assert df.obs["x"].dtype == np.int64
     assert len(pk.pp.tile(s, tissue=tm, min_tissue=0.0)) == 16
 
 
@@ -216,16 +216,16 @@ def test_cmu1_tile_count_independent(shared_data):
     assert tm.threshold == pytest.approx(thr, abs=1.0)
     assert (tm.mask == mask).mean() > 0.995
     df = pk.pp.tile(s, tile_px=256, mpp=0.5, tissue=tm)
-    got = set(zip(df["x"], df["y"]))
+    got = set(zip(df.obs["x"], df.obs["y"]))
     assert len(got) == pytest.approx(len(expected), abs=1)
     assert len(got & expected) >= len(expected) - 1
     # with the same threshold, the two pipelines agree tile for tile (shares within a mask pixel or two:
     # PIL's box filter and numpy round a few block means differently)
     tm_same = pk.pp.find_tissue(s, mask_mpp=16 * mpp, threshold=thr)
     df_same = pk.pp.tile(s, tissue=tm_same)
-    assert set(zip(df_same["x"], df_same["y"])) == expected
-    np.testing.assert_allclose(df_same["tissue"], [shares[y // 256, x // 256] for x, y in
-                                                   zip(df_same["x"], df_same["y"])], atol=2 / 256)
+    assert set(zip(df_same.obs["x"], df_same.obs["y"])) == expected
+    np.testing.assert_allclose(df_same.obs["tissue"], [shares[y // 256, x // 256] for x, y in
+                                                   zip(df_same.obs["x"], df_same.obs["y"])], atol=2 / 256)
     # the default 8-mpp mask gives (almost) the same tiles
     df8 = pk.pp.tile(s)
     assert abs(len(df8) - len(expected)) <= 3 and len(df8) > 30
@@ -234,11 +234,11 @@ def test_cmu1_tile_count_independent(shared_data):
 def test_tcga_tiles(shared_data):
     s = pk.read_slide(shared_data / "slides" / "TCGA-CR-7395-01A-01-TS1.svs", mpp=0.25)
     df = pk.pp.tile(s)
-    spec = df.attrs["tile_spec"]
+    spec = df.uns["tile_spec"]
     assert spec["level"] == 1 and not spec["resized"]
     assert spec["size_level0"] == pytest.approx(256 * 2.0005055, rel=1e-6)
-    assert len(df) > 10 and (df["tissue"] >= 0.1).all()
-    assert (df["x"] + spec["size_level0"] <= 4443 + 1e-6).all() and (df["y"] + spec["size_level0"] <= 3567).all()
+    assert len(df) > 10 and (df.obs["tissue"] >= 0.1).all()
+    assert (df.obs["x"] + spec["size_level0"] <= 4443 + 1e-6).all() and (df.obs["y"] + spec["size_level0"] <= 3567).all()
 
 
 def test_ndpi_tiles_resampled(shared_data):
@@ -252,11 +252,11 @@ def test_ndpi_tiles_resampled(shared_data):
     assert 0.05 < tm.fraction < 0.95 and lum[tm.mask].mean() > lum[~tm.mask].mean() + 10
     df = pk.pp.tile(s, tile_px=256, mpp=0.5, min_tissue=0.0, tissue=tm)
     size = 256 * 0.5 / s.mpp
-    assert df.attrs["tile_spec"]["size_level0"] == pytest.approx(size) and df.attrs["tile_spec"]["resized"]
+    assert df.uns["tile_spec"]["size_level0"] == pytest.approx(size) and df.uns["tile_spec"]["resized"]
     nx, ny = int((3968 - size) // size) + 1, int((4864 - size) // size) + 1
     assert (nx, ny) == (7, 8) and len(df) == 56
-    assert sorted(set(df["x"])) == [round(i * size) for i in range(nx)]
-    assert s.read_tile(int(df["x"][5]), int(df["y"][5])).shape == (256, 256, 3)
+    assert sorted(set(df.obs["x"])) == [round(i * size) for i in range(nx)]
+    assert s.read_tile(int(df.obs["x"].iloc[5]), int(df.obs["y"].iloc[5])).shape == (256, 256, 3)
 
 
 def test_kidney_little_tissue(shared_data):

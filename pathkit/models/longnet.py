@@ -519,7 +519,7 @@ GIGAPATH_SLIDE = register(ModelSpec(
     source="https://github.com/prov-gigapath/prov-gigapath (gigapath/slide_encoder.py @ 09d8e876)",
     description="Prov-GigaPath slide encoder: LongNet (12 layers, 768-d, dilated attention) over 1536-d "
                 "gigapath_tile embeddings on a 256-px / 0.5-mpp grid; the checkpoint's ['model']",
-    extra={"tile_model": "gigapath_slide needs gigapath_tile features (1536-d)", "checkpoint_key": "model"},
+    extra={"tile_model": "gigapath_tile", "checkpoint_key": "model"},
 ), overwrite=True)
 
 SLIDE_BUILDERS = {"longnet": LongNetSlideEncoder.from_config}

@@ -17,8 +17,8 @@ def grid_positions(length: int, size: float, stride: float) -> np.ndarray:
     return pos[pos + size <= length + 1e-6]
 
 
-def tile(slide, tile_px: int = 256, mpp: float = 0.5, min_tissue: float = 0.1, overlap: int = 0,
-         tissue=None) -> pd.DataFrame:
+def tile(slide, tile_px: int = 256, mpp: float = 0.5, *, min_tissue: float = 0.1, overlap: int = 0,
+         tissue=None):
     """Cut the slide into a grid of square tiles at a target resolution and keep those with tissue.
 
     The grid starts at (0, 0); tiles are ``tile_px`` px at ``mpp`` um/px and step ``tile_px - overlap`` px;
@@ -43,11 +43,23 @@ def tile(slide, tile_px: int = 256, mpp: float = 0.5, min_tissue: float = 0.1, o
 
     Returns
     -------
-    pandas.DataFrame
-        Columns ``x``, ``y`` (int64, level-0 px of each tile's top-left) and ``tissue`` (share of the tile
-        footprint covered by the mask, exact area overlap), row-major order.
-        ``df.attrs["tile_spec"]``: tile_px, mpp, overlap, level, downsample (of that level), slide_mpp,
-        size_level0 and stride_level0 (level-0 px, floats), min_tissue, resized.
+    anndata.AnnData
+        One row per tile (n_tiles x 0: features come from :func:`pathkit.tl.embed_tiles`), row-major,
+        obs_names ``"0".."n-1"``:
+
+        ``obs["slide_id"]`` (categorical), ``obs["x"]``, ``obs["y"]`` (int64)
+            The slide and the level-0 px of each tile's top-left corner.
+        ``obs["tissue"]`` (float64)
+            Share of the tile footprint covered by the tissue mask (exact area overlap).
+        ``obsm["spatial"]`` (float64, n x 2)
+            (x, y), as squidpy / LazySlide expect.
+        ``uns["tile_spec"]``
+            tile_px, mpp, overlap, level, downsample (of that level), slide_mpp, size_level0 and
+            stride_level0 (level-0 px, floats), min_tissue, resized.
+        ``uns["slide"]``
+            :meth:`Slide.info` (path, slide_id, sha256, vendor, dimensions, mpp and its source).
+
+        Saved with ``tiles.write_h5ad(path)`` and read back with ``anndata.read_h5ad``.
     """
     from ..slide import read_slide
     from .tissue import TissueMask, find_tissue
@@ -82,9 +94,8 @@ def tile(slide, tile_px: int = 256, mpp: float = 0.5, min_tissue: float = 0.1, o
     frac = tissue.area_fraction(gx, gy, gx + size0, gy + size0) if gx.size else np.zeros(0)
     # a tiny tolerance so that a tile exactly at the threshold is not lost to float rounding
     keep = frac >= min_tissue - 1e-9
-    df = pd.DataFrame({"x": gx[keep].astype(np.int64), "y": gy[keep].astype(np.int64),
-                       "tissue": frac[keep].astype(np.float64)})
-    df.attrs["tile_spec"] = {
+    xs, ys = gx[keep].astype(np.int64), gy[keep].astype(np.int64)
+    tile_spec = {
         "tile_px": tile_px,
         "mpp": float(mpp),
         "overlap": overlap,
@@ -96,8 +107,29 @@ def tile(slide, tile_px: int = 256, mpp: float = 0.5, min_tissue: float = 0.1, o
         "min_tissue": float(min_tissue),
         "resized": bool(resized),
     }
-    if df.empty:
+    adata = tiles_anndata(slide, xs, ys, frac[keep].astype(np.float64), tile_spec)
+    if adata.n_obs == 0:
         why = "the slide is smaller than one tile" if gx.size == 0 else \
             f"no tile has a tissue share >= {min_tissue:g}"
         warnings.warn(f"{slide.slide_id}: no tiles ({why})", stacklevel=2)
-    return df
+    return adata
+
+
+def tiles_anndata(slide, xs, ys, tissue, tile_spec: dict):
+    """The tiles AnnData of :func:`tile` from tile coordinates (level-0 px) and their tissue shares."""
+    import anndata as ad
+
+    from .._io import h5ad_safe
+
+    n = len(xs)
+    obs = pd.DataFrame({
+        "slide_id": pd.Categorical([slide.slide_id] * n, categories=[slide.slide_id]),
+        "x": np.asarray(xs, dtype=np.int64), "y": np.asarray(ys, dtype=np.int64),
+        "tissue": np.asarray(tissue, dtype=np.float64),
+    }, index=pd.Index([str(i) for i in range(n)]))
+    adata = ad.AnnData(obs=obs)
+    adata.obsm["spatial"] = np.stack([obs["x"].to_numpy(), obs["y"].to_numpy()], axis=1).astype(np.float64)
+    adata.obsm["spatial"] = adata.obsm["spatial"].reshape(n, 2)
+    adata.uns["tile_spec"] = h5ad_safe(dict(tile_spec))
+    adata.uns["slide"] = h5ad_safe(slide.info())
+    return adata

@@ -22,13 +22,12 @@ import numpy as np
 import pandas as pd
 
 from .._hashing import sha256_file
-from ..errors import ChecksumError, TableError
-from .embed import write_h5ad_atomic
+from .._ids import SLIDE_EXTENSIONS, is_slide_file, slide_id_from_path
+from .._io import h5ad_safe, write_h5ad_atomic, write_text_atomic
+from ..errors import ChecksumError, CohortError, TableError
 
 STATE_FILE = "cohort_state.json"
 COHORT_FILE = "cohort.h5ad"
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".bif", ".qptiff", ".dcm",
-                  ".svslide")
 # embed_tiles arguments that do not change the numbers (excluded from the parameter hash)
 _NEUTRAL = {"batch_size", "num_workers", "device", "progress"}
 
@@ -49,6 +48,7 @@ class SlideJob:
     slide_weights: str | None = None
     slide_kwargs: dict = field(default_factory=dict)
     params_hash: str = ""
+    resume: bool = True
     slide_params_hash: str = ""
     expected_sha256: str | None = None   # from a manifest: refuse a file that differs
     known_sha256: str | None = None      # from the state file, valid while size + mtime are unchanged
@@ -66,8 +66,8 @@ def _stat(path: Path) -> tuple:
 
 def _slide_key(slide_model, slide_kwargs=None) -> str:
     """Key of the slide embedding in uns["slide_embeddings"] / obsm["X_<key>"] (embed_slide's naming)."""
-    if slide_kwargs and slide_kwargs.get("key"):
-        return str(slide_kwargs["key"])
+    if slide_kwargs and slide_kwargs.get("key_added"):
+        return str(slide_kwargs["key_added"])
     if slide_model in ("mean", None):
         return "mean"
     return str(getattr(slide_model, "name", slide_model))
@@ -88,7 +88,7 @@ def _read_uns(path: Path, key: str):
 
 
 def _embed_slide_tiles(job: SlideJob):
-    """read -> tile -> embed; the heavy part of a work unit."""
+    """read -> tile -> embed; the heavy part of a work unit. Returns the tiles AnnData with features."""
     from .. import pp
     from ..slide import read_slide
     from . import embed as _embed
@@ -96,12 +96,13 @@ def _embed_slide_tiles(job: SlideJob):
     slide = read_slide(job.path, mpp=job.mpp)
     try:
         tiles = pp.tile(slide, **job.tile_kwargs)
-        if len(tiles) == 0:
+        if tiles.n_obs == 0:
             raise TableError(f"{job.path}: no tissue tiles (tile_kwargs={job.tile_kwargs}); lower min_tissue or "
                              "check the slide")
         kw = dict(job.embed_kwargs)
         kw.setdefault("progress", False)
-        return _embed.embed_tiles(slide, job.tile_model, tiles=tiles, weights=job.weights, **kw)
+        _embed.embed_tiles(tiles, slide, job.tile_model, weights=job.weights, **kw)
+        return tiles
     finally:
         try:
             slide.close()
@@ -134,7 +135,7 @@ def process_slide(job: SlideJob) -> dict:
                                 "re-download it (pathkit fetch) or fix the manifest")
         rec = _read_uns(out, "cohort_job") if out.exists() else None
         adata = None
-        if rec and rec.get("slide_sha256") == sha and rec.get("params_hash") == job.params_hash:
+        if job.resume and rec and rec.get("slide_sha256") == sha and rec.get("params_hash") == job.params_hash:
             res["status"] = "skipped"
             res["n_tiles"] = int(rec.get("n_tiles", 0))
             dirty = False
@@ -150,7 +151,7 @@ def process_slide(job: SlideJob) -> dict:
             key = _slide_key(job.slide_model, job.slide_kwargs)
             sp = dict(rec.get("slide_params", {}) or {})
             emb = None
-            if sp.get(key) == job.slide_params_hash:
+            if job.resume and sp.get(key) == job.slide_params_hash:
                 emb = (_read_uns(out, "slide_embeddings") or {}).get(key)
             if emb is None:
                 import anndata as ad
@@ -159,11 +160,8 @@ def process_slide(job: SlideJob) -> dict:
 
                 if adata is None:
                     adata = ad.read_h5ad(out)
-                emb = _se.embed_slide(adata, model=job.slide_model, weights=job.slide_weights,
-                                      **job.slide_kwargs)
-                se = dict(adata.uns.get("slide_embeddings", {}) or {})
-                se[key] = np.asarray(emb, dtype=np.float32)
-                adata.uns["slide_embeddings"] = se
+                _se.embed_slide(adata, model=job.slide_model, weights=job.slide_weights, **job.slide_kwargs)
+                emb = adata.uns["slide_embeddings"][key]
                 cj = dict(adata.uns["cohort_job"])
                 sp[key] = job.slide_params_hash
                 cj["slide_params"] = sp
@@ -190,9 +188,9 @@ def _slides_table(slides, slide_dir) -> pd.DataFrame:
     if isinstance(slides, (str, os.PathLike)):
         p = Path(slides)
         if p.is_dir():
-            files = sorted(f for f in p.iterdir() if f.suffix.lower() in SLIDE_SUFFIXES and f.is_file())
+            files = sorted(f for f in p.iterdir() if is_slide_file(f) and f.is_file())
             if not files:
-                raise TableError(f"{p}: no slide files ({', '.join(SLIDE_SUFFIXES)}) in this folder")
+                raise TableError(f"{p}: no slide files ({', '.join(SLIDE_EXTENSIONS)}) in this folder")
             df = pd.DataFrame({"path": [str(f) for f in files]})
         elif p.suffix.lower() in (".csv", ".tsv"):
             df = read_table(p, "slides table")
@@ -221,10 +219,10 @@ def _slides_table(slides, slide_dir) -> pd.DataFrame:
         raise TableError(f"slides table: {int(missing.sum())} row(s) without a path (rows {list(df.index[missing])[:10]})")
     df["path"] = df["path"].map(str)
     if "slide_id" not in df.columns or df["slide_id"].isna().all() or (df["slide_id"] == "").all():
-        df["slide_id"] = [Path(p).stem for p in df["path"]]
+        df["slide_id"] = [slide_id_from_path(p) for p in df["path"]]
     else:
         df["slide_id"] = df["slide_id"].where(df["slide_id"].notna() & (df["slide_id"] != ""),
-                                              pd.Series([Path(p).stem for p in df["path"]]))
+                                              pd.Series([slide_id_from_path(p) for p in df["path"]]))
         df["slide_id"] = df["slide_id"].map(str)
     dup = df["slide_id"].duplicated(keep=False)
     if dup.any():
@@ -245,9 +243,7 @@ def _load_state(out_dir: Path) -> dict:
 
 
 def _save_state(out_dir: Path, state: dict) -> None:
-    tmp = out_dir / f".{STATE_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(state, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, out_dir / STATE_FILE)
+    write_text_atomic(out_dir / STATE_FILE, json.dumps(state, indent=1, sort_keys=True, default=str))
 
 
 def _clean_stale_tmp(out_dir: Path) -> int:
@@ -274,23 +270,12 @@ def _clean_stale_tmp(out_dir: Path) -> int:
     return n
 
 
-def _h5safe(obj):
-    if isinstance(obj, dict):
-        return {str(k): _h5safe(v) for k, v in obj.items() if v is not None}
-    if isinstance(obj, (list, tuple)):
-        return [_h5safe(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
-
-
 # ---------------------------------------------------------------------------------------------- public
 def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model: str | None = None,
                  weights=None, tile_kwargs: dict | None = None, embed_kwargs: dict | None = None,
                  slide_weights=None, slide_kwargs: dict | None = None, slide_dir=None, executor=None,
-                 client=None, resources: dict | None = None, progress: bool = True, write: bool = True):
+                 client=None, resources: dict | None = None, progress: bool = True, write: bool = True,
+                 resume: bool = True):
     """Embed many slides into one cohort AnnData (one row per slide), resuming where a run stopped.
 
     Parameters
@@ -319,6 +304,9 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
         Progress bar counting slides (tiles in its postfix).
     write
         Also write ``out_dir/cohort.h5ad``.
+    resume
+        Reuse a slide's h5ad when it was made from the same file (sha256) with the same parameters (the
+        default); False recomputes every slide.
 
     Returns
     -------
@@ -369,7 +357,7 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
             cur = _stat(src)
         except OSError:
             cur = None
-        if rec and cur and rec.get("path") == str(src) and tuple(rec.get("stat") or ()) == cur:
+        if resume and rec and cur and rec.get("path") == str(src) and tuple(rec.get("stat") or ()) == cur:
             known_sha, known_stat = rec.get("sha256"), cur
             # fast resume: nothing changed since the state was written and the output is still there
             want_slide = (not slide_model) or (rec.get("slide_params", {}).get(_slide_key(slide_model, slide_kwargs)) == sph)
@@ -395,7 +383,7 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
                              embed_kwargs=embed_kwargs, slide_model=slide_model,
                              slide_weights=None if slide_weights is None else str(slide_weights),
                              slide_kwargs=slide_kwargs, params_hash=ph, slide_params_hash=sph,
-                             expected_sha256=exp, known_sha256=known_sha, known_stat=known_stat))
+                             expected_sha256=exp, known_sha256=known_sha, known_stat=known_stat, resume=resume))
 
     by_id = {j.slide_id: j for j in jobs}
     ex = get_executor(executor, client, resources=resources)
@@ -459,10 +447,10 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
                     M[i] = np.asarray(v, dtype=np.float32).ravel()
             cohort.obsm[f"X_{key}"] = M
     counts = obs["status"].value_counts().to_dict()
-    cohort.uns["cohort"] = {"n_slides": int(len(obs)), "n_ok": int(counts.get("ok", 0)),
+    cohort.uns["cohort"] = {"n_slides": len(obs), "n_ok": int(counts.get("ok", 0)),
                             "n_skipped": int(counts.get("skipped", 0)), "n_failed": int(counts.get("failed", 0)),
                             "n_tiles": int(obs["n_tiles"].sum()), "out_dir": str(out_dir)}
-    cohort.uns["pathkit"] = _h5safe({
+    cohort.uns["pathkit"] = h5ad_safe({
         "version": __version__, "function": "embed_cohort", "tile_model": tile_model,
         "weights": None if weights is None else str(weights), "slide_model": slide_model,
         "slide_weights": None if slide_weights is None else str(slide_weights), "tile_kwargs": tile_kwargs,
@@ -473,6 +461,10 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
     failed = obs[obs["status"] == "failed"]
     if len(failed):
         shown = "; ".join(f"{s}: {e}" for s, e in zip(failed["slide_id"][:5], failed["error"][:5]))
+        if len(failed) == len(obs):
+            raise CohortError(f"embed_cohort: all {len(obs)} slide(s) failed; the first: {shown}"
+                              f"{' ...' if len(failed) > 5 else ''}. Every error is in "
+                              f"{out_dir / STATE_FILE}")
         warnings.warn(f"embed_cohort: {len(failed)} of {len(obs)} slide(s) failed ({shown}"
                       f"{' ...' if len(failed) > 5 else ''}); see obs['error']", UserWarning, stacklevel=2)
     return cohort

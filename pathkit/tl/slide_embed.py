@@ -14,64 +14,82 @@ _CACHE: dict = {}  # one loaded slide encoder, reused across slides of a cohort
 _CACHE_LOCK = threading.Lock()
 
 
-def embed_slide(tile_adata, model="gigapath_slide", weights=None, pool: str = "mean", layers: str = "last",
-                coords: str = "grid", device="auto", key: str | None = None, dtype=None,
-                progress: bool = True) -> np.ndarray:
+def embed_slide(tiles, model="gigapath_slide", *, use_rep: str | None = None, key_added: str | None = None,
+                weights=None, pool: str = "mean", layers: str = "last", coords: str = "grid", device="auto",
+                dtype="auto", progress: bool = True, copy: bool = False):
     """Embed one slide from its tile features.
 
     Parameters
     ----------
-    tile_adata
-        Tile-level AnnData of one slide (`pk.tl.embed_tiles`): X (n_tiles x dim) tile features, obs `x`,
-        `y` (level-0 px of each tile's top-left; obsm["spatial"] is used when obs lacks them),
-        uns["tile_spec"] / uns["slide"] for the slide's mpp.
+    tiles
+        The tiles AnnData of one slide with features (:func:`pathkit.tl.embed_tiles`): ``obsm[use_rep]``
+        (n_tiles x dim), obs ``x``, ``y`` (level-0 px of each tile's top-left; ``obsm["spatial"]`` when obs
+        lacks them), ``uns["tile_spec"]`` / ``uns["slide"]`` for the slide's mpp.
     model
-        "gigapath_slide" (Prov-GigaPath's LongNet; needs 1536-d `gigapath_tile` features), another
-        registered slide model (name or ModelSpec), a `LongNetSlideEncoder` instance, or "mean": the plain
-        mean of the tile features (no network).
+        ``"gigapath_slide"`` (Prov-GigaPath's LongNet on ``gigapath_tile`` features), another registered
+        slide model (name or ModelSpec), a ``LongNetSlideEncoder`` instance, or ``"mean"``: the plain mean of
+        the tile features (no network).
+    use_rep
+        The ``obsm`` key of the tile features (``"X"`` reads ``X``). None: the features of the tile model the
+        slide model expects (``"X_gigapath_tile"`` for ``gigapath_slide``), or the only ``X_<model>`` key.
+        Features recorded in ``uns["models"]`` as coming from another tile model are refused.
+    key_added
+        Key of the result in ``uns["slide_embeddings"]``; default the model's name (``"mean"`` for
+        ``model="mean"``).
     weights
-        None: the registry's source (Prov-GigaPath's `slide_encoder.pth` on the HF hub, gated: log in and
-        accept its terms); a local path / "hf_hub:..."; or "random" (random weights, with a warning: for
-        tests only).
+        None: the registry's source (Prov-GigaPath's ``slide_encoder.pth`` on the HF hub, gated: log in and
+        accept its terms); a local path / ``"hf_hub:..."``; or ``"random"`` (random weights, with a warning:
+        for tests only).
     pool
-        "mean" (mean of the tile tokens, what the authors use: the CLS token was never trained) or "cls".
+        ``"mean"`` (mean of the tile tokens, what the authors use: the CLS token was never trained) or
+        ``"cls"``.
     layers
-        "last" -> a vector [E]; "all" -> [depth + 1, E] (input tokens and each layer, pooled, without the
-        encoder's final layer norm, as the reference's `all_layer_embed`).
+        ``"last"`` -> a vector [E]; ``"all"`` -> [depth + 1, E] (input tokens and each layer, pooled, without
+        the encoder's final layer norm, as the reference's ``all_layer_embed``).
     coords
-        "grid" (default): tiles are placed on the grid the model was trained on, 256-px cells at 0.5 mpp.
-        Coordinates are converted to 0.5-mpp pixels, `x_0.5 = x_level0 * slide_mpp / 0.5` (slide_mpp from
-        uns["tile_spec"]["slide_mpp"] or uns["slide"]["mpp"]), and each tile goes to the 256-px cell that
-        holds its centre (for 256-px tiles at 0.5 mpp this is floor(x_0.5 / 256), and it is not thrown off by
-        the sub-pixel rounding of level-0 coordinates). "level0": the reference's raw behaviour, obs x / y
-        passed as they are (cell = floor(x / 256) in level-0 pixels, so a 40x slide's tiles sit two cells
-        apart). Coordinates off the 1000 x 1000 grid raise GridError.
+        ``"grid"`` (default): tiles are placed on the grid the model was trained on, 256-px cells at 0.5 mpp.
+        Coordinates are converted to 0.5-mpp pixels, ``x_0.5 = x_level0 * slide_mpp / 0.5``, and each tile
+        goes to the 256-px cell that holds its centre. ``"level0"``: the reference's raw behaviour, obs x / y
+        passed as they are (a 40x slide's tiles then sit two cells apart). Coordinates off the 1000 x 1000
+        grid raise GridError.
     device, dtype
-        "auto": CUDA when available, else CPU; dtype None: float32 on CPU, bfloat16 on CUDA.
-    key
-        Name under which the result is stored; default the model's name ("mean" for model="mean").
+        ``"auto"``: see :func:`pathkit._device.resolve_device` / ``resolve_dtype`` (bfloat16 on CUDA and on
+        CPUs with native bf16); ``dtype="float32"`` reproduces the reference within 1e-5.
     progress
         A progress bar over the encoder's layers (a 10k-tile slide can take minutes on a small CPU).
+    copy
+        Return a new AnnData instead of writing into `tiles`.
 
-    Tiles are sorted row-major (grid y, then x) before encoding — the network depends on token order — so
-    the result does not depend on the order of obs. Slides are encoded one at a time (padding a batch would
-    change results).
-
-    Writes
-    ------
-    uns["slide_embeddings"][key]: the embedding (float32 [E] or [depth + 1, E]); a cohort collects these
-    into obsm["X_<key>"].
-    uns["slide_embeddings_info"][key]: model, weights (+ sha256), pool, layers, coords, n_tiles, dtype,
-    device, pathkit version, and `tile_order` (obs positions in the order they were encoded).
+    Tiles are sorted row-major (grid y, then x) before encoding - the network depends on token order - so
+    the result does not depend on the order of obs.
 
     Returns
     -------
-    The embedding as a numpy array.
+    None, or the new AnnData when ``copy=True``. Sets the following fields:
+
+    ``uns["slide_embeddings"][key_added]`` : float32 [E] or [depth + 1, E]
+        The slide embedding; :func:`pathkit.tl.embed_cohort` collects these into ``obsm["X_<key>"]``.
+    ``uns["slide_embeddings_info"][key_added]`` : dict
+        model, weights (+ sha256), use_rep, pool, layers, coords, n_tiles, dtype, device, pathkit version,
+        and ``tile_order`` (obs positions in the order they were encoded).
     """
+    adata = tiles.copy() if copy else tiles
+    _embed(adata, model, use_rep, key_added, weights, pool, layers, coords, device, dtype, progress)
+    return adata if copy else None
+
+
+def _embed(tile_adata, model, use_rep, key, weights, pool, layers, coords, device, dtype, progress):
+    from .._device import resolve_device, resolve_dtype
     from .._version import __version__
 
-    X = _features(tile_adata)
-    info = {"pathkit_version": __version__, "n_tiles": int(X.shape[0])}
+    spec = None
+    if not (isinstance(model, str) and model == "mean") and not hasattr(model, "slide_ngrids"):
+        from ..models.registry import get_spec
+
+        spec = get_spec(model, kind="slide")
+    use_rep = _resolve_rep(tile_adata, use_rep, (spec.extra or {}).get("tile_model") if spec else None)
+    X = _features(tile_adata, use_rep)
+    info = {"pathkit_version": __version__, "n_tiles": int(X.shape[0]), "use_rep": use_rep}
     if isinstance(model, str) and model == "mean":
         if layers != "last":
             raise ValueError("model='mean' has no layers: use layers='last'")
@@ -91,8 +109,14 @@ def embed_slide(tile_adata, model="gigapath_slide", weights=None, pool: str = "m
         raise ValueError(f"layers={layers!r}: use 'last' or 'all'")
     if coords not in ("grid", "level0"):
         raise ValueError(f"coords={coords!r}: use 'grid' (0.5-mpp grid, default) or 'level0' (raw)")
-    dev = _device(device)
-    dt = _dtype(dtype, dev)
+    if isinstance(model, LongNetSlideEncoder):
+        # a module the user passed keeps its own device and dtype unless asked otherwise (.to() is in place)
+        p = next(model.parameters())
+        dev = p.device if device == "auto" else resolve_device(device)
+        dt = p.dtype if dtype in ("auto", None) else resolve_dtype(dtype, dev)
+    else:
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
     if isinstance(model, LongNetSlideEncoder):
         if weights is not None:
             raise ValueError("weights= is for registry models; the module you passed already has its weights")
@@ -100,10 +124,8 @@ def embed_slide(tile_adata, model="gigapath_slide", weights=None, pool: str = "m
         info.update(model=name, weights="module passed by the user")
         grid_mpp = GRID_MPP
     else:
-        from ..models.registry import get_spec
-
-        spec = get_spec(model, kind="slide")
         _check_dim(tile_adata, X, spec.kwargs.get("in_chans"), spec.name)  # before any download
+        _check_tile_model(tile_adata, use_rep, (spec.extra or {}).get("tile_model"))
         net, minfo = _load_cached(spec, weights, dev, dt)
         name = spec.name
         grid_mpp = float(spec.extra.get("grid_mpp", GRID_MPP))
@@ -141,10 +163,42 @@ def embed_slide(tile_adata, model="gigapath_slide", weights=None, pool: str = "m
 
 # ----------------------------------------------------------------------------------------------------
 
-def _features(adata) -> np.ndarray:
-    X = getattr(adata, "X", None)
-    if X is None or X.ndim != 2 or X.shape[0] == 0:
-        raise ValueError("tile_adata has no tile features in X (expected n_tiles x dim, n_tiles > 0)")
+def _resolve_rep(adata, use_rep, tile_model) -> str:
+    """The obsm key of the tile features (see embed_slide's `use_rep`); refuses another tile model's."""
+    from .embed import feature_key
+
+    feats = [k for k in adata.obsm if k.startswith("X_") and k not in ("X_umap", "X_pca", "X_tsne")]
+    if use_rep is None:
+        want = feature_key(tile_model) if tile_model else None
+        if want and want in adata.obsm:
+            use_rep = want
+        elif len(feats) == 1 and not tile_model:
+            use_rep = feats[0]
+        elif adata.n_vars and not feats:
+            use_rep = "X"
+        else:
+            raise KeyError(f"slide {_slide_id(adata)!r}: which tile features? "
+                           + (f"the slide model expects {want!r}, " if want else "")
+                           + f"obsm holds {feats or 'none'}. Embed the tiles with pk.tl.embed_tiles(tiles, slide, "
+                           f"{tile_model or 'model'!r}) or pass use_rep=")
+    if use_rep != "X" and use_rep not in adata.obsm:
+        raise KeyError(f"slide {_slide_id(adata)!r}: obsm[{use_rep!r}] does not exist (obsm holds {feats}); "
+                       "embed the tiles first with pk.tl.embed_tiles")
+    return use_rep
+
+
+def _check_tile_model(adata, use_rep, tile_model) -> None:
+    made_by = ((adata.uns.get("models") or {}).get(use_rep) or {}).get("name")
+    if tile_model and made_by and made_by not in (tile_model, "external"):
+        raise ValueError(f"slide {_slide_id(adata)!r}: obsm[{use_rep!r}] holds {made_by!r} features, but the slide "
+                         f"model expects {tile_model!r} features: embed the tiles with {tile_model!r}")
+
+
+def _features(adata, use_rep: str = "X") -> np.ndarray:
+    X = adata.X if use_rep == "X" else adata.obsm[use_rep]
+    if X is None or X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"slide {_slide_id(adata)!r} has no tile features in {use_rep!r} (expected n_tiles x dim, "
+                         "n_tiles > 0)")
     if hasattr(X, "toarray"):
         X = X.toarray()
     X = np.asarray(X)
@@ -156,10 +210,11 @@ def _features(adata) -> np.ndarray:
 def _check_dim(adata, X, in_chans, name):
     if in_chans is None or X.shape[1] == int(in_chans):
         return
-    tile_model = (getattr(adata, "uns", {}).get("model") or {}).get("name", "unknown")
+    models = getattr(adata, "uns", {}).get("models") or {}
+    tile_model = ", ".join(sorted({str(v.get("name")) for v in models.values()})) or "unknown"
     raise ValueError(
         f"{name} expects {in_chans}-d tile features; slide {_slide_id(adata)!r} has {X.shape[1]}-d features from "
-        f"tile model {tile_model!r} (uns['model']['name']). Embed the tiles with the matching tile encoder"
+        f"tile model {tile_model!r} (uns['models']). Embed the tiles with the matching tile encoder"
         + (" (gigapath_tile)" if int(in_chans) == 1536 else "") + ", or use model='mean'.")
 
 
@@ -201,28 +256,6 @@ def _grid_xy(adata, xy, tile_size: int, grid_mpp: float) -> np.ndarray:
         size0 = tile_size * grid_mpp / slide_mpp
     centre = (xy + float(size0) / 2) * slide_mpp / grid_mpp
     return np.floor(centre / tile_size) * tile_size
-
-
-def _device(device):
-    import torch
-
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def _dtype(dtype, device):
-    import torch
-
-    if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    if str(dtype).lower() not in names:
-        raise ValueError(f"dtype={dtype!r} is not one of {sorted(names)}")
-    return names[str(dtype).lower()]
 
 
 def _load_cached(spec, weights, device, dtype):

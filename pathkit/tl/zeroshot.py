@@ -142,52 +142,31 @@ def _slides(tiles) -> list[tuple[str, object]]:
     return out
 
 
-def _features(adata, sid, clip_name, tower, use_rep, image_features, weights, device, batch_size, progress):
-    """The slide's tile image embeddings [N, E] from the clip model's image tower."""
+def _features(adata, sid, clip_name, tower, use_rep, image_features):
+    """The slide's tile image embeddings [N, E] from the clip model's image tower: given, or read from
+    ``obsm[use_rep]`` (default ``X_<tower>``). Tiles are never re-read from the slide here."""
+    from .embed import feature_key
+
     if image_features is not None:
         feats = _as_numpy(image_features)
-    elif use_rep is not None:
+    else:
+        use_rep = use_rep or feature_key(tower)
         if use_rep == "X":
             feats = _as_numpy(adata.X if not hasattr(adata.X, "toarray") else adata.X.toarray())
-            made_by = (adata.uns.get("model", {}) or {}).get("name")
-            if made_by and made_by != tower:
-                raise ValueError(
-                    f"slide {sid}: adata.X holds {made_by!r} features, but zero-shot with {clip_name!r} needs the "
-                    f"embeddings of its image tower {tower!r} (pk.tl.embed_tiles(slide, {tower!r})).")
         elif use_rep in adata.obsm:
             feats = _as_numpy(adata.obsm[use_rep])
         else:
-            raise KeyError(f"slide {sid}: use_rep={use_rep!r} is neither 'X' nor a key of obsm "
-                           f"({list(adata.obsm)})")
-    elif (adata.uns.get("model", {}) or {}).get("name") == tower:
-        feats = _as_numpy(adata.X)
-    elif f"X_{tower}" in adata.obsm:
-        feats = _as_numpy(adata.obsm[f"X_{tower}"])
-    else:
-        feats = _embed_slide_tiles(adata, sid, tower, weights, device, batch_size, progress)
-        adata.obsm[f"X_{tower}"] = feats.astype(np.float32)
+            raise KeyError(f"slide {sid}: obsm[{use_rep!r}] does not exist (obsm holds {list(adata.obsm)}). "
+                           f"Zero-shot with {clip_name!r} scores the embeddings of its image tower: run "
+                           f"pk.tl.embed_tiles(tiles, slide, {tower!r}) first, or pass use_rep=")
+        made_by = ((adata.uns.get("models") or {}).get(use_rep) or {}).get("name")
+        if made_by and made_by != tower:
+            raise ValueError(f"slide {sid}: {use_rep!r} holds {made_by!r} features, but zero-shot with "
+                             f"{clip_name!r} needs the embeddings of its image tower {tower!r} "
+                             f"(pk.tl.embed_tiles(tiles, slide, {tower!r})).")
     if feats.ndim != 2 or feats.shape[0] != adata.n_obs:
         raise ValueError(f"slide {sid}: image features have shape {feats.shape}, expected ({adata.n_obs}, dim)")
     return feats
-
-
-def _embed_slide_tiles(adata, sid, tower, weights, device, batch_size, progress):
-    from .embed import embed_tiles
-
-    info = adata.uns.get("slide", {}) or {}
-    path = info.get("path")
-    if not path or "tile_spec" not in adata.uns or not {"x", "y"} <= set(adata.obs):
-        raise ValueError(
-            f"slide {sid}: no image features to score. Pass use_rep= (an obsm key or 'X' holding {tower!r} "
-            f"embeddings), image_features=, or tiles that know their slide (uns['slide']['path'], "
-            "uns['tile_spec'], obs x/y) so they can be embedded here.")
-    table = adata.obs[["x", "y"]].astype("int64").copy()
-    table["tissue"] = adata.obs["tissue"].to_numpy() if "tissue" in adata.obs else 1.0
-    table.index = pd.RangeIndex(len(table))
-    table.attrs["tile_spec"] = dict(adata.uns["tile_spec"])
-    emb = embed_tiles(path, tower, tiles=table, weights=weights, device=device, batch_size=batch_size,
-                      progress=progress)
-    return _as_numpy(emb.X)
 
 
 def _load_encoder(model, weights, device):
@@ -197,21 +176,22 @@ def _load_encoder(model, weights, device):
         return model
     if hasattr(model, "encode_text") and hasattr(model, "logit_scale"):
         return model  # any object with the ClipModel interface (e.g. a user's own model)
-    from .embed import resolve_device
+    from .._device import resolve_device
 
     return load_clip(model, weights=weights, device=resolve_device(device))
 
 
 # ---------------------------------------------------------------------------------------- zero_shot
-def zero_shot(tiles, classes="nsclc", templates=None, model="conch", weights=None, topk=(1, 5, 10, 50),
-              image_features=None, use_rep=None, cohort=None, key_added="zeroshot", n_prompt_sets=50, seed=0,
-              device="auto", batch_size=64, progress=True) -> pd.DataFrame:
+def zero_shot(tiles, classes="nsclc", templates=None, model="conch", *, use_rep=None, weights=None,
+              topk=(1, 5, 10, 50), image_features=None, cohort=None, key_added="zeroshot", n_prompt_sets=50,
+              random_state=0, device="auto", progress=True) -> pd.DataFrame:
     """Zero-shot slide classification from tile embeddings (MI-Zero / CONCH).
 
     Parameters
     ----------
     tiles
-        A tile AnnData (one slide, `pk.tl.embed_tiles` output), or a list / dict {slide_id: AnnData}.
+        A tiles AnnData with features of the model's image tower (`pk.tl.embed_tiles(tiles, slide,
+        "conch_vision")`), or a list / dict {slide_id: AnnData}. The slide is never read here.
     classes
         A prompt-library task ("nsclc", "rcc", "brca", "crc100k"; see `pathkit.tl.prompts`) or a dict
         {class: [class names]}.
@@ -219,37 +199,36 @@ def zero_shot(tiles, classes="nsclc", templates=None, model="conch", weights=Non
         None: CONCH's 22 templates; "mizero": MI-Zero's 16; or a list of strings containing "CLASSNAME".
     model
         A clip registry name ("conch", "plip", "quiltnet") or a loaded `ClipModel`.
+    use_rep
+        The obsm key of the image-tower features; default ``"X_<tower>"`` (e.g. ``"X_conch_vision"``).
+        Features recorded in ``uns["models"]`` as another model's are refused.
     weights
-        Weights of the image-text model (path or "hf_hub:..."); also used for the image tower when tiles
-        must be embedded here. None: the published weights.
+        Weights of the image-text model (path or "hf_hub:..."). None: the published weights.
     topk
         The K values of top-K mean pooling (K is capped by the number of tiles).
     image_features
-        Tile image embeddings of the clip model's image tower: an array [N, E] (one slide) or a list / dict
-        of them. Otherwise `use_rep` ("X" or an obsm key); otherwise X when `uns["model"]["name"]` is the
-        image tower (e.g. "conch_vision"), `obsm["X_<tower>"]` when present, else the slide's tiles are
-        embedded with `pk.tl.embed_tiles(slide, <tower>)` and stored in `obsm["X_<tower>"]`.
+        Tile image embeddings given directly instead of `use_rep`: an array [N, E] (one slide) or a list /
+        dict of them.
     cohort
         Optional cohort AnnData (one row per slide, `obs["slide_id"]` or obs_names = slide ids): receives
         `obs["{key}_pred_k{K}"]`, `obs["{key}_score_{class}_k{K}"]`, `obs["{key}_prob_{class}_k{K}"]` and
         `uns[key]` (classes, ks, logit_scale, templates, per-prompt-set scores).
     key_added
         Prefix of the keys written.
-    n_prompt_sets, seed
-        MI-Zero prompt sets sampled (deterministically from `seed`) for the spread over prompts; 0 to skip.
+    n_prompt_sets, random_state
+        MI-Zero prompt sets sampled (deterministically from `random_state`) for the spread over prompts; 0
+        to skip.
 
-    Writes
-    ------
-    Per tile AnnData: `obs["{key}_{class}"]` (cosine similarity of each tile to each class),
+    Returns
+    -------
+    DataFrame, one row per slide: `pred_k{K}`, `score_{class}_k{K}`, `prob_{class}_k{K}`. Also sets, per
+    tile AnnData: `obs["{key}_{class}"]` (cosine similarity of each tile to each class),
     `obs["{key}_tile_pred"]` (the tile's best class, categorical; tile-level zero-shot) and
     `uns[key]` = {model, classes, class_names, templates, ks, logit_scale, scores [nK, C], probs [nK, C],
     pred (class per K), prompt_set_names [n_sets, C], prompt_set_templates [n_sets, T] (bool),
     prompt_set_scores [n_sets, nK, C]}.
-
-    Returns
-    -------
-    DataFrame, one row per slide: `pred_k{K}`, `score_{class}_k{K}`, `prob_{class}_k{K}`.
     """
+    seed = random_state
     classes = _prompts.get_classes(classes)
     templates = _prompts.get_templates(templates)
     ks = sorted({int(k) for k in ([topk] if np.isscalar(topk) else topk)})
@@ -284,8 +263,7 @@ def zero_shot(tiles, classes="nsclc", templates=None, model="conch", weights=Non
     rows = {}
     set_scores_all = {}
     for i, (sid, adata) in enumerate(slides):
-        feats = _features(adata, sid, clip_name, tower, use_rep,
-                          None if feats_given is None else feats_given[i], weights, device, batch_size, progress)
+        feats = _features(adata, sid, clip_name, tower, use_rep, None if feats_given is None else feats_given[i])
         if feats.shape[1] != text.shape[1]:
             raise ValueError(f"slide {sid}: image features are {feats.shape[1]}-d but {clip_name!r} text embeddings "
                              f"are {text.shape[1]}-d: the features do not come from {tower!r}")
@@ -413,7 +391,7 @@ def _gather(data, key, classes, ks, logit_scale):
     return None, list(classes), sorted(scores), scores, float(logit_scale), None, None
 
 
-def zero_shot_eval(data, labels, ks=None, key="zeroshot", n_prompt_sets=None, seed=None, classes=None,
+def zero_shot_eval(data, labels, ks=None, key="zeroshot", n_prompt_sets=None, random_state=None, classes=None,
                    logit_scale=None, multi_class="ovr") -> pd.DataFrame:
     """Balanced accuracy and AUROC of zero-shot slide predictions, per K.
 
@@ -430,10 +408,10 @@ def zero_shot_eval(data, labels, ks=None, key="zeroshot", n_prompt_sets=None, se
         The K values to report (default: all computed).
     n_prompt_sets
         Use the first n of the MI-Zero prompt sets sampled by `zero_shot` (default: all of them). The sets
-        are drawn in `zero_shot` (its `n_prompt_sets`, `seed`), where the tile features are at hand.
-    seed
+        are drawn in `zero_shot` (its `n_prompt_sets`, `random_state`), where the tile features are at hand.
+    random_state
         When given, checked against the seed the stored prompt sets were drawn with (an error if they
-        differ: rerun `zero_shot(..., seed=)`).
+        differ: rerun `zero_shot(..., random_state=)`).
     multi_class
         AUROC with more than two classes: "ovr" (one-vs-rest macro, default) or "ovo" (what CONCH's
         evaluation code reports).
@@ -445,9 +423,10 @@ def zero_shot_eval(data, labels, ks=None, key="zeroshot", n_prompt_sets=None, se
     `n_slides`. AUROC: binary -> probability of the second class; more classes -> `multi_class` macro.
     """
     ids, cls, all_ks, scores, scale, sets, stored_seed = _gather(data, key, classes, ks, logit_scale)
+    seed = random_state
     if seed is not None and sets is not None and stored_seed is not None and int(seed) != int(stored_seed):
         raise ValueError(f"the stored prompt sets were drawn with seed={stored_seed}, not {seed}; rerun "
-                         f"pk.tl.zero_shot(..., seed={seed}) to draw other sets")
+                         f"pk.tl.zero_shot(..., random_state={seed}) to draw other sets")
     if n_prompt_sets is not None and sets is not None and int(n_prompt_sets) > sets.shape[1]:
         raise ValueError(f"n_prompt_sets={n_prompt_sets} but only {sets.shape[1]} sets were drawn; rerun "
                          f"pk.tl.zero_shot(..., n_prompt_sets={n_prompt_sets})")
