@@ -7,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .._ids import slide_id_from_path
 from ..errors import TableError
 from ..tcga import parse_barcodes
 
-SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".qptiff",
-                    ".dcm", ".czi", ".svslide", ".h5", ".h5ad", ".pt")
 ID_COLUMNS = ("patient_id", "case_id", "bcr_patient_barcode", "submitter_id", "sample_id", "slide_id")
 MAX_LISTED = 50  # ids listed per problem in the report; counts are always complete
 
@@ -36,14 +35,9 @@ def read_table(table, what: str = "table") -> pd.DataFrame:
     raise TableError(f"{what} must be a DataFrame or a path to a CSV/TSV/parquet file, got {type(table).__name__}")
 
 
-def _slide_stem(name) -> str:
-    if not isinstance(name, str):
-        return name
-    base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    for ext in SLIDE_EXTENSIONS:
-        if base.lower().endswith(ext):
-            return base[: -len(ext)]
-    return base
+def _slide_stem(name):
+    """The slide id of a file name (pathkit's one rule, :func:`pathkit._ids.slide_id_from_path`)."""
+    return slide_id_from_path(name)
 
 
 def cohort_from_table(table):
