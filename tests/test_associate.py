@@ -205,3 +205,19 @@ def test_volcano_and_heatmap(egfr_cohort):
     z = np.asarray(hm.data[0].z)
     assert z[0, 0] == pytest.approx(res.query("feature == 'A' and target == 'EGFR'")["statistic"].iloc[0])
     assert hm.data[0].text[0][0] == "*"
+
+
+def test_tile_composition_reads_a_cohorts_tile_files(egfr_cohort, tmp_path):
+    """A cohort from embed_cohort names each slide's tiles in obs['tile_file']; a missing file gives NaN."""
+    md, tiles, share = egfr_cohort
+    slides = md["slides"][:3].copy()
+    files = []
+    for t in tiles[:2]:
+        f = tmp_path / f"{t.obs['slide_id'].iloc[0]}.h5ad"
+        t.write_h5ad(f)
+        files.append(str(f))
+    slides.obs["tile_file"] = files + [str(tmp_path / "gone.h5ad")]
+    props = pk.tl.tile_composition(slides, "leiden")
+    comp = slides.obsm["composition_leiden"]
+    np.testing.assert_allclose(comp["A"].to_numpy()[:2], share[:2])
+    assert comp.iloc[2].isna().all() and len(props) == 2
