@@ -95,7 +95,7 @@ def test_statistics_equal_scipy_and_statsmodels(egfr_cohort):
     sm = pytest.importorskip("statsmodels.api")
     from statsmodels.stats.multitest import multipletests
 
-    md, tiles, _ = egfr_cohort
+    md, _tiles, _ = egfr_cohort
     md = md.copy()
     rng = np.random.default_rng(0)
     slides = md["slides"]
@@ -201,7 +201,7 @@ def test_volcano_and_heatmap(egfr_cohort):
     assert len(fig.data[1].x) == n_sig and len(fig.data[0].x) == len(res) - n_sig
     np.testing.assert_allclose(sorted(fig.data[1].y), sorted(-np.log10(res.loc[res["qvalue"] < 0.05, "pvalue"])))
     hm = pk.pl.association_heatmap(res, top=5)
-    assert list(hm.data[0].x)[0] == "EGFR" and list(hm.data[0].y) == ["A", "B"]
+    assert next(iter(hm.data[0].x)) == "EGFR" and list(hm.data[0].y) == ["A", "B"]
     z = np.asarray(hm.data[0].z)
     assert z[0, 0] == pytest.approx(res.query("feature == 'A' and target == 'EGFR'")["statistic"].iloc[0])
     assert hm.data[0].text[0][0] == "*"

@@ -5,10 +5,10 @@ import warnings
 
 import anndata as ad
 import h5py
+import mudata as mu
 import numpy as np
 import pandas as pd
 import pytest
-import mudata as mu
 import scanpy as sc
 
 import pathkit as pk

@@ -28,7 +28,7 @@ def labelled(shared_data, bag, rna):
     pats = rna.index[:100]
     rng = np.random.default_rng(3)
     lab = pd.Series(rng.permutation(np.repeat([0, 1], 50)), index=pats)
-    md, tiles, share = planted_cohort(shared_data, lab.astype(float), bag=bag, seed=2)
+    md, _tiles, _share = planted_cohort(shared_data, lab.astype(float), bag=bag, seed=2)
     s = md["slides"]
     s.obs["label"] = s.obs["patient_id"].map(lab.map({0: "MSS", 1: "MSI"}))
     flip = pd.Series(False, index=pats)
