@@ -293,3 +293,12 @@ def test_join_levels_sample_slide_and_column(small_cohort):
     small_cohort.obs["site"] = ["x", "x", "y", "z", "w"]
     c = pk.link(small_cohort, pd.DataFrame({"site": ["x", "y"], "centre": ["A", "B"]}), on="site", warn=False)
     assert c.obs["centre"].tolist()[:3] == ["A", "A", "B"] and c.obs["centre"].isna().sum() == 2
+
+
+def test_rna_joined_on_any_column(small_cohort):
+    """on=<column>: the RNA modality is keyed by that column's values, even numeric ones."""
+    small_cohort.obs["batch"] = [1, 1, 2, 3, 3]
+    rna = pd.DataFrame({"batch": [1, 3], "G": [5.0, 7.0]})
+    md = pk.link(small_cohort, rna=rna, on="batch", rna_key="batch", warn=False)
+    assert list(md["rna"].obs_names) == ["1", "3"] and md["rna"].obs["n_slides"].tolist() == [2, 2]
+    assert rna_by_slide(md)["G"].tolist()[:2] == [5.0, 5.0] and np.isnan(rna_by_slide(md)["G"].iloc[2])

@@ -54,9 +54,10 @@ def make_mudata(slides, rna_mod):
         table, info = rna_mod
         key = info["slides_key"]
         ids = slides.obs[key]
-        order = [i for i in pd.unique(ids.dropna()) if i in table.index]
+        table = table.set_axis(table.index.map(str), axis=0)  # ids compared as text (a column join may be numeric)
+        order = [i for i in pd.unique(ids.dropna().astype(str)) if i in table.index]
         m = table.loc[order]
-        r = ad.AnnData(X=m.to_numpy(dtype=np.float64), obs=pd.DataFrame(index=[str(i) for i in order]),
+        r = ad.AnnData(X=m.to_numpy(dtype=np.float64), obs=pd.DataFrame(index=order),
                        var=pd.DataFrame(index=[str(c) for c in m.columns]))
         r.uns["link"] = dict(info)
     counts = ids.dropna().astype(str).value_counts()
