@@ -61,6 +61,7 @@ __all__ = [
     "ClipModel",
     "build_clip",
     "build_conch_vision",
+    "clip_config",
     "conch_tokenizer_path",
     "get_tokenizer",
     "load_clip",
@@ -100,7 +101,7 @@ def _register_entries():
             license="CC-BY-NC-ND 4.0 (weights gated on the HF hub; tokenizer in the conch package)",
             source="https://github.com/mahmoodlab/CONCH (conch/open_clip_custom)",
             description="CONCH: CoCa ViT-B/16 at 448 px, 512-d image/text embeddings",
-            extra={"backend": "conch", "config": CONCH_CONFIG, "tokenizer": "conch", "image_tower": "conch_vision"},
+            extra={"backend": "conch", "config": CONCH_CONFIG, "tokenizer": "conch", "image_tower": "conch_vision_proj"},
         ),
         ModelSpec(
             name="plip", kind="clip", arch="transformers:CLIPModel", embed_dim=512, input_size=224, resize=224,
@@ -200,10 +201,13 @@ class ConchVisual(nn.Module):
         self.ln_contrast = nn.LayerNorm(d)
         self.proj_contrast = nn.Parameter(v["width"] ** -0.5 * torch.randn(d, d))
 
-    def forward(self, x):  # normalised [B, 3, S, S] -> [B, embed_dim], not normalised
+    def forward(self, x, project: bool = True):
+        """normalised [B, 3, S, S] -> [B, embed_dim], not L2-normalised. ``project=False`` stops before
+        `proj_contrast`: CONCH's `encode_image(proj_contrast=False, normalize=False)` (`forward_no_head`),
+        the tile features of the CONCH README, CLAM and TRIDENT."""
         tokens = self.trunk.forward_features(x)
         pooled = self.ln_contrast(self.attn_pool_contrast(tokens)[:, 0])
-        return pooled @ self.proj_contrast
+        return pooled @ self.proj_contrast if project else pooled
 
 
 class _ResidualBlock(nn.Module):
@@ -333,7 +337,7 @@ class _ConchBackend(_Backend):
         return tower
 
     def tower_forward(self, tower, x):
-        return tower.visual(x)
+        return tower.visual(x, project=tower.project)
 
 
 def _trim_after_eot(tokens: torch.Tensor) -> torch.Tensor:
@@ -426,9 +430,11 @@ BACKENDS = {"conch": _ConchBackend(), "hf_clip": _HFClipBackend(), "open_clip": 
 
 class _Tower(nn.Module):
     """An image tower used as a tile encoder. Its parameter names are those of the full image-text model,
-    so `load_state_dict` takes a whole published checkpoint and keeps the image-tower part."""
+    so `load_state_dict` takes a whole published checkpoint and keeps the image-tower part.
+    `project=False` (CONCH only) returns the pooled embedding before the contrastive projection."""
 
     backend: _Backend = None
+    project: bool = True
 
     def forward(self, x):
         return self.backend.tower_forward(self, x)
@@ -439,24 +445,48 @@ class _Tower(nn.Module):
         return super().load_state_dict(sd, strict=strict, assign=assign)
 
 
+TOWER_OUTPUTS = ("projected", "pre_projection")
+
+
 def _tower_builder(clip_name: str):
     def build(spec: ModelSpec) -> nn.Module:
         cspec = get_spec(clip_name, kind="clip")
         backend = BACKENDS[cspec.extra["backend"]]
         cfg = _merge(cspec.extra["config"], spec.extra.get("config"))
+        output = spec.extra.get("tower_output", "projected")
+        if output not in TOWER_OUTPUTS or (output == "pre_projection" and cspec.extra["backend"] != "conch"):
+            raise WeightsError(f"model {spec.name!r}: tower_output {output!r} is not available for {clip_name!r} "
+                               f"(known: {TOWER_OUTPUTS}; 'pre_projection' is CONCH's)")
         tower = backend.build_tower(cfg)
         tower.backend = backend
+        tower.project = output == "projected"
         return tower.eval()
 
+    def spec_for_source(spec: ModelSpec, source) -> ModelSpec:
+        """The tower's architecture config for a weights source, found exactly as `load_clip` finds it
+        (`clip_config`: the checkpoint's companion config overrides the registry's)."""
+        import dataclasses
+
+        if spec.extra.get("config") is not None:  # set explicitly (a variant, a test): used as is
+            return spec
+        cfg, where = clip_config(get_spec(clip_name, kind="clip"), source)
+        return dataclasses.replace(spec, extra={**spec.extra, "config": cfg, "config_source": where})
+
     build.__name__ = f"build_{clip_name}_vision"
-    build.__doc__ = f"Image tower of {clip_name!r}: forward(normalised batch) -> projected image embedding."
+    build.__doc__ = f"Image tower of {clip_name!r}: forward(normalised batch) -> image embedding."
+    build.spec_for_source = spec_for_source
     return build
 
 
 def build_conch_vision(spec: ModelSpec) -> nn.Module:
-    """CONCH's image tower for `pathkit:conch_vision`: forward(normalised [B,3,448,448]) -> [B,512]
-    (projected, not normalised). `load_state_dict` accepts the full CONCH checkpoint."""
+    """CONCH's image tower for `pathkit:conch_vision`: forward(normalised [B,3,448,448]) -> [B,512], the
+    pooled embedding before `proj_contrast` (``extra["tower_output"] = "pre_projection"``, CONCH's
+    `encode_image(proj_contrast=False, normalize=False)`), or the projected one (``"projected"``, the
+    `conch_vision_proj` entry that zero-shot uses). `load_state_dict` accepts the full CONCH checkpoint."""
     return _tower_builder("conch")(spec)
+
+
+build_conch_vision.spec_for_source = _tower_builder("conch").spec_for_source
 
 
 # ----------------------------------------------------------------------------------------- tokenizers
@@ -549,6 +579,14 @@ class ClipModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.net.parameters()).device
 
+    def project_image(self, features: torch.Tensor) -> torch.Tensor:
+        """Tile features of the pre-projection tower (`conch_vision`) -> the L2-normalised embeddings that
+        `encode_image` gives (CONCH: ``features @ proj_contrast``). Other backends' towers are projected."""
+        if self.spec.extra["backend"] != "conch":
+            raise ValueError(f"{self.spec.name}: its image tower is already projected; use its features as they are")
+        w = self.net.visual.proj_contrast
+        return F.normalize(torch.as_tensor(features, dtype=w.dtype, device=w.device) @ w, dim=-1)
+
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised image batch [B, 3, S, S] -> projected, L2-normalised embeddings [B, E]."""
         return F.normalize(self.backend.image(self.net, x.to(self.device)), dim=-1)
@@ -597,6 +635,19 @@ def _companion_config(backend: str, source: str) -> tuple[dict | None, str | Non
     return cfg, str(path)
 
 
+def clip_config(spec: ModelSpec, source, config: dict | None = None) -> tuple[dict, str]:
+    """The architecture config of a clip entry for a weights source: `config` when given, else the
+    checkpoint's companion config (open_clip_config.json / config.json, as open_clip and transformers read
+    it) when there is one, else the registry's. The one code path of `load_clip` and the image-tower tile
+    encoders. Returns (full config, "argument" | "registry" | path of the companion file)."""
+    where = "registry" if config is None else "argument"
+    if config is None:
+        found, at = _companion_config(spec.extra["backend"], str(source))
+        if found is not None:
+            config, where = found, at
+    return _merge(spec.extra["config"], config), where
+
+
 def build_clip(model: str | ModelSpec, config: dict | None = None) -> tuple[nn.Module, dict]:
     """The network of a clip entry with random weights; `config` overrides parts of the entry's config
     (e.g. fewer layers for tests). Returns (net, resolved config)."""
@@ -618,12 +669,8 @@ def load_clip(model: str | ModelSpec, weights=None, device="cpu", *, config: dic
     spec = get_spec(model, kind="clip")
     backend = BACKENDS[spec.extra["backend"]]
     source = weights if weights is not None else (spec.weights[0] if spec.weights else "random")
-    config_source = "registry" if config is None else "argument"
-    if config is None:
-        found, where = _companion_config(spec.extra["backend"], str(source))
-        if found is not None:
-            config, config_source = found, where
-    net, cfg = build_clip(spec, config)
+    cfg, config_source = clip_config(spec, source, config)
+    net, cfg = build_clip(spec, cfg)
     info = {"source": str(source), "sha256": None, "config": config_source}
     if str(source) == "random":
         warnings.warn(

@@ -324,6 +324,9 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
     from ..io.executors import get_executor
     from ..tcga import parse_barcodes
 
+    from ..models.registry import get_spec
+
+    get_spec(tile_model, kind="tile")  # an unknown model fails here, not once per slide
     table = _slides_table(slides, slide_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -143,6 +143,8 @@ def risk_groups(cohort, score, method: str | float = "median", key_added: str = 
     labels
         Custom group names (low to high).
 
+    Returns
+    -------
     Writes an ordered categorical column ``key_added`` (missing scores stay missing) and, for AnnData,
     ``uns[key_added] = {"score", "method", "cutoffs"}``. Returns the column.
     """

@@ -57,20 +57,25 @@ def _rect_path(x0, y0, w, h):
     return xs, ys
 
 
-def slide(slide, tiles, color: str | None = None, alpha: float = 0.5, thumbnail_size: int = 2048, *,
-          palette=None, colorscale: str = "Viridis", highlight=None, tile_size: float | None = None,
-          title: str | None = None, height: int = 700, width: int | None = None, thumbnail=None):
+def slide(tiles, color: str | None = None, slide=None, *, use_rep: str | None = None, alpha: float = 0.5,
+          thumbnail_size: int = 1024, palette=None, colorscale: str = "Viridis", highlight=None,
+          tile_size: float | None = None, title: str | None = None, height: int = 700, width: int | None = None,
+          thumbnail=None, image_format: str = "jpeg"):
     """The slide thumbnail with the tiles drawn over it, coloured by ``color``; zoomable, hover shows values.
 
     Parameters
     ----------
-    slide
-        A Slide (``.thumbnail(size)``, ``.dimensions``).
     tiles
-        Tile AnnData (obs ``x``, ``y``, ``uns["tile_spec"]``) or the DataFrame of ``pk.pp.tile``.
+        Tile AnnData of one slide (``pk.pp.tile``: obs ``x``, ``y``, ``uns["tile_spec"]``, ``uns["slide"]``)
+        or a DataFrame with columns ``x``, ``y`` (then ``tile_size=`` or ``attrs["tile_spec"]``).
     color
-        obs column (leiden, abmil_attention, a zero-shot score, ...), a gene of ``obsm["rna"]`` or a feature
-        index (var name) for AnnData; a column for a DataFrame. ``None``: tiles in one colour.
+        obs column (leiden, abmil_attention, a zero-shot score, ...), a gene of ``obsm["rna"]``, or a feature
+        index of ``obsm[use_rep]`` (``"12"``). ``None``: tiles in one colour.
+    slide
+        The Slide the tiles come from. ``None``: opened from ``tiles.uns["slide"]["path"]`` (drawing pixels
+        is the one reason pathkit reads a slide after tiling); an error says so when that file is not here.
+    use_rep
+        obsm key whose columns ``color`` may index (e.g. ``"X_uni"``).
     alpha
         Opacity of the tile overlay.
     thumbnail_size
@@ -82,15 +87,26 @@ def slide(slide, tiles, color: str | None = None, alpha: float = 0.5, thumbnail_
         Tile side in level-0 px when ``tiles`` carry no ``tile_spec``.
     thumbnail
         A ready PIL thumbnail to reuse (skips reading the slide again).
+    image_format
+        ``"jpeg"`` (default: ~10x smaller notebooks) or ``"png"`` (lossless) for the embedded thumbnail.
 
     Returns
     -------
     ``plotly.graph_objects.Figure`` with traces, in order: ``"thumbnail"`` (go.Image), ``"overlay"``
-    (go.Heatmap of the tile grid, when tiles lie on a regular grid), one empty legend trace per category
-    (categorical colours), ``"tiles"`` (go.Scatter at tile centres: hover, click and box/lasso selection;
-    ``customdata[:, 0]`` = tile row) and ``"selected"`` (outlines of ``highlight``). ``layout.meta`` holds
-    ``scale`` (sx, sy), ``tile_size`` and ``stride`` (level-0 px).
+    (go.Heatmap of the tile grid, when tiles lie on a regular grid; cells without a tile are ``None``),
+    one empty legend trace per category (categorical colours), ``"tiles"`` (go.Scatter at tile centres:
+    hover, click and box/lasso selection; ``customdata[:, 0]`` = tile row) and ``"selected"`` (outlines of
+    ``highlight``). ``layout.meta`` holds ``scale`` (sx, sy), ``tile_size`` and ``stride`` (level-0 px).
     """
+    if hasattr(tiles, "thumbnail") and not hasattr(tiles, "obs"):
+        raise TypeError("pk.pl.slide takes the tiles first: pk.pl.slide(tiles, color, slide=slide) "
+                        "(the slide is optional: it is opened from tiles.uns['slide']['path'])")
+    if slide is None:
+        if not hasattr(tiles, "uns"):
+            raise TypeError("tiles is a DataFrame: pass slide= (a DataFrame carries no uns['slide']['path'])")
+        from ._thumbs import slides_for
+
+        slide = slides_for(tiles, None, required=True)["__one__"]
     import plotly.graph_objects as go
 
     thumb = thumbnail if thumbnail is not None else slide.thumbnail(thumbnail_size)
@@ -100,7 +116,7 @@ def slide(slide, tiles, color: str | None = None, alpha: float = 0.5, thumbnail_
     _check_one_slide(slide, tiles)
     geom = tile_geometry(tiles, slide=slide, tile_size=tile_size)
     xy, n = geom.xy, len(geom.xy)
-    cs = resolve_color(tiles, color, palette)
+    cs = resolve_color(tiles, color, palette, use_rep=use_rep)
     names = (tiles.obs_names if hasattr(tiles, "obs") else tiles.index).astype(str)
 
     cx = (xy[:, 0] + geom.size / 2) * sx
@@ -111,7 +127,7 @@ def slide(slide, tiles, color: str | None = None, alpha: float = 0.5, thumbnail_
         hover = hover + np.asarray([f"<br>{cs.key}: {format_value(v)}" for v in cs.values], dtype=object)
 
     fig = go.Figure()
-    fig.add_trace(go.Image(source=data_uri(thumb), x0=0, y0=0, dx=1, dy=1, name="thumbnail",
+    fig.add_trace(go.Image(source=data_uri(thumb, image_format), x0=0, y0=0, dx=1, dy=1, name="thumbnail",
                            hoverinfo="skip"))
 
     # numeric z for the heatmap: category codes or values
@@ -132,6 +148,8 @@ def slide(slide, tiles, color: str | None = None, alpha: float = 0.5, thumbnail_
         origin = xy.min(axis=0)
         z = np.full((grid[:, 1].max() + 1, grid[:, 0].max() + 1), np.nan)
         z[grid[:, 1], grid[:, 0]] = z_val
+        # NaN (grid cells without a tile, missing values) is not JSON: plotly.js wants null
+        z = [[None if not np.isfinite(v) else float(v) for v in row] for row in z]
         fig.add_trace(go.Heatmap(z=z, x0=(origin[0] + geom.stride / 2) * sx, dx=geom.stride * sx,
                                  y0=(origin[1] + geom.stride / 2) * sy, dy=geom.stride * sy, opacity=alpha,
                                  hoverinfo="skip", name="overlay", **zkw))

@@ -30,11 +30,12 @@ def _thumbnail_rows(n: int, max_thumbnails: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=max_thumbnails, replace=False))
 
 
-def umap(adata, color: str | None = None, thumbnails="auto", slide=None, max_thumbnails: int = 300,
-         thumb_px: int = 96, *, basis: str = "X_umap", palette=None, colorscale: str = "Viridis",
-         size: float = 6, opacity: float = 0.85, hover_keys=("slide_id", "leiden"), title: str | None = None,
-         width: int | None = None, height: int = 600, seed: int = 0, widget: bool = False):
-    """Plotly scatter of ``obsm["X_umap"]`` coloured by an obs column or a gene, with thumbnails.
+def umap(adata, color: str | None = None, *, thumbnails="auto", slide=None, max_thumbnails: int = 100,
+         thumb_px: int = 96, basis: str = "X_umap", use_rep: str | None = None, palette=None,
+         colorscale: str = "Viridis", size: float = 6, opacity: float = 0.85, hover_keys=("slide_id", "leiden"),
+         title: str | None = None, width: int | None = None, height: int = 600, random_state: int = 0,
+         widget: bool = False):
+    """Plotly scatter of ``obsm["X_umap"]`` coloured by an obs column, a gene or a feature; tile thumbnails.
 
     Parameters
     ----------
@@ -43,33 +44,41 @@ def umap(adata, color: str | None = None, thumbnails="auto", slide=None, max_thu
     color
         obs column (categorical: one legend entry per category, colours from ``palette`` or
         ``uns[color + "_colors"]``; numeric: colour bar), a gene of ``obsm["rna"]`` (DataFrame), or a
-        feature (var name). ``None``: one colour.
+        feature index of ``obsm[use_rep]`` (``"12"``). ``None``: one colour.
     thumbnails
-        ``"auto"`` (default): tile thumbnails when a slide is available (``slide=`` or a readable
-        ``uns["slide"]["path"]``; for cohorts, readable ``obs["path"]``), none otherwise.
-        ``True`` / ``"hover"``: required (raises when no slide). ``"map"``: also draw them as images at
-        their points (a static thumbnail map that shows in any renderer). ``False``: none.
-        Hover thumbnails are PNG data URIs in ``customdata[:, 1]``. Plotly's hover label cannot show images,
-        so they appear: in JupyterLab with ``widget=True`` (FigureWidget + an image beside it) or in
-        ``pk.widgets.SlideExplorer``; in HTML written by ``pathkit.pl._thumbs.write_html`` (a hover script,
-        works offline); as a static map with ``thumbnails="map"``.
+        Where the tile thumbnails show; nothing is embedded that no renderer shows.
+
+        - ``"auto"`` (default): with ``widget=True``, the hovered point's tile is read from the slide when
+          hovered and shown in an image panel beside the plot (nothing embedded, so saved notebooks stay
+          small); without a widget, none (JupyterLab's plotly renderer cannot show images on hover).
+        - ``"hover"`` / ``True``: embed up to ``max_thumbnails`` PNG data URIs in ``customdata[:, 1]`` for
+          :func:`pathkit.pl.write_html`, whose page shows them on hover (raises when no slide).
+        - ``"map"``: also draw them as images at their points (a static thumbnail map).
+        - ``False``: none.
+
+        The slide comes from ``slide=``, else a readable ``uns["slide"]["path"]`` (tiles) or ``obs["path"]``
+        (cohorts).
     slide
         A Slide, or a dict slide_id -> Slide for tiles of many slides.
     max_thumbnails
-        At most this many points (a seeded random subset) get a thumbnail, to keep the figure small.
+        At most this many points (a seeded random subset) get an embedded thumbnail.
     thumb_px
         Thumbnail side in pixels.
     basis
         obsm key of the 2-D embedding.
+    use_rep
+        obsm key whose columns ``color`` may index (e.g. ``"X_uni"``).
+    random_state
+        Seed of the subset that gets embedded thumbnails.
     widget
-        Return an ipywidgets box (``.figure`` FigureWidget, ``.image``) that shows the hovered point's
-        thumbnail, for JupyterLab (needs anywidget).
+        Return an ipywidgets box (``.figure`` FigureWidget, ``.image``, ``.caption``) that shows the hovered
+        point's thumbnail, for JupyterLab. It shows a static copy of the figure when the notebook is
+        reopened without a kernel.
 
     Returns
     -------
     ``plotly.graph_objects.Figure`` (or the widget box with ``widget=True``). Every trace has
-    ``customdata`` rows ``[row, thumbnail_uri_or_""]``
-    where ``row`` is the position in ``adata``.
+    ``customdata`` rows ``[row, thumbnail_uri_or_""]`` where ``row`` is the position in ``adata``.
     """
     import plotly.graph_objects as go
 
@@ -78,31 +87,22 @@ def umap(adata, color: str | None = None, thumbnails="auto", slide=None, max_thu
                        "pk.tl.umap(adata) first")
     xy = np.asarray(adata.obsm[basis], dtype=float)[:, :2]
     n = adata.n_obs
-    cs = resolve_color(adata, color, palette)
+    cs = resolve_color(adata, color, palette, use_rep=use_rep)
 
     mode = thumbnails
     if mode not in ("auto", True, False, "hover", "map"):
         raise ValueError(f"thumbnails={thumbnails!r}; use 'auto', True, 'hover', 'map' or False")
     thumbs: dict[int, str] = {}
-    if mode:
-        required = mode != "auto"
-        rows = _thumbnail_rows(n, max_thumbnails, seed)
-        is_tiles = ("x" in adata.obs and "y" in adata.obs) or "spatial" in adata.obsm
-        if is_tiles:
-            slides = _thumbs.slides_for(adata, slide, required)
-            if slides is not None:
-                thumbs = _thumbs.tile_thumbnails(adata, slides, rows, thumb_px)
-        elif "path" in adata.obs or isinstance(slide, dict):
-            from pathlib import Path
+    reader = None
+    if mode == "auto" and widget:
+        reader = _thumbs.thumb_reader(adata, slide, thumb_px, required=False)
+    elif mode and mode != "auto":
+        rows = _thumbnail_rows(n, max_thumbnails, random_state)
+        read = _thumbs.thumb_reader(adata, slide, thumb_px, required=True)
+        from tqdm.auto import tqdm
 
-            ok = isinstance(slide, dict) or all(Path(str(p)).exists() for p in adata.obs["path"].iloc[rows])
-            if ok:
-                thumbs = _thumbs.slide_thumbnails(adata, rows, thumb_px, slide)
-            elif required:
-                raise FileNotFoundError("thumbnails need the slides: obs['path'] has files that are not "
-                                        "readable here; pass slide= a dict slide_id -> Slide")
-        elif required:
-            raise KeyError("thumbnails need tile coordinates (obs x/y) or slide paths (obs['path'])")
+        for r in tqdm(rows, desc="thumbnails", disable=len(rows) < 200, leave=False):
+            thumbs[int(r)] = _thumbs.data_uri(read(int(r)))
 
     hover = _hover_texts(adata, cs, list(hover_keys))
     custom = np.empty((n, 2), dtype=object)
@@ -144,4 +144,4 @@ def umap(adata, color: str | None = None, thumbnails="auto", slide=None, max_thu
                             "thumb_px": thumb_px})
     fig.update_xaxes(showticklabels=False, ticks="")
     fig.update_yaxes(showticklabels=False, ticks="")
-    return _thumbs.hover_widget(fig, thumb_px) if widget else fig
+    return _thumbs.hover_widget(fig, thumb_px, reader=reader) if widget else fig
