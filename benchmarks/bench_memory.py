@@ -37,12 +37,7 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-CACHE = RESULTS / "cache"
-SIDE = 81920
-BLOBS = [{"kind": "rect", "x0": 256, "y0": 256, "x1": SIDE - 256, "y1": SIDE - 256}]
-SLIDE = CACHE / "synthetic_100k.svs"
+from _slide100k import BLOBS, CACHE, RESULTS, ROOT, SIDE, SLIDE  # noqa: F401  (shared slide)
 MODEL = "vit_tiny_test"
 MB = 1 << 20
 

@@ -3,7 +3,7 @@
 #
 # A slide is a *bag* of tile embeddings with one label. Gated-attention MIL (Ilse et al. 2018, as in CLAM) learns
 # a weight per tile (attention) and a slide-level prediction from the attention-weighted mean of its tiles.
-# `pk.tl.train_abmil` splits folds **by patient** — a patient's slides are never in both training and test
+# `pk.tl.cross_validate_mil` splits folds **by patient** — a patient's slides are never in both training and test
 # folds — and reports out-of-fold metrics with bootstrap 95% confidence intervals.
 
 # %%
@@ -65,9 +65,10 @@ print(len(tiles), "slides,", cohort.obs.patient_id.nunique(), "patients")
 cohort.obs.label.value_counts()
 
 # %%
-res = pk.tl.train_abmil(tiles, cohort, label="label", task="binary", folds=FOLDS, split_by="patient_id",
-                        epochs=EPOCHS, patience=3, hidden=64, attn_hidden=32, lr=2e-3, batch_size=2, n_bootstrap=300,
-                        progress=False, seed=0)
+res = pk.tl.cross_validate_mil(tiles, cohort, "abmil", label="label", task="binary", folds=FOLDS,
+                               split_by="patient_id", use_rep="X", epochs=EPOCHS, patience=3, hidden=64,
+                               attn_hidden=32, lr=2e-3, batch_size=2, n_bootstrap=300, progress=False,
+                               random_state=0)
 res.summary
 
 # %% [markdown]
@@ -97,22 +98,20 @@ px.strip(cohort.obs, x="label", y="abmil_prob_positive", color="abmil_fold", hov
 # %% [markdown]
 # ## Does attention point at the planted tiles?
 #
-# Each tile AnnData now has `obs["abmil_attention"]` (weights of the fold model that held the slide out;
+# Each tile AnnData now has `obs["abmil_importance"]` (weights of the fold model that held the slide out;
 # they sum to 1 per slide). For positive slides, compare with the planted mask: the share of the 8 planted tiles
 # among the 8 tiles with the highest attention, and the AUROC of attention for "planted vs not".
 
 # %%
-def auroc(y, s):
-    r = pd.Series(s).rank().to_numpy()
-    return (r[y].sum() - y.sum() * (y.sum() + 1) / 2) / (y.sum() * (~y).sum())
+from sklearn.metrics import roc_auc_score
 
 stats = []
 for sid, a in tiles.items():
     m = planted[sid]
     if m.any():
-        att = a.obs["abmil_attention"].to_numpy()
+        att = a.obs["abmil_importance"].to_numpy()
         top = np.argsort(-att)[: m.sum()]
-        stats.append({"slide": sid, "top8_recall": m[top].mean(), "attention_auroc": auroc(m, att),
+        stats.append({"slide": sid, "top8_recall": m[top].mean(), "attention_auroc": roc_auc_score(m, att),
                       "attention_on_planted": att[m].sum()})
 stats = pd.DataFrame(stats).set_index("slide")
 print(stats.mean().round(3).to_dict())
@@ -123,13 +122,13 @@ stats.head()
 #
 # The image of TCGA-AD-6964 is not in `pk.datasets` (only its tile embeddings), so the heatmap is drawn at the
 # tiles' level-0 coordinates. With the slide file at hand, draw it over the thumbnail:
-# `pk.pl.slide(pk.read_slide(path), tiles[sid], color="abmil_attention")`.
+# `pk.pl.slide(pk.read_slide(path), tiles[sid], color="abmil_importance")`.
 
 # %%
 sid = stats["top8_recall"].idxmax()
 a = tiles[sid]
 df = a.obs.assign(x=a.obsm["spatial"][:, 0], y=a.obsm["spatial"][:, 1])
-fig = px.scatter(df, x="x", y="y", color="abmil_attention", symbol="planted", color_continuous_scale="Inferno",
+fig = px.scatter(df, x="x", y="y", color="abmil_importance", symbol="planted", color_continuous_scale="Inferno",
                  symbol_map={True: "star", False: "square"}, title=f"{sid}: attention (stars = planted tiles)",
                  height=500)
 fig.update_traces(marker_size=11).update_yaxes(autorange="reversed", scaleanchor="x")
@@ -140,8 +139,12 @@ fig.update_layout(legend=dict(orientation="h", y=-0.15))
 #
 # ```python
 # cohort = pk.link(pk.io.cohort_from_table("slides.csv"), clinical="clinical.csv")      # notebook 03
-# res = pk.tl.train_abmil("embeddings/", cohort, label="msi_status", task="binary",      # embed_cohort's folder
-#                         splits=pk.datasets.tcga_tables("coadread")["splits"])   # or folds=5
+# res = pk.tl.cross_validate_mil("embeddings/", cohort, "abmil", label="msi_status", use_rep="X_uni",
+#                                splits=pk.datasets.tcga_tables("coadread")["splits"])   # or folds=5
+# est = pk.tl.MIL("abmil", "binary").fit("embeddings/", cohort, label="msi_status", use_rep="X_uni")
+# est.save("msi_abmil")                                                  # safetensors + JSON config
+# pk.tl.MIL.load("msi_abmil").predict("other/embeddings/", other_cohort) # external validation
 # ```
-# `task="multiclass"`, `"multilabel"`, `"survival"` (discrete-time NLL, PORPOISE) and `"cox"` use the same call;
-# survival is in notebook 05.
+# The other models take the same calls: `"clam_sb"`, `"transmil"`, `"dsmil"`, `"mean"`, `"max"`; tasks
+# `"multiclass"`, `"multilabel"`, `"regression"`, `"survival"` (discrete-time NLL, PORPOISE) and `"cox"`;
+# `bag_by="patient"` pools a patient's slides into one bag. Survival is in notebook 05.

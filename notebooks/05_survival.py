@@ -129,9 +129,10 @@ print(len(tiles), "bags;", int(sim.obs.event.sum()), "deaths; c-index of the pla
       round(pk.tl.cindex(sim.obs.time_months, planted_risk, sim.obs.event), 3))
 
 # %%
-res = pk.tl.train_abmil(tiles, sim, task="cox", time="time_months", event="event", folds=3, split_by="patient_id",
-                        epochs=EPOCHS, patience=3, hidden=64, attn_hidden=32, lr=2e-3, batch_size=8,
-                        n_bootstrap=300, progress=False, seed=0)
+res = pk.tl.cross_validate_mil(tiles, sim, "abmil", task="cox", time="time_months", event="event", folds=3,
+                               split_by="patient_id", use_rep="X", epochs=EPOCHS, patience=3, hidden=64,
+                               attn_hidden=32, lr=2e-3, batch_size=8, n_bootstrap=300, progress=False,
+                               random_state=0)
 res.summary
 
 # %%
@@ -148,8 +149,9 @@ fig.update_layout(legend=dict(x=1.02, xanchor="left", y=1, yanchor="top"))   # l
 # cohort = pk.tl.embed_cohort(slides, "embeddings/", tile_model="gigapath_tile", slide_model="gigapath_slide")
 # cohort = pk.link(cohort, clinical="clinical.csv")
 # pk.tl.cox(cohort, "time_months", "event", ["age", "stage_group", "X_gigapath_slide"], n_components=10, penalizer=0.1)
-# res = pk.tl.train_abmil("embeddings/", cohort, task="survival", time="time_months", event="event",
-#                         splits=pk.datasets.tcga_tables("coadread")["splits"])
+# res = pk.tl.cross_validate_mil("embeddings/", cohort, "abmil", task="survival", time="time_months",
+#                                event="event", use_rep="X_gigapath_tile",
+#                                splits=pk.datasets.tcga_tables("coadread")["splits"])
 # pk.tl.risk_groups(cohort, "abmil_risk"); pk.pl.kaplan_meier(cohort, "time_months", "event", groupby="risk_group")
 # ```
 # ## Interactive: pick the score and the cut-off

@@ -159,7 +159,7 @@ def test_slide_without_tissue(tmp_path):
     msgs = [str(w.message) for w in rec]
     assert any("blank" in m and "no tissue" in m for m in msgs), msgs
     assert any("blank" in m and "no tiles" in m and "0.1" in m for m in msgs), msgs
-    assert list(tiles.obs.columns) == ["slide_id", "x", "y", "tissue"] and len(tiles) == 0
+    assert list(tiles.obs.columns) == ["slide_id", "x", "y", "tissue", "pen", "focus", "qc_pass"] and len(tiles) == 0
     assert tiles.uns["tile_spec"]["mpp"] == 0.5
     with pytest.warns(UserWarning, match="there are no tiles") as rec:
         pk.tl.embed_tiles(tiles, s, "vit_tiny_test", num_workers=0, progress=False)

@@ -97,3 +97,14 @@ def test_cohort_files_are_plain_anndata(in_process):
     assert t.obsm[f"X_{MODEL}"].shape == (6, 192) and t.n_vars == 0
     np.testing.assert_allclose(t.uns["slide_embeddings"]["mean"], t.obsm[f"X_{MODEL}"].mean(0), rtol=1e-5,
                                atol=1e-6)
+
+
+def test_cohort_obs_carries_each_slides_qc(in_process):
+    """Tissue and pen area and the tiles passing QC, per slide, in the cohort table (from uns["qc"])."""
+    out = in_process.uns["cohort"]["out_dir"]
+    for sid in ("s0", "s1"):
+        qc = ad.read_h5ad(f"{out}/{sid}.h5ad").uns["qc"]
+        row = in_process.obs.loc[sid]
+        assert row["tissue_area_mm2"] == pytest.approx(qc["tissue_area_mm2"]) and row["tissue_area_mm2"] > 0
+        assert row["pen_area_mm2"] == pytest.approx(qc["pen_area_mm2"])
+        assert row["n_qc_pass"] == qc["n_pass"] == 6

@@ -12,8 +12,10 @@ from .manifest import (
     write_manifest,
 )
 from .survival_columns import normalise_survival
+from ._geojson import GeoJSONError, read_geojson, write_geojson
 
 __all__ = ["link", "rna_by_slide", "summarise_report", "cohort_from_table", "read_table", "LinkWarning",
            "normalise_survival",
            "validate_manifest", "read_manifest", "write_manifest", "fetch_manifest", "resolve_gdc",
            "manifest_from_files", "FetchError", "read_h5_bag"]
+__all__ += ["read_geojson", "write_geojson", "GeoJSONError"]

@@ -69,7 +69,7 @@ def slide(tiles, color: str | None = None, slide=None, *, use_rep: str | None = 
         Tile AnnData of one slide (``pk.pp.tile``: obs ``x``, ``y``, ``uns["tile_spec"]``, ``uns["slide"]``)
         or a DataFrame with columns ``x``, ``y`` (then ``tile_size=`` or ``attrs["tile_spec"]``).
     color
-        obs column (leiden, abmil_attention, a zero-shot score, ...), a gene of ``obsm["rna"]``, or a feature
+        obs column (leiden, abmil_importance, a zero-shot score, ...), a gene of ``obsm["rna"]``, or a feature
         index of ``obsm[use_rep]`` (``"12"``). ``None``: tiles in one colour.
     slide
         The Slide the tiles come from. ``None``: opened from ``tiles.uns["slide"]["path"]`` (drawing pixels

@@ -1,18 +1,19 @@
-"""Benchmark: 5-fold ABMIL on synthetic bags, CPU, wall time per fold and peak memory.
+"""Benchmark: fit + predict time and peak memory of every MIL model on synthetic bags, CPU.
 
-    python benchmarks/bench_abmil.py                      # 500 bags x 2000 tiles x 768-d, 2 epochs
-    python benchmarks/bench_abmil.py --bags 50 --tiles 200 --epochs 1   # smoke run
+    python benchmarks/bench_mil.py                       # 500 bags x 2000 tiles x 768-d, 2 epochs
+    python benchmarks/bench_mil.py --bags 60 --tiles 2000 --epochs 1 --models abmil mean   # reduced run
+    python benchmarks/bench_mil.py --legacy /tmp/pk-old  # also today's ABMIL from an older checkout
 
 The bags are written once to an .h5ad (dense X, obs["slide_id"]) chunk by chunk, so no process ever holds the
-whole cohort; each measured step then runs in its own process so that its peak RSS is its own:
-
-* ``pathkit lazy``: ``pk.tl.train_abmil("<file>.h5ad", ...)`` reading the file backed, one bag at a time;
-* ``pathkit in-memory`` (``--in-memory``): the same with the whole AnnData loaded first;
-* ``baseline``: mean-pooled bag features + logistic regression (sklearn) on the same patient folds — the
-  usual non-MIL baseline, for time and AUROC.
+whole cohort. Every model is then measured in its own process (so that its peak RSS is its own) on the same
+patient split: ``pk.tl.MIL(model).fit`` on 80% of the patients reading the file backed one bag at a time
+(fixed epochs, no early stop), then ``predict`` on the other 20% (AUROC reported). ``--legacy`` runs the
+pre-estimator ``pk.tl.train_abmil`` (5-fold CV) from a checkout that still has ``pathkit/tl/abmil.py``
+(``git worktree add /tmp/pk-old 76ecde6``) and reports its mean seconds per fold (one fit + one prediction
+on the same split sizes) and peak RSS.
 
 Positive bags get a fixed direction added to 1% of their tiles (the MIL setting: a few informative tiles).
-Prints a table and writes JSON to benchmarks/results/bench_abmil.json.
+Prints a table and writes JSON to benchmarks/results/bench_mil.json.
 """
 from __future__ import annotations
 
@@ -98,54 +99,55 @@ def _cohort(meta):
     return ad.AnnData(obs=obs)
 
 
-def run_pathkit(path, meta, epochs, folds, in_memory, q):
+def _split(meta, seed=0):
+    from pathkit.tl.splits import patient_folds
+
+    tr, te = patient_folds(meta["patient_id"], meta["label"], folds=5, seed=seed)[0]
+    return tr, te
+
+
+def run_model(path, meta, model, epochs, threads, q):
     import torch
+
+    torch.set_num_threads(threads)
+    from sklearn.metrics import roc_auc_score
 
     import pathkit as pk
 
-    tiles = path
-    t_load = 0.0
-    if in_memory:
-        import anndata as ad
+    cohort = _cohort(meta)
+    tr, te = _split(meta)
+    train, test = cohort[tr].copy(), cohort[te].copy()
+    est = pk.tl.MIL(model, "binary", epochs=epochs, patience=epochs, val_fraction=0, progress=False,
+                    random_state=0, device="cpu")
+    t0 = time.perf_counter()
+    est.fit(path, train, label="label", use_rep="X")
+    t_fit = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    est.predict(path, test)
+    t_pred = time.perf_counter() - t0
+    auroc = float(roc_auc_score(test.obs["label"] == "pos", test.obs[f"{model}_prob_pos"]))
+    q.put({"fit_s": t_fit, "predict_s": t_pred, "cpu_s": _cpu_s(), "peak_rss_mb": _peak_rss_mb(), "auroc": auroc,
+           "train_bags": len(tr), "test_bags": len(te), "torch_threads": torch.get_num_threads()})
 
-        t0 = time.perf_counter()
-        tiles = ad.read_h5ad(path)
-        t_load = time.perf_counter() - t0
+
+def run_legacy(root, path, meta, epochs, threads, q):
+    sys.path.insert(0, str(root))
+    import torch
+
+    torch.set_num_threads(threads)
+
+    import pathkit as pk
+
+    assert Path(pk.__file__).resolve().is_relative_to(Path(root).resolve()), pk.__file__
     cohort = _cohort(meta)
     t0 = time.perf_counter()
-    res = pk.tl.train_abmil(tiles, cohort, label="label", task="binary", folds=folds, epochs=epochs,
-                            patience=epochs, progress=False, seed=0, device="cpu")
+    res = pk.tl.train_abmil(path, cohort, label="label", task="binary", folds=5, epochs=epochs, patience=epochs,
+                            progress=False, seed=0, device="cpu", n_bootstrap=0)
     wall = time.perf_counter() - t0
-    per_fold = res.metrics.loc[list(range(folds)), "seconds"].astype(float).tolist()
-    q.put({"wall_s": wall, "cpu_s": _cpu_s(), "load_s": t_load, "per_fold_s": per_fold, "peak_rss_mb": _peak_rss_mb(),
-           "auroc": float(res.summary.loc["auroc", "value"]),
-           "auroc_ci": [float(res.summary.loc["auroc", "ci_lower"]), float(res.summary.loc["auroc", "ci_upper"])],
+    per_fold = res.metrics.loc[list(range(5)), "seconds"].astype(float).tolist()
+    q.put({"fit_predict_s_per_fold": float(np.mean(per_fold)), "wall_s": wall, "cpu_s": _cpu_s(),
+           "peak_rss_mb": _peak_rss_mb(), "auroc": float(res.summary.loc["auroc", "value"]),
            "torch_threads": torch.get_num_threads()})
-
-
-def run_baseline(path, meta, folds, q):
-    import anndata as ad
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-
-    from pathkit.tl.splits import patient_folds
-
-    t0 = time.perf_counter()
-    a = ad.read_h5ad(path, backed="r")
-    n_bags = len(meta["slide_id"])
-    n_tiles = a.n_obs // n_bags
-    means = np.stack([np.asarray(a.X[b * n_tiles:(b + 1) * n_tiles]).mean(0) for b in range(n_bags)])
-    t_read = time.perf_counter() - t0
-    y = np.asarray(meta["label"])
-    pred = np.zeros(n_bags)
-    per_fold = []
-    for tr, te in patient_folds(meta["patient_id"], y, folds=folds, seed=0):
-        t1 = time.perf_counter()
-        clf = LogisticRegression(max_iter=2000).fit(means[tr], y[tr])
-        pred[te] = clf.predict_proba(means[te])[:, 1]
-        per_fold.append(time.perf_counter() - t1 + t_read / folds)
-    q.put({"wall_s": time.perf_counter() - t0, "cpu_s": _cpu_s(), "per_fold_s": per_fold, "peak_rss_mb": _peak_rss_mb(),
-           "auroc": float(roc_auc_score(y, pred))})
 
 
 def _in_process(target, *args):
@@ -164,8 +166,9 @@ def main(argv=None):
     ap.add_argument("--tiles", type=int, default=2000)
     ap.add_argument("--dim", type=int, default=768)
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--in-memory", action="store_true", help="also time training from an in-memory AnnData")
+    ap.add_argument("--models", nargs="+", default=["abmil", "clam_sb", "transmil", "dsmil", "mean", "max"])
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per measured process")
+    ap.add_argument("--legacy", default=None, help="a checkout with pathkit/tl/abmil.py (today's ABMIL)")
     ap.add_argument("--workdir", default=None, help="where the synthetic .h5ad goes (default: a temp dir)")
     ap.add_argument("--reuse", action="store_true", help="reuse the .h5ad already in --workdir")
     args = ap.parse_args(argv)
@@ -175,7 +178,7 @@ def main(argv=None):
     import sklearn
     import torch
 
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="pathkit_bench_abmil_"))
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="pathkit_bench_mil_"))
     workdir.mkdir(parents=True, exist_ok=True)
     path = str(workdir / f"bags_{args.bags}x{args.tiles}x{args.dim}.h5ad")
     t0 = time.perf_counter()
@@ -189,34 +192,34 @@ def main(argv=None):
           + ("(reused)" if args.reuse and t_make < 1 else f"(written in {t_make:.0f} s)"), flush=True)
 
     rows = {}
-    rows["pathkit lazy (backed h5ad)"] = _in_process(run_pathkit, path, meta, args.epochs, args.folds, False)
-    print("pathkit lazy done", flush=True)
-    if args.in_memory:
-        rows["pathkit in-memory AnnData"] = _in_process(run_pathkit, path, meta, args.epochs, args.folds, True)
-    rows["baseline mean-pool + logreg"] = _in_process(run_baseline, path, meta, args.folds)
-    base = rows["baseline mean-pool + logreg"]
+    for m in args.models:
+        rows[m] = _in_process(run_model, path, meta, m, args.epochs, args.threads)
+        print(f"{m} done: {rows[m]}", flush=True)
+    legacy = _in_process(run_legacy, args.legacy, path, meta, args.epochs, args.threads) if args.legacy else None
 
-    print(f"\n5-fold ABMIL, {args.epochs} epochs/fold (no early stop), batch 1 bag, CPU "
-          f"({torch.get_num_threads()} torch threads, {os.cpu_count()} cores, load average "
-          f"{os.getloadavg()[0]:.1f})")
-    hdr = (f"{'method':30s} {'s/fold (mean)':>14s} {'total s':>9s} {'x baseline':>10s} {'CPU s':>8s} "
-           f"{'peak RSS MB':>12s} {'AUROC':>7s}")
+    print(f"\nfit on {rows[args.models[0]]['train_bags']} bags ({args.epochs} epochs, batch 1 bag), predict "
+          f"{rows[args.models[0]]['test_bags']} bags; CPU ({args.threads} torch threads, "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f})")
+    hdr = f"{'model':28s} {'fit s':>8s} {'predict s':>10s} {'CPU s':>8s} {'peak RSS MB':>12s} {'AUROC':>7s}"
     print(hdr)
     print("-" * len(hdr))
     for name, r in rows.items():
-        mean_fold = float(np.mean(r["per_fold_s"]))
-        print(f"{name:30s} {mean_fold:14.1f} {r['wall_s']:9.1f} {r['wall_s'] / base['wall_s']:10.1f} "
-              f"{r['cpu_s']:8.0f} {r['peak_rss_mb']:12.0f} {r['auroc']:7.3f}")
-    out = {"config": vars(args), "data_gb": size_gb, "results": rows,
+        print(f"{name:28s} {r['fit_s']:8.1f} {r['predict_s']:10.1f} {r['cpu_s']:8.0f} {r['peak_rss_mb']:12.0f} "
+              f"{r['auroc']:7.3f}")
+    if legacy:
+        print(f"{'today train_abmil (per fold)':28s} {legacy['fit_predict_s_per_fold']:19.1f} {legacy['cpu_s']:8.0f}"
+              f" {legacy['peak_rss_mb']:12.0f} {legacy['auroc']:7.3f}")
+    out = {"config": vars(args), "data_gb": size_gb, "results": rows, "legacy_train_abmil": legacy,
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
-                       "torch": torch.__version__, "anndata": version("anndata"), "sklearn": sklearn.__version__},
+                       "torch": torch.__version__, "anndata": version("anndata"), "sklearn": sklearn.__version__,
+                       "load_average": os.getloadavg()},
            "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     res_dir = ROOT / "benchmarks" / "results"
     res_dir.mkdir(parents=True, exist_ok=True)
-    tmp = res_dir / "bench_abmil.json.tmp"
+    tmp = res_dir / "bench_mil.json.tmp"
     tmp.write_text(json.dumps(out, indent=2))
-    os.replace(tmp, res_dir / "bench_abmil.json")
-    print(f"\nwrote {res_dir / 'bench_abmil.json'}")
+    os.replace(tmp, res_dir / "bench_mil.json")
+    print(f"\nwrote {res_dir / 'bench_mil.json'}")
     if not args.workdir:
         os.remove(path)
 
