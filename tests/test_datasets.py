@@ -186,7 +186,7 @@ def test_fetch_serves_the_shared_folder_offline(shared_data, monkeypatch):
     for name in datasets.registry.name:
         assert datasets.fetch(name) == shared_data / name
     cohort = datasets.tcga_coadread()
-    assert cohort.n_obs == 301 and cohort.obsm["rna"].shape[1] == 1577
+    assert cohort["slides"].n_obs == 301 and cohort["rna"].n_vars == 1577  # a MuData: slides + RNA modality
     bag = datasets.tcga_coad_bag()
     assert bag.shape == (777, 512) and bag.uns["slide"]["mpp"] == 0.25
 

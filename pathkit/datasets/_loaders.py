@@ -77,7 +77,7 @@ def tcga_tables(cancer: str = "coadread") -> dict:
 
 def tcga_cohort(cancer: str = "coadread", *, clinical: bool = True, rna: bool = True,
                 slides_per_patient: str = "all", warn: bool = False):
-    """A linked TCGA cohort AnnData: one row per diagnostic slide, clinical columns, ``obsm["rna"]``.
+    """A linked TCGA cohort: one row per diagnostic slide with clinical columns, and the RNA modality.
 
     Built with :func:`pathkit.io.cohort_from_table` and :func:`pathkit.link` from SurvPath's tables
     (see :func:`tcga_tables`); ``uns["link_report"]`` says what did not line up.
@@ -95,8 +95,9 @@ def tcga_cohort(cancer: str = "coadread", *, clinical: bool = True, rna: bool = 
 
     Returns
     -------
-    AnnData with obs ``slide_id``, ``patient_id``, ``time_months``, ``event`` (1 = death), clinical columns,
-    ``obsm["rna"]`` (patients x genes, log2), ``uns["link_report"]``.
+    MuData (``rna=True``) with ``"slides"`` (obs ``slide_id``, ``patient_id``, ``time_months``, ``event``
+    (1 = death), clinical columns, ``uns["link_report"]``) and ``"rna"`` (patients x genes, log2); the slides
+    AnnData alone when ``rna=False``.
     """
     from ..io import cohort_from_table, link
 

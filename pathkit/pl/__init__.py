@@ -4,5 +4,7 @@ from ._umap import umap
 from ._slide import slide
 from ._thumbs import write_html
 from ._qc import qc
+from ._associate import association_heatmap, encoder_comparison, volcano
 
 __all__ = ["kaplan_meier", "umap", "slide", "write_html", "qc"]
+__all__ += ["volcano", "association_heatmap", "encoder_comparison"]

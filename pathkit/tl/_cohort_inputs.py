@@ -17,7 +17,7 @@ STATE_FILE = "cohort_state.json"
 
 def _slides_table(slides, slide_dir) -> pd.DataFrame:
     """Normalise ``slides`` into a DataFrame with path, slide_id (+ mpp, expected sha256, extra columns)."""
-    from ..io.link import read_table
+    from ..io import read_table
     from ..io.manifest import validate_manifest
 
     if isinstance(slides, (str, os.PathLike)):
