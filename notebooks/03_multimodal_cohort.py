@@ -2,7 +2,8 @@
 # # 03 · A multimodal cohort: slides + TCGA clinical + RNA-seq
 #
 # A cohort in pathkit is one AnnData with **one row per slide**: clinical columns in `obs`, RNA-seq aligned to
-# the same rows in `obsm["rna"]` (and slide embeddings in `obsm["X_<model>"]` once computed).
+# its own modality: `pk.link(..., rna=...)` returns a MuData with `"slides"` (one row per slide; slide embeddings
+# in `obsm["X_<model>"]` once computed) and `"rna"` (one row per patient, genes as variables, never copied per slide).
 # `pk.link` joins the tables at the level you name (patient by default) and writes `uns["link_report"]`:
 # everything that did not line up — unmatched ids on both sides, duplicates, conflicting values, ids that are
 # not TCGA barcodes. Nothing is dropped silently.
@@ -66,10 +67,11 @@ parts[["patient", "sample", "sample_type_name", "slide_type", "slide_number"]].v
 # %%
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always", pk.io.LinkWarning)
-    cohort = pk.link(cohort, clinical=CLINICAL, rna=RNA)
+    mdata = pk.link(cohort, clinical=CLINICAL, rna=RNA)
 for w in caught:
     print(w.message)
-cohort
+cohort = mdata["slides"]   # one row per slide; mdata["rna"]: one row per patient
+mdata
 
 # %%
 rep = cohort.uns["link_report"]
@@ -91,7 +93,8 @@ counts.astype("Int64")
 #   dropped.
 # - **`n_table_ids_unmatched`**: ids of the table that have no slide (here the non-TCGA ids and TCGA patients
 #   without a diagnostic slide in this table).
-# - **rna `n_genes`**: genes aligned into `obsm["rna"]`; slides of patients without RNA get a row of NaN.
+# - **rna `n_genes`**: genes of `mdata["rna"]` (one row per patient with slides and RNA); patients without RNA
+#   have no row there (listed in `cohort_ids_unmatched`).
 # - **`n_conflicting_columns`**: columns present on both sides whose values disagree (kept from the cohort; the
 #   table's values go to `<col>_clinical`).
 
@@ -113,8 +116,9 @@ print("survival columns:", {k: v["rule"] for k, v in cohort.uns["survival"].item
 
 # %%
 cdr = pk.datasets.tcga_cdr()   # the GDC xlsx, converted once to CSV
-cohort = pk.link(cohort, clinical=cdr[["bcr_patient_barcode", "type", "gender", "ajcc_pathologic_tumor_stage",
-                                       "OS", "OS.time"]], clinical_name="tcga_cdr")
+mdata = pk.link(mdata, clinical=cdr[["bcr_patient_barcode", "type", "gender", "ajcc_pathologic_tumor_stage",
+                                     "OS", "OS.time"]], clinical_name="tcga_cdr")   # the RNA modality is kept
+cohort = mdata["slides"]
 r = cohort.uns["link_report"]["tcga_cdr"]
 print(f"CDR: {r['n_rows']} patients (33 cancer types), {r['n_matched_ids']} matched, "
       f"{r['n_table_ids_unmatched']} without a slide here; conflicts with the cohort: {r['conflicts'] or 'none'}")
@@ -136,7 +140,7 @@ print("tile embeddings:", bag.obs.slide_id.iloc[0], bag.shape)
 row[cols].T
 
 # %%
-rna = cohort.obsm["rna"]
+rna = pk.io.rna_by_slide(mdata)   # a slides x genes view (each slide shows its patient's row of mdata["rna"])
 print("RNA for", PATIENT, ":", rna.loc[row.index].notna().all(axis=1).item(), "|", rna.shape[1], "genes")
 rna.loc[row.index, ["IDO1", "CDK1", "CDH1", "VIM"]]
 
@@ -157,16 +161,17 @@ fig
 # ## A hallmark score from the RNA layer
 #
 # The 50 MSigDB Hallmark gene sets summarise pathways. A simple per-sample score: z-score each gene across
-# patients, average the z-scores of the set's genes that were measured. (Only 1,577 genes are in this table,
+# patients, scanpy's `score_genes` (mean of the set's measured genes minus expression-matched control genes), through `pk.tl.pathway_scores`. (Only 1,577 genes are in this table,
 # so each set is partly covered; the coverage is printed.)
 
 # %%
 hallmarks = pk.datasets.hallmarks()
 SET = "HALLMARK_INTERFERON_GAMMA_RESPONSE"
-genes = [g for g in hallmarks[SET].dropna() if g in rna.columns]
-print(f"{SET}: {len(genes)} of {hallmarks[SET].notna().sum()} genes measured")
-z = (rna[genes] - rna[genes].mean()) / rna[genes].std()
-cohort.obs["ifng_score"] = z.mean(axis=1)
+pk.tl.pathway_scores(mdata, hallmarks, min_genes=5)   # scanpy's score_genes on mdata["rna"], all 50 sets
+n = mdata["rna"].uns["pathways_score_genes"]["n_genes"][SET]
+print(f"{SET}: {n} of {hallmarks[SET].notna().sum()} genes measured")
+scores = mdata["rna"].obsm["pathways_score_genes"]          # patients x sets
+cohort.obs["ifng_score"] = cohort.obs["patient_id"].map(scores[SET])
 mine = float(cohort.obs.loc[row.index, "ifng_score"].iloc[0])
 print(f"{PATIENT}: score {mine:.2f}, above {(cohort.obs.ifng_score < mine).mean():.0%} of the cohort's slides")
 fig = px.box(cohort.obs.dropna(subset=["ifng_score"]), x="oncotree_code", y="ifng_score", points="all",
@@ -177,16 +182,10 @@ fig.add_hline(y=mine, line_dash="dot",
 # %% [markdown]
 # ## Saving, and MuData
 #
-# The cohort is a plain AnnData (`obsm["rna"]` is a DataFrame aligned with obs). For tools that expect one
-# object per modality, `pk.io.to_mudata` makes a MuData with modalities `"slides"` and `"rna"` (needs the
-# optional package `mudata`).
+# The linked cohort is a MuData (`"slides"` + `"rna"`); it is saved as one `.h5mu` file and read back with
+# `mudata.read_h5mu`. scanpy and decoupler work on `mdata["rna"]` directly.
 
 # %%
-cohort.write_h5ad(out / "coadread_cohort.h5ad")
 warnings.filterwarnings("ignore", category=FutureWarning, module="mudata")   # mudata 0.3 -> 0.4 notice
-try:
-    mdata = pk.io.to_mudata(cohort)
-    mdata.write(out / "coadread_cohort.h5mu")
-    print(mdata)
-except ImportError as e:
-    print("MuData export skipped:", e)
+mdata.write(out / "coadread_cohort.h5mu")
+print(mdata)

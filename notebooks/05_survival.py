@@ -21,7 +21,8 @@ import plotly.express as px
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", pk.io.LinkWarning)   # the report is discussed in notebook 03
-    cohort = pk.datasets.tcga_coadread(slides_per_patient="first_dx")   # pk.link of SurvPath's tables
+    mdata = pk.datasets.tcga_coadread(slides_per_patient="first_dx")   # pk.link of SurvPath's tables
+cohort = mdata["slides"]
 obs = cohort.obs
 print(f"{cohort.n_obs} patients, {int(obs.event.sum())} deaths, median follow-up {obs.time_months.median():.1f} months")
 obs.stage.value_counts(dropna=False)
@@ -75,7 +76,7 @@ fig.add_vline(x=1, line_dash="dot")
 # components enter a penalised Cox model: `covariates=["age", "X_gigapath_slide"], n_components=10`.
 #
 # > **Stand-in used here.** `pk.datasets` has no slide embeddings for this cohort, so the **RNA-seq profile
-# > (`obsm["rna"]`, 1,577 genes) plays the role of the embedding**: the call and the output are the same. With
+# > (`mdata["rna"]`, 1,577 genes) plays the role of the embedding**: the call and the output are the same. With
 # > real slide embeddings, only the obsm key changes.
 #
 # The penalty (`penalizer`, ridge by default) keeps ten correlated components from over-fitting 300 patients
@@ -83,8 +84,9 @@ fig.add_vline(x=1, line_dash="dot")
 # for ABMIL below.
 
 # %%
-has_rna = cohort.obsm["rna"].notna().all(axis=1).to_numpy()
+has_rna = cohort.obs["patient_id"].isin(mdata["rna"].obs_names).to_numpy()
 rna_cohort = cohort[has_rna].copy()
+rna_cohort.obsm["rna"] = pk.io.rna_by_slide(mdata).loc[rna_cohort.obs_names].to_numpy()   # one slide per patient
 pcox = pk.tl.cox(rna_cohort, time="time_months", event="event", covariates=["age", "rna"], n_components=N_PCS,
                  penalizer=0.1)
 print(f"n = {pcox.n}, events = {pcox.n_events}, in-sample c-index = {pcox.concordance:.3f}")

@@ -45,8 +45,9 @@ slides[["case_id", "slide_id", "survival_months", "censorship"]].head()
 # %%
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always", pk.io.LinkWarning)
-    cohort = pk.link(pk.io.cohort_from_table(tables["slides"]), clinical=tables["clinical"], rna=tables["rna"],
-                     slides_per_patient="first_dx")
+    mdata = pk.link(pk.io.cohort_from_table(tables["slides"]), clinical=tables["clinical"], rna=tables["rna"],
+                    slides_per_patient="first_dx")
+cohort = mdata["slides"]
 print(caught[0].message if caught else "no linking problems")
 obs = cohort.obs
 print(f"{cohort.n_obs} patients, {int(obs.event.sum())} deaths")
@@ -117,8 +118,8 @@ cox.summary[["exp(coef)", "hr_lower", "hr_upper", "p"]].round(3)
 # %%
 from sklearn.decomposition import PCA
 
-data = staged[staged.obsm["rna"].notna().all(axis=1).to_numpy()].copy()
-rna = data.obsm["rna"].to_numpy(float)
+data = staged[staged.obs.patient_id.isin(mdata["rna"].obs_names).to_numpy()].copy()
+rna = pk.io.rna_by_slide(mdata).loc[data.obs_names].to_numpy(float)
 histology = pd.get_dummies(data.obs.stage_group, prefix="stage", dtype=float).drop(columns="stage_I-II")
 histology["mucinous"] = data.obs.mucinous.to_numpy()
 ids = data.obs.patient_id.to_numpy()
