@@ -37,7 +37,9 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="bench_cohort_"))
     slides = [pk.datasets.synthetic_slide(work / f"slide{i}.svs", width=args.size, height=args.size, seed=i)
               for i in range(args.slides)]
-    kw = dict(tile_model="vit_tiny_test", embed_kwargs=dict(device="cpu", num_workers=0, batch_size=32),
+    # default reader settings, as a user runs it: DataLoader workers in-process, readers in the worker
+    # process under Dask (its workers are daemonic); float32 so every executor computes the same numbers
+    kw = dict(tile_model="vit_tiny_test", embed_kwargs=dict(device="cpu", dtype="float32", batch_size=32),
               slide_model=None, progress=False)
     rows = []
     warm = pk.datasets.synthetic_slide(work / "warmup.svs", width=1024, height=1024, seed=99)

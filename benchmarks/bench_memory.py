@@ -37,12 +37,7 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-CACHE = RESULTS / "cache"
-SIDE = 81920
-BLOBS = [{"kind": "rect", "x0": 256, "y0": 256, "x1": SIDE - 256, "y1": SIDE - 256}]
-SLIDE = CACHE / "synthetic_100k.svs"
+from _slide100k import BLOBS, CACHE, RESULTS, ROOT, SIDE, SLIDE  # noqa: F401  (shared slide)
 MODEL = "vit_tiny_test"
 MB = 1 << 20
 
@@ -117,33 +112,21 @@ def _baseline() -> tuple[int, int]:
 
 # ---------------------------------------------------------------------------------------------- children
 def _table_cache(slide) -> Path:
-    return Path(str(slide.path) + ".tiles.npz")
+    return Path(str(slide.path) + ".tiles.h5ad")
 
 
 def _tiles(slide, n=None):
-    """The slide's tile table (the tiling child saves it next to the slide; embedding children reuse it)."""
-    import numpy as np
-    import pandas as pd
+    """The slide's tiles AnnData (the tiling child saves it next to the slide; embedding children reuse it)."""
+    import anndata as ad
 
     import pathkit as pk
 
     cache = _table_cache(slide)
-    if n is None or not cache.is_file():
+    tiles = ad.read_h5ad(cache) if n is not None and cache.is_file() else None
+    if tiles is None or tiles.uns["slide"]["sha256"] != slide.sha256():
         tiles = pk.pp.tile(slide)
-        np.savez(cache, x=tiles["x"].to_numpy(), y=tiles["y"].to_numpy(), tissue=tiles["tissue"].to_numpy(),
-                 spec=json.dumps(tiles.attrs["tile_spec"]), size=slide.path.stat().st_size)
-    else:
-        z = np.load(cache)
-        if int(z["size"]) != slide.path.stat().st_size:
-            cache.unlink()
-            return _tiles(slide, n)
-        tiles = pd.DataFrame({"x": z["x"], "y": z["y"], "tissue": z["tissue"]})
-        tiles.attrs["tile_spec"] = json.loads(str(z["spec"]))
-    if n is not None:
-        spec = tiles.attrs["tile_spec"]
-        tiles = tiles.iloc[:n].reset_index(drop=True)
-        tiles.attrs["tile_spec"] = spec
-    return tiles
+        tiles.write_h5ad(cache)
+    return tiles if n is None else tiles[:n].copy()
 
 
 def child_tiling(args) -> dict:
@@ -209,12 +192,13 @@ def child_pathkit(args) -> dict:
     t0 = time.perf_counter()
     with Sampler() as s, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        a = pk.tl.embed_tiles(slide, MODEL, tiles=tiles, num_workers=args.workers, batch_size=args.batch_size,
-                              progress=False)
+        pk.tl.embed_tiles(tiles, slide, MODEL, dtype="float32", num_workers=args.workers,
+                          batch_size=args.batch_size, progress=False)
     del enc
-    return {"n_tiles": int(a.n_obs), "dim": int(a.n_vars), "seconds": time.perf_counter() - t0,
+    X = tiles.obsm[f"X_{MODEL}"]
+    return {"n_tiles": int(tiles.n_obs), "dim": int(X.shape[1]), "seconds": time.perf_counter() - t0,
             "base_pss": base_pss, "peak_pss": s.peak_pss, "base_rss": base_rss, "peak_rss": s.peak_rss,
-            "workers": s.max_children, "output_bytes": int(a.X.nbytes), "at_peak": s.at_peak}
+            "workers": s.max_children, "output_bytes": int(X.nbytes), "at_peak": s.at_peak}
 
 
 def child_naive(args) -> dict:
@@ -222,7 +206,7 @@ def child_naive(args) -> dict:
     import torch
 
     import pathkit as pk
-    from pathkit.tl.embed import TilePreprocess
+    from pathkit.tl._preprocess import TilePreprocess
 
     torch.set_num_threads(args.threads)
     slide = pk.read_slide(args.slide)
@@ -233,7 +217,7 @@ def child_naive(args) -> dict:
     t0 = time.perf_counter()
     with Sampler() as s, torch.inference_mode():
         pixels = np.stack([slide.read_tile(int(x), int(y), tile_px=256, mpp=0.5)
-                           for x, y in zip(tiles["x"], tiles["y"])])          # N x 256 x 256 x 3 uint8
+                           for x, y in zip(tiles.obs["x"], tiles.obs["y"])])          # N x 256 x 256 x 3 uint8
         x = pre(torch.from_numpy(pixels), channels_last_input=True)          # N x 3 x 224 x 224 float32
         feats = torch.cat([enc(x[i:i + args.batch_size]) for i in range(0, len(x), args.batch_size)]).numpy()
     return {"n_tiles": len(feats), "dim": int(feats.shape[1]), "seconds": time.perf_counter() - t0,

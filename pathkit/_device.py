@@ -7,6 +7,7 @@ as float32 at cosine 0.9999 to the float32 features) and float32 elsewhere; ``"f
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -73,3 +74,15 @@ def dtype_name(dtype: torch.dtype) -> str:
 def autocast(device: torch.device, dtype: torch.dtype):
     """An autocast context for `dtype` on `device` (a no-op for float32)."""
     return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def _one_thread_after_fork() -> None:
+    # GNU OpenMP is not fork-safe: in a child forked from a process that already ran a parallel torch op
+    # (a notebook that embedded a slide, then a fork-based ProcessPoolExecutor or multiprocessing.Pool), the
+    # child's first parallel op waits forever on the parent's thread pool. One intra-op thread in forked
+    # children avoids that, as PyTorch's own DataLoader workers do; spawn-based pools (Dask) are unaffected.
+    torch.set_num_threads(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_one_thread_after_fork)

@@ -1,7 +1,7 @@
 """`pathkit demo`: sample slide -> tissue -> tiles -> embeddings, offline on a fresh machine.
 
-Uses the public CMU-1-Small-Region slide when it can be had (cache, $PATHKIT_SAMPLE_SLIDE or a download),
-otherwise a generated synthetic slide, and the 2-block test ViT `vit_tiny_test` with RANDOM weights, so
+Uses the public CMU-1-Small-Region H&E slide shipped inside pathkit (or $PATHKIT_SAMPLE_SLIDE); only an
+install without its package data falls back to a download, then to a generated synthetic slide; and the 2-block test ViT `vit_tiny_test` with RANDOM weights, so
 the run needs no network and no gated model. It says plainly which data and weights it used.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ DEMO_MODEL = "vit_tiny_test"
 
 
 def _sample():
-    """(path, source) with source "env" | "cache" | "download" | "synthetic" (sample_slide's words)."""
+    """(path, source) with source "env" | "cache" | "package" | "download" | "synthetic"."""
     from . import datasets
 
     with warnings.catch_warnings():
@@ -30,6 +30,7 @@ def _describe_source(path: Path, info: dict) -> str:
         return (f"a SYNTHETIC generated slide at {path} - the real sample could not be downloaded "
                 f"({why.splitlines()[0][:120]})")
     how = {"env": "local copy from $PATHKIT_SAMPLE_SLIDE", "cache": "cached download",
+           "package": "shipped with pathkit, sha256 checked",
            "download": "downloaded now, sha256 checked"}.get(info.get("source"), info.get("source"))
     return f"the real public OpenSlide sample CMU-1-Small-Region (Aperio SVS, CC0; {how}) at {path}"
 

@@ -15,6 +15,7 @@ The UUID after the dot of a slide file name is the slide image's own id; it is N
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import PurePath
@@ -149,9 +150,9 @@ def parse_barcode(barcode) -> Barcode:
     if not _PARTICIPANT.match(parts[2]):
         _bad(raw, f"participant {parts[2]!r} must be 4 letters/digits")
     patient = "-".join(parts[:3])
-    f = dict(barcode="-".join(parts), patient=patient, sample=None, sample_type=None, sample_type_name=None,
-             tissue=None, vial=None, portion=None, analyte=None, plate=None, center=None, slide=None,
-             slide_type=None, slide_number=None, uuid=uuid, level="patient")
+    f = {"barcode": "-".join(parts), "patient": patient, "sample": None, "sample_type": None,
+         "sample_type_name": None, "tissue": None, "vial": None, "portion": None, "analyte": None, "plate": None,
+         "center": None, "slide": None, "slide_type": None, "slide_number": None, "uuid": uuid, "level": "patient"}
     if len(parts) > 3:
         m = _SAMPLE.match(parts[3])
         if not m:
@@ -224,7 +225,7 @@ def parse_barcodes(values, errors: str = "raise") -> pd.DataFrame:
     rows, why = [], []
     cache: dict = {}
     for v in s.tolist():
-        if v is None or (isinstance(v, float) and v != v):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
             rows.append(None)
             why.append("missing id")
             continue

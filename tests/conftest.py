@@ -18,10 +18,14 @@ def _shared_root() -> Path:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """../shared/data: real slides, TCGA tables, a real embedding bag. Skips when absent."""
+    """../shared/data: real slides, TCGA tables, a real embedding bag. Skips when absent, or fails when
+    ``PATHKIT_REQUIRE_DATA=1`` (as in CI)."""
     root = _shared_root()
     if not root.is_dir():
-        pytest.skip(f"real test data not found at {root} (set PATHKIT_TEST_DATA to the shared/data folder)")
+        why = f"real test data not found at {root} (set PATHKIT_TEST_DATA to the shared/data folder)"
+        if os.environ.get("PATHKIT_REQUIRE_DATA") == "1":  # CI: a test that needs real data never skips
+            pytest.fail(why + "; PATHKIT_REQUIRE_DATA=1 forbids skipping", pytrace=False)
+        pytest.skip(why)
     return root
 
 
@@ -30,6 +34,9 @@ def shared_fixtures(shared_data) -> Path:
     """../shared/fixtures: reference outputs (e.g. the Prov-GigaPath slide encoder)."""
     root = shared_data.parent / "fixtures"
     if not root.is_dir():
+        if os.environ.get("PATHKIT_REQUIRE_DATA") == "1":
+            pytest.fail(f"reference fixtures not found at {root}; PATHKIT_REQUIRE_DATA=1 forbids skipping",
+                        pytrace=False)
         pytest.skip(f"reference fixtures not found at {root}")
     return root
 

@@ -159,12 +159,14 @@ def test_slide_without_tissue(tmp_path):
     msgs = [str(w.message) for w in rec]
     assert any("blank" in m and "no tissue" in m for m in msgs), msgs
     assert any("blank" in m and "no tiles" in m and "0.1" in m for m in msgs), msgs
-    assert list(tiles.columns) == ["x", "y", "tissue"] and len(tiles) == 0 and tiles.attrs["tile_spec"]["mpp"] == 0.5
-    with pytest.warns(UserWarning, match="tile table is empty") as rec:
-        a = pk.tl.embed_tiles(s, "vit_tiny_test", tiles=tiles, num_workers=0, progress=False)
+    assert list(tiles.obs.columns) == ["slide_id", "x", "y", "tissue", "pen", "focus", "qc_pass"] and len(tiles) == 0
+    assert tiles.uns["tile_spec"]["mpp"] == 0.5
+    with pytest.warns(UserWarning, match="there are no tiles") as rec:
+        pk.tl.embed_tiles(tiles, s, "vit_tiny_test", num_workers=0, progress=False)
     assert str(p) in str(rec[0].message)
-    assert a.shape == (0, 192) and a.obsm["spatial"].shape == (0, 2)
-    assert a.uns["slide"]["slide_id"] == "blank" and a.uns["model"]["name"] == "vit_tiny_test"
+    assert tiles.obsm["X_vit_tiny_test"].shape == (0, 192) and tiles.obsm["spatial"].shape == (0, 2)
+    assert tiles.uns["slide"]["slide_id"] == "blank"
+    assert tiles.uns["models"]["X_vit_tiny_test"]["name"] == "vit_tiny_test"
 
 
 # ------------------------------------------------------------------------------------------ coordinates, tables
@@ -177,9 +179,9 @@ def test_coordinates_off_the_longnet_grid():
     """A 'slide' 300 mm wide: tiles beyond 1000 cells of 256 px at 0.5 mpp do not fit the position grid."""
     n = 4
     xs = np.array([0, 256, 512_000, 600_000], np.int64)  # cell of the tile centre: 0, 1, 2000, 2344
-    a = ad.AnnData(X=np.random.default_rng(0).standard_normal((n, 192)).astype(np.float32),
-                   obs=pd.DataFrame({"slide_id": "huge", "x": xs, "y": np.zeros(n, np.int64)},
+    a = ad.AnnData(obs=pd.DataFrame({"slide_id": "huge", "x": xs, "y": np.zeros(n, np.int64)},
                                     index=[str(i) for i in range(n)]))
+    a.obsm["X_tiny"] = np.random.default_rng(0).standard_normal((n, 192)).astype(np.float32)
     a.uns["tile_spec"] = {"tile_px": 256, "mpp": 0.5, "slide_mpp": 0.5}
     a.uns["slide"] = {"slide_id": "huge", "mpp": 0.5}
     with warnings.catch_warnings():
@@ -350,6 +352,6 @@ def test_cohort_records_bad_slides_and_embeds_good_ones(tmp_path):
     X = c.obsm["X_mean"]
     assert np.isfinite(X[[0, 3]]).all() and np.isnan(X[[1, 2, 4, 5]]).all()
     tile = ad.read_h5ad(tmp_path / "out" / "good1.h5ad")
-    np.testing.assert_allclose(X[3], tile.X.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(X[3], tile.obsm["X_vit_tiny_test"].mean(0), rtol=1e-5, atol=1e-6)
     assert not (tmp_path / "out" / "empty.h5ad").exists()
     assert c.uns["cohort"]["n_failed"] == 4 and c.uns["cohort"]["n_ok"] == 2

@@ -82,7 +82,8 @@ def render(path: Path, tmp_path: Path) -> tuple[dict, str]:
 
 def test_umap_html_renders_with_hover_thumbnail(tmp_path):
     a = tile_adata()
-    fig = pk.pl.umap(a, color="leiden", slide=FakeSlide(), max_thumbnails=a.n_obs, thumb_px=32)
+    fig = pk.pl.umap(a, color="leiden", slide=FakeSlide(), thumbnails="hover", max_thumbnails=a.n_obs,
+                     thumb_px=32)
     out = write_html(fig, tmp_path / "umap.html", post_script=probe_js(0, 0))
     assert not re.search(r"<script[^>]*\bsrc=", out.read_text())  # plotly.js inlined: nothing to fetch
     probe, console = render(out, tmp_path)
@@ -97,7 +98,7 @@ def test_umap_html_renders_with_hover_thumbnail(tmp_path):
 
 def test_slide_html_renders(tmp_path):
     a = tile_adata()
-    fig = pk.pl.slide(FakeSlide(), a, color="score", thumbnail_size=600, highlight=[1, 2])
+    fig = pk.pl.slide(a, "score", slide=FakeSlide(), thumbnail_size=600, highlight=[1, 2])
     ti = next(i for i, t in enumerate(fig.data) if t.name == "tiles")
     out = write_html(fig, tmp_path / "slide.html", post_script=probe_js(ti, 0))
     probe, console = render(out, tmp_path)

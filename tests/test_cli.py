@@ -37,16 +37,23 @@ def test_info_mpp_override(synth, capsys):
     assert "0.2500 um/px (user)" in capsys.readouterr().out
 
 
-def test_tile_csv_equals_pp_tile(synth, tmp_path, capsys):
-    out = tmp_path / "t" / "tiles.csv"
+def test_tile_h5ad_equals_pp_tile_and_embeds(synth, tmp_path, capsys):
+    out = tmp_path / "t" / "tiles.h5ad"
     assert main(["tile", str(synth), "--tile-px", "256", "--target-mpp", "0.5", "--min-tissue", "0.5",
                  "--out", str(out)]) == 0
-    got = pd.read_csv(out)
-    ref = pk.pp.tile(pk.read_slide(synth), tile_px=256, mpp=0.5, min_tissue=0.5)
+    got = ad.read_h5ad(out)
+    slide = pk.read_slide(synth)
+    ref = pk.pp.tile(slide, tile_px=256, mpp=0.5, min_tissue=0.5)
     assert len(got) == len(ref) == 8  # the 4 x 2 tissue rectangle
-    np.testing.assert_array_equal(got[["x", "y"]].to_numpy(), ref[["x", "y"]].to_numpy())
-    np.testing.assert_allclose(got["tissue"].to_numpy(), ref["tissue"].to_numpy())
+    np.testing.assert_array_equal(got.obs[["x", "y"]].to_numpy(), ref.obs[["x", "y"]].to_numpy())
+    np.testing.assert_allclose(got.obs["tissue"].to_numpy(), ref.obs["tissue"].to_numpy())
+    assert got.uns["tile_spec"]["min_tissue"] == 0.5
     assert f"{len(ref)} tiles" in capsys.readouterr().out
+    with pytest.warns(UserWarning, match="RANDOM weights"):  # the file the CLI wrote is what embed_tiles takes
+        pk.tl.embed_tiles(got, slide, MODEL, num_workers=0, progress=False)
+    assert got.obsm[f"X_{MODEL}"].shape == (8, 192)
+    assert main(["tile", str(synth), "--out", str(tmp_path / "tiles.csv")]) == 2
+    assert ".h5ad" in capsys.readouterr().err
 
 
 def test_embed_writes_h5ad_equal_to_api(synth, tmp_path, capsys):
@@ -56,17 +63,33 @@ def test_embed_writes_h5ad_equal_to_api(synth, tmp_path, capsys):
                    "--batch-size", "4", "--num-workers", "0", "--no-progress"])
     assert rc == 0
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["clislide.h5ad"]  # atomic write: no temporary file left
+    assert files == ["clislide.h5ad", "cohort_state.json"]  # atomic writes: no temporary file left
     got = ad.read_h5ad(out / "clislide.h5ad")
     slide = pk.read_slide(synth)
+    ref = pk.pp.tile(slide)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ref = pk.tl.embed_tiles(slide, MODEL, device="cpu", num_workers=0, progress=False)
-    assert got.shape == ref.shape == (8, 192)
-    np.testing.assert_array_equal(got.X, ref.X)
+        pk.tl.embed_tiles(ref, slide, MODEL, device="cpu", num_workers=0, progress=False)
+    key = f"X_{MODEL}"
+    assert got.obsm[key].shape == ref.obsm[key].shape == (8, 192)
+    np.testing.assert_array_equal(got.obsm[key], ref.obsm[key])
     np.testing.assert_array_equal(got.obs["x"].to_numpy(), ref.obs["x"].to_numpy())
-    assert got.uns["model"]["name"] == MODEL and got.uns["slide"]["sha256"] == slide.sha256()
-    assert "8 tiles x 192 features" in capsys.readouterr().out
+    assert got.uns["models"][key]["name"] == MODEL and got.uns["slide"]["sha256"] == slide.sha256()
+    assert "clislide: ok, 8 tiles" in capsys.readouterr().out
+
+
+def test_embed_skip_existing_checks_parameters(synth, tmp_path, capsys):
+    """--skip-existing reuses a file only when slide and parameters match; other parameters recompute."""
+    out = tmp_path / "emb"
+    base = ["embed", str(synth), "--model", MODEL, "--out", str(out), "--num-workers", "0", "--no-progress"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(base) == 0
+        assert main(base + ["--skip-existing"]) == 0
+        assert "clislide: skipped" in capsys.readouterr().out
+        assert main(base + ["--skip-existing", "--min-tissue", "0.9"]) == 0
+        assert "clislide: ok" in capsys.readouterr().out
+    assert ad.read_h5ad(out / "clislide.h5ad").uns["tile_spec"]["min_tissue"] == 0.9
 
 
 def test_embed_many_slides_one_bad(synth, shared_data, tmp_path, capsys):
@@ -142,7 +165,7 @@ def test_demo_real_sample(shared_data, tmp_path, monkeypatch, capsys):
     h5 = tmp_path / "demo" / "CMU-1-Small-Region.h5ad"
     png = tmp_path / "demo" / "CMU-1-Small-Region_tiles.png"
     got = ad.read_h5ad(h5)
-    assert got.n_obs == len(pk.pp.tile(pk.read_slide(cmu))) and got.n_vars == 192
+    assert got.n_obs == pk.pp.tile(pk.read_slide(cmu)).n_obs and got.obsm["X_vit_tiny_test"].shape[1] == 192
     img = Image.open(png)
     assert max(img.size) == 1024 and img.mode == "RGB"
     assert str(h5) in out and str(png) in out
@@ -158,10 +181,17 @@ def test_demo_offline_uses_synthetic(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("PATHKIT_SAMPLE_SLIDE", raising=False)
     monkeypatch.setenv("PATHKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(pooch, "retrieve", offline)
+    # offline, the demo uses the real H&E slide shipped inside pathkit
+    assert main(["demo", "--out", str(tmp_path / "real")]) == 0
+    out = capsys.readouterr().out
+    assert "real public OpenSlide sample" in out and "shipped with pathkit" in out and "SYNTHETIC" not in out
+    assert (tmp_path / "real" / "CMU-1-Small-Region.h5ad").is_file()
+    # an install without its package data falls back to a synthetic slide, and says so
+    monkeypatch.setattr(pk.datasets._fetch, "packaged_path", lambda name: None)
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
     assert "SYNTHETIC" in out and "no network (test)" in out
     h5 = next((tmp_path / "demo").glob("*.h5ad"))
     got = ad.read_h5ad(h5)
-    assert got.n_obs > 0 and got.n_vars == 192
+    assert got.n_obs > 0 and got.obsm["X_vit_tiny_test"].shape[1] == 192
     assert (tmp_path / "demo" / f"{h5.stem}_tiles.png").is_file()

@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 
+import pathkit as pk
 from pathkit.errors import WeightsError
 from pathkit.models import get_spec
 from pathkit.models.clip import BUILDERS, build_clip, get_tokenizer, load_clip
@@ -136,23 +137,36 @@ def test_conch_loads_published_naming_and_matches_reference(conch_checkpoint):
     torch.testing.assert_close(single[0], txt[1], atol=1e-5, rtol=1e-4)
 
 
-def test_conch_vision_tile_builder_takes_full_checkpoint(conch_checkpoint):
+def test_conch_vision_tile_features_are_pre_projection_as_conch_extracts_them(conch_checkpoint):
+    """`conch_vision` = CONCH's encode_image(proj_contrast=False, normalize=False) (README, CLAM, TRIDENT);
+    `conch_vision_proj` = the projected embedding zero-shot compares with text."""
     ref, path = conch_checkpoint
     assert TILE_BUILDERS["conch_vision"] is BUILDERS["conch_vision"]
     spec = get_spec("conch_vision")
     assert spec.kind == "tile" and spec.arch == "pathkit:conch_vision" and spec.embed_dim == 512
-    small = dataclasses.replace(spec, extra={**spec.extra, "config": CONCH_SMALL})
-    tower = TILE_BUILDERS["conch_vision"](small)
-    from pathkit.models.weights import read_state_dict
-
-    missing, unexpected = tower.load_state_dict(read_state_dict(path), strict=False)
-    assert not missing and not unexpected
-    x = torch.randn(2, 3, 64, 64)
+    assert get_spec("conch").extra["image_tower"] == "conch_vision_proj"
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    out = {}
+    for name in ("conch_vision", "conch_vision_proj"):
+        s = get_spec(name)
+        small = dataclasses.replace(s, extra={**s.extra, "config": CONCH_SMALL})
+        enc, _ = pk.models.load_tile_encoder(small, weights=path)  # the full checkpoint, strictly
+        with torch.no_grad():
+            out[name] = enc(x)
     with torch.no_grad():
-        emb = tower(x)
-        ref_emb = ref.visual(x)[0]  # projected, not normalised
-    assert emb.shape == (2, 32)
-    torch.testing.assert_close(emb, ref_emb, atol=1e-5, rtol=1e-4)
+        ref_feat = ref.encode_image(x, proj_contrast=False, normalize=False)
+        ref_proj = ref.encode_image(x, proj_contrast=True, normalize=False)
+    err = (out["conch_vision"] - ref_feat).abs().max().item()
+    print(f"PARITY conch_vision {err:.2e}")
+    print(f"PARITY conch_vision_proj {(out['conch_vision_proj'] - ref_proj).abs().max().item():.2e}")
+    assert out["conch_vision"].shape == (2, 32) and err < 1e-5  # the pooler width (512 at full size)
+    torch.testing.assert_close(out["conch_vision_proj"], ref_proj, atol=1e-5, rtol=1e-4)
+    # zero-shot can still use conch_vision features: ClipModel.project_image applies proj_contrast
+    model = load_clip("conch", weights=path, config=CONCH_SMALL)
+    with torch.no_grad():
+        torch.testing.assert_close(model.project_image(out["conch_vision"]), model.encode_image(x),
+                                   atol=1e-5, rtol=1e-4)
+    assert (out["conch_vision"] - out["conch_vision_proj"]).abs().max() > 1e-2  # the two really differ
 
 
 def test_wrong_checkpoint_is_refused(tmp_path):
@@ -193,12 +207,19 @@ def test_quiltnet_round_trip(tmp_path):
     torch.testing.assert_close(img, ref_img)
     torch.testing.assert_close(txt, ref_txt)
     assert model.logit_scale == pytest.approx(1 / 0.07, rel=1e-5)
-    tower = TILE_BUILDERS["quiltnet_vision"](dataclasses.replace(
-        get_spec("quiltnet_vision"), extra={"config": {**QUILT_SMALL, "quick_gelu": True}}))
-    missing, unexpected = tower.load_state_dict(torch.load(path, weights_only=True), strict=False)
-    assert not missing and not unexpected
+    # the tile tower reads the same companion config (one code path, `clip_config`), so it is open_clip's
+    # image encoder exactly, QuickGELU included
+    tower, info = pk.models.load_tile_encoder("quiltnet_vision", weights=path)
+    assert info["config"] == str(tmp_path / "open_clip_config.json")
     with torch.no_grad():
-        torch.testing.assert_close(torch.nn.functional.normalize(tower(x), dim=-1), img)
+        feats = tower(x)
+        ref_feats = ref.encode_image(x, normalize=False)
+    print(f"PARITY quiltnet_vision {(feats - ref_feats).abs().max().item():.2e}")
+    assert (feats - ref_feats).abs().max().item() < 1e-5
+    torch.testing.assert_close(torch.nn.functional.normalize(feats, dim=-1), img)
+    (tmp_path / "open_clip_config.json").unlink()  # without it: the registry's full-size config, which this
+    with pytest.raises(WeightsError, match="quiltnet_vision"):  # small checkpoint does not fit
+        pk.models.load_tile_encoder("quiltnet_vision", weights=path)
 
 
 def test_quiltnet_and_plip_full_size_parameter_count():

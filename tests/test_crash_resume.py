@@ -152,7 +152,7 @@ def test_sigkill_inside_atomic_writes(setup, tmp_path, where):
                     os.kill(os.getpid(), signal.SIGKILL)
             return real_replace(src, dst)
 
-        cohort_mod.os.replace = replace  # the child's module only
+        os.replace = replace  # in the child process only (atomic writes go through pathkit._io)
 
     pid = _run_in_child(slides, out, before=arm)
     _, status = os.waitpid(pid, 0)

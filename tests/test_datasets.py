@@ -1,10 +1,13 @@
-"""Synthetic slides (structure, metadata, pixels, geometry, streaming) and the sample slide (env, cache,
-offline fallback)."""
+"""Synthetic slides (structure, metadata, pixels, geometry, streaming), the sample slide (env, cache, package,
+offline fallback) and the data registry (checksums of every shared file, fetch over a loopback server,
+corrupt caches, offline errors, the TCGA-CDR conversion)."""
 from __future__ import annotations
 
 import hashlib
 import shutil
 import tracemalloc
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +16,8 @@ import tiffslide
 
 import pathkit as pk
 from pathkit import datasets
+from pathkit.datasets import _fetch
+from pathkit.errors import ChecksumError
 
 
 def _sha(p):
@@ -119,6 +124,7 @@ def test_sample_offline_fallback(monkeypatch, tmp_path):
 
     monkeypatch.delenv("PATHKIT_SAMPLE_SLIDE", raising=False)
     monkeypatch.setattr(pooch, "retrieve", offline)
+    monkeypatch.setattr(datasets._fetch, "packaged_path", lambda name: None)  # an install without its data
     # a cached copy with the wrong checksum is not used
     (tmp_path / datasets.SAMPLE_NAME).write_bytes(b"corrupt")
     with pytest.warns(UserWarning, match="SYNTHETIC"):
@@ -132,3 +138,178 @@ def test_sample_offline_fallback(monkeypatch, tmp_path):
     assert again == path
     with pytest.raises(OSError, match="could not download"):
         datasets.sample_slide(offline_ok=False, cache_dir=tmp_path)
+
+
+def test_sample_is_packaged(monkeypatch, tmp_path):
+    monkeypatch.delenv("PATHKIT_SAMPLE_SLIDE", raising=False)
+    path, info = datasets.sample_slide(cache_dir=tmp_path, return_info=True)
+    assert info["source"] == "package" and path.parent.name == "data" and path.parent.parent.name == "pathkit"
+    assert _sha(path) == datasets.SAMPLE_SHA256 == datasets.registry.set_index("name").loc[
+        "slides/CMU-1-Small-Region.svs", "sha256"]
+    s = datasets.cmu1_small()
+    assert s.dimensions == (2220, 2967) and s.mpp == pytest.approx(0.499, abs=1e-3)
+
+
+# ------------------------------------------------------------------------------------------ registry + fetch
+
+
+def test_registry_matches_every_shared_file(shared_data):
+    reg = datasets.registry.set_index("name")
+    files = sorted(str(p.relative_to(shared_data)) for p in shared_data.rglob("*")
+                   if p.is_file() and p.name != "README.md")
+    assert sorted(reg.index) == files and len(files) == 45
+    for name in files:
+        p = shared_data / name
+        assert reg.loc[name, "size"] == p.stat().st_size, name
+        assert reg.loc[name, "sha256"] == _sha(p), name
+    # the upstream xlsx of the CDR has the hash the shared README records
+    assert reg.loc["tcga/TCGA-CDR-SupplementalTableS1.xlsx", "sha256"] == \
+        "f9324865e3b9e1f034a26eeebd87b7cc45e2f1a271ff5dceb5d9cde5e47f95ed"
+
+
+def test_registry_entries_are_pinned_and_licensed():
+    reg = datasets.registry
+    assert reg.license.str.len().gt(0).all() and reg.citation.str.len().gt(0).all()
+    gh = reg[reg.url.str.startswith("https://raw.githubusercontent.com/")]
+    assert len(gh) == 40
+    # raw.githubusercontent.com/<owner>/<repo>/<40-hex commit>/<path>: never a branch
+    assert gh.url.str.match(r"https://raw\.githubusercontent\.com/[^/]+/[^/]+/[0-9a-f]{40}/.+").all()
+    no_url = reg[reg.url == ""]
+    assert set(no_url.name) == {"embeddings/TCGA-AD-6964-01Z-00-DX1.features.h5", "tcga/TCGA-CDR.csv"}
+    assert reg.set_index("name").loc["tcga/TCGA-CDR.csv", "derived_from"] == \
+        "tcga/TCGA-CDR-SupplementalTableS1.xlsx"
+
+
+def test_fetch_serves_the_shared_folder_offline(shared_data, monkeypatch):
+    monkeypatch.setenv("PATHKIT_DATA_DIR", str(shared_data))
+    monkeypatch.setenv("PATHKIT_DATA_MIRROR", "http://127.0.0.1:9/never")  # any download would fail
+    for name in datasets.registry.name:
+        assert datasets.fetch(name) == shared_data / name
+    cohort = datasets.tcga_coadread()
+    assert cohort["slides"].n_obs == 301 and cohort["rna"].n_vars == 1577  # a MuData: slides + RNA modality
+    bag = datasets.tcga_coad_bag()
+    assert bag.shape == (777, 512) and bag.uns["slide"]["mpp"] == 0.25
+
+
+def _serve(served, names, src):
+    for n in names:
+        (served / n).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src / n, served / n)
+
+
+def test_fetch_downloads_once_and_verifies(loopback, shared_data, tmp_path, monkeypatch):
+    served, url, seen = loopback
+    name = "tcga/coadread/clinical.csv"
+    _serve(served, [name], shared_data)
+    monkeypatch.setenv("PATHKIT_DATA_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATHKIT_DATA_MIRROR", url)
+    p = datasets.fetch(name)
+    assert p == tmp_path / "cache" / name and _sha(p) == _sha(shared_data / name)
+    assert [s[0] for s in seen] == ["/" + name]
+    assert datasets.fetch(name) == p and len(seen) == 1  # cached: no second request
+    assert not list(p.parent.glob(".*part"))  # no temporary file left
+
+
+def test_fetch_corrupt_cache_downloads_again(loopback, shared_data, tmp_path, monkeypatch):
+    served, url, seen = loopback
+    name = "tcga/hallmarks_signatures.csv"
+    _serve(served, [name], shared_data)
+    monkeypatch.setenv("PATHKIT_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("PATHKIT_DATA_MIRROR", url)
+    target = tmp_path / name
+    target.parent.mkdir(parents=True)
+    target.write_bytes((shared_data / name).read_bytes()[:1000])  # a truncated download
+    with pytest.warns(UserWarning, match="differs from the registry"):
+        p = datasets.fetch(name)
+    assert _sha(p) == _sha(shared_data / name) and len(seen) == 1
+
+
+def test_fetch_bad_upstream_names_file_and_hashes(loopback, shared_data, tmp_path, monkeypatch):
+    served, url, seen = loopback
+    name = "tcga/blca/clinical.csv"
+    (served / name).parent.mkdir(parents=True)
+    (served / name).write_bytes(b"case_id,stage\nTCGA-XX-0000,II\n")  # the server has another file
+    monkeypatch.setenv("PATHKIT_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("PATHKIT_DATA_MIRROR", url)
+    target = tmp_path / name
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"corrupt")
+    want = datasets.registry.set_index("name").loc[name, "sha256"]
+    actual = hashlib.sha256(b"case_id,stage\nTCGA-XX-0000,II\n").hexdigest()
+    with pytest.warns(UserWarning), pytest.raises(ChecksumError) as e:
+        datasets.fetch(name)
+    msg = str(e.value)
+    assert str(target) in msg and want in msg and actual in msg
+    assert len(seen) == 1  # re-downloaded once, not in a loop
+
+
+def test_fetch_offline_says_which_url_and_where(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATHKIT_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("PATHKIT_DATA_MIRROR", raising=False)
+    name = "slides/TCGA-CR-7395-01A-01-TS1.svs"
+    e = datasets.registry.set_index("name").loc[name]
+    dead = "http://127.0.0.1:9/" + name   # port 9 (discard): connection refused, nothing leaves the machine
+    patched = _fetch._table().copy()
+    patched.loc[name, "url"] = dead
+    monkeypatch.setattr(_fetch, "_table", lambda: patched)
+    with pytest.raises(datasets.DataNotAvailableError) as err:
+        datasets.fetch(name, timeout=5)
+    msg = str(err.value)
+    assert f"download {dead}" in msg and str(tmp_path / name) in msg and e["sha256"] in msg
+    assert not (tmp_path / name).exists()
+    with pytest.raises(datasets.DataNotAvailableError, match="no public download is known"):
+        datasets.fetch("embeddings/TCGA-AD-6964-01Z-00-DX1.features.h5")
+    with pytest.raises(KeyError, match="did you mean"):
+        datasets.fetch("slides/CMU-1-Small-Region.svz")
+
+
+def test_fetch_zip_member(loopback, shared_data, tmp_path, monkeypatch):
+    served, url, _ = loopback
+    name = "patches/CRC-VAL-HE-7K-NORM-TCGA-YLVCMEHK.tif"
+    member = datasets.registry.set_index("name").loc[name, "member"]
+    with zipfile.ZipFile(served / "CRC-VAL-HE-7K.zip", "w") as z:
+        z.writestr("CRC-VAL-HE-7K/NORM/other.tif", b"x" * 100)
+        z.write(shared_data / name, member)
+    patched = _fetch._table().copy()
+    patched.loc[name, "url"] = url + "/CRC-VAL-HE-7K.zip"
+    monkeypatch.setattr(_fetch, "_table", lambda: patched)
+    monkeypatch.setenv("PATHKIT_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("PATHKIT_DATA_MIRROR", raising=False)
+    p = datasets.fetch(name)
+    assert p == tmp_path / name and _sha(p) == _sha(shared_data / name)
+
+
+@pytest.mark.slow
+def test_tcga_cdr_converted_from_upstream_xlsx(loopback, shared_data, tmp_path, monkeypatch):
+    served, url, _ = loopback
+    xlsx = "tcga/TCGA-CDR-SupplementalTableS1.xlsx"
+    (served / "data").mkdir()
+    shutil.copy(shared_data / xlsx, served / "data" / "1b5f413e")
+    patched = _fetch._table().copy()
+    patched.loc[xlsx, "url"] = url + "/data/1b5f413e"
+    monkeypatch.setattr(_fetch, "_table", lambda: patched)
+    monkeypatch.setenv("PATHKIT_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("PATHKIT_DATA_MIRROR", raising=False)
+    cdr = datasets.tcga_cdr()
+    # the conversion gives the shared CSV byte for byte (its registry sha256 is checked by fetch)
+    assert _sha(tmp_path / "tcga/TCGA-CDR.csv") == _sha(shared_data / "tcga/TCGA-CDR.csv")
+    assert cdr.shape == (11160, 33) and cdr.type.nunique() == 33
+    assert cdr.set_index("bcr_patient_barcode").loc["TCGA-AD-6964", "OS"] == 1
+
+
+def test_require_data_turns_skips_into_failures(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    # the repo's conftest with one test that needs the real data, run where that data is absent
+    shutil.copy(Path(__file__).with_name("conftest.py"), tmp_path / "conftest.py")
+    (tmp_path / "test_needs_data.py").write_text("def test_needs(shared_data):\n    pass\n")
+    env = {**os.environ, "PATHKIT_TEST_DATA": str(tmp_path / "absent"), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    env.pop("PATHKIT_REQUIRE_DATA", None)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", str(tmp_path)]
+    skipped = subprocess.run(cmd, check=False, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert skipped.returncode == 0 and "1 skipped" in skipped.stdout, skipped.stdout
+    failed = subprocess.run(cmd, check=False, env={**env, "PATHKIT_REQUIRE_DATA": "1"}, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert failed.returncode != 0 and "PATHKIT_REQUIRE_DATA=1 forbids skipping" in failed.stdout, failed.stdout

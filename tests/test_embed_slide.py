@@ -194,3 +194,35 @@ def test_duplicate_cells_warn(bag):
     a.obs["y"] = 9728
     with pytest.warns(UserWarning, match="10 tile"):
         pk.tl.embed_slide(a, SMALL, weights="random")
+
+
+def test_feather_through_embed_slide(tmp_path):
+    """A coordinate-free slide encoder (FEATHER, MIL-Lab ABMIL) from the registry: the vector equals the
+    module applied to the features by hand, in any tile order, and only UNI features are accepted."""
+    import anndata as ad
+    import pandas as pd
+    from safetensors.torch import save_file
+
+    from pathkit.models.feather import load_slide_abmil
+
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="RANDOM"):
+        net, _ = load_slide_abmil("feather_uni", weights="random")
+    w = tmp_path / "feather.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(w))
+    X = np.random.default_rng(0).standard_normal((40, 1024)).astype(np.float32)
+    a = ad.AnnData(obs=pd.DataFrame({"slide_id": "s"}, index=[str(i) for i in range(40)]))
+    a.obsm["X_uni"] = X
+    a.uns["models"] = {"X_uni": {"name": "uni"}}
+    pk.tl.embed_slide(a, "feather_uni", weights=w, dtype="float32")
+    with torch.inference_mode():
+        want = net.eval()(torch.from_numpy(X)).numpy()
+    got = a.uns["slide_embeddings"]["feather_uni"]
+    assert got.shape == (512,)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    b = a[np.random.default_rng(1).permutation(40)].copy()
+    pk.tl.embed_slide(b, "feather_uni", weights=w, dtype="float32")
+    np.testing.assert_allclose(b.uns["slide_embeddings"]["feather_uni"], got, atol=1e-5)
+    a.uns["models"] = {"X_uni": {"name": "conch_v15"}}
+    with pytest.raises(ValueError, match="'conch_v15' features.*'uni'"):
+        pk.tl.embed_slide(a, "feather_uni", weights=w)

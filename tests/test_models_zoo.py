@@ -18,6 +18,8 @@ IMNET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 HOPT = ((0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517))
 BEPH = ((0.7443, 0.5029, 0.6870), (0.1506, 0.1775, 0.1263))  # BEPH config /255, 4 decimals
+LUNIT = ((0.70322989, 0.53606487, 0.66096631), (0.21716536, 0.26081574, 0.20723464))
+HIBOU = ((0.7068, 0.5755, 0.722), (0.195, 0.2316, 0.1816))
 CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 
 # name: (arch, embed dim, input, resize, interpolation, (mean, std), pool, parameter count)
@@ -35,14 +37,29 @@ EXPECTED = {
     "kaiko_vitb16": ("vit_base_patch16_224", 768, 224, 224, "bilinear", HALF, "cls", 85_798_656),
     "kaiko_vitb8": ("vit_base_patch8_224", 768, 224, 224, "bilinear", HALF, "cls", 85_807_872),
     "kaiko_vitl14": ("vit_large_patch14_reg4_dinov2", 1024, 224, 224, "bilinear", HALF, "cls", 304_370_688),
-    "beph": ("beit_base_patch16_224", 768, 224, 256, "bilinear", BEPH, "head", 85_761_984),
+    "beph": ("beit_base_patch16_224", 768, 224, 224, "bilinear", IMNET, "head", 85_761_984),
+    "beph_pretrain": ("beit_base_patch16_224", 768, 224, 256, "bilinear", BEPH, "head", 85_761_984),
     "mstar": ("vit_large_patch16_224", 1024, 224, 224, "bilinear", IMNET, "cls", 303_350_784),
     "conch_vision": ("pathkit:conch_vision", 512, 448, 448, "bicubic", CLIP, "head", 87_829_248),
     "resnet50_trunc": ("pathkit:resnet50_trunc", 1024, 224, 224, "bilinear", IMNET, "head", 8_543_296),
+    # issue 14 (parity: tests/test_parity_tile_encoders.py)
+    "h_optimus_1": ("vit_giant_patch14_reg4_dinov2", 1536, 224, 224, "bicubic", HOPT, "cls", 1_134_774_272),
+    "h0_mini": ("vit_base_patch14_reg4_dinov2", 768, 224, 224, "bicubic", HOPT, "cls", 85_739_520),
+    "virchow": ("vit_huge_patch14_224", 2560, 224, 224, "bicubic", IMNET, "cls+mean_patch", 631_229_184),
+    "lunit_vits8": ("vit_small_patch8_224", 384, 224, 224, "bicubic", LUNIT, "cls", 21_670_272),
+    "lunit_vits16": ("vit_small_patch16_224", 384, 224, 224, "bicubic", LUNIT, "cls", 21_665_664),
+    "gpfm": ("vit_large_patch14_dinov2", 1024, 224, 224, "bicubic", IMNET, "cls", 303_227_904),
+    "phikon": ("pathkit:hf_vision", 768, 224, 224, "bilinear", IMNET, "cls", 85_798_656),
+    "phikon_v2": ("pathkit:hf_vision", 1024, 224, 224, "bilinear", IMNET, "cls", 303_351_808),
+    "midnight12k": ("pathkit:hf_vision", 3072, 224, 224, "bilinear", HALF, "cls+mean_patch", 1_134_771_200),
+    "hibou_b": ("vit_base_patch14_reg4_dinov2", 768, 224, 224, "bicubic", HIBOU, "cls", 85_739_520),
+    "conch_v15": ("pathkit:conch_v15", 768, 448, 448, "bilinear", IMNET, "head", 306_109_184),
 }
 # the authors' own (rounded) figures: count must round to them
 PUBLISHED_ROUNDED = {"uni": (303e6, 1e6), "uni2_h": (681e6, 1e6), "virchow2": (632e6, 1e6),
                      "h_optimus_0": (1.1e9, 0.05e9), "mstar": (303e6, 1e6), "beph": (86e6, 1e6),
+                     "virchow": (632e6, 1e6), "h_optimus_1": (1.1e9, 0.05e9), "h0_mini": (86e6, 1e6),
+                     "phikon": (86e6, 1e6), "phikon_v2": (300e6, 5e6), "hibou_b": (86e6, 1e6),
                      "kaiko_vits16": (22e6, 1e6), "kaiko_vitb16": (86e6, 1e6), "kaiko_vitl14": (304e6, 1e6)}
 
 
@@ -84,7 +101,8 @@ def test_every_zoo_entry_is_checked_here_and_listed():
     for col in ("kind", "architecture", "embed_dim", "input", "resize", "interpolation", "pool", "mean",
                 "std", "weights", "license", "gated", "params", "source"):
         assert col in df.columns
-    assert df.loc["virchow2", "embed_dim"] == 2560 and df.loc["beph", "key_map"] == "beph_mmcls"
+    assert df.loc["virchow2", "embed_dim"] == 2560 and df.loc["beph", "key_map"] == "beph_clam"
+    assert df.loc["beph_pretrain", "key_map"] == "beph_mmcls"
     assert df.loc["kaiko_vitb8", "mean"] == (0.5, 0.5, 0.5)
     assert df.loc["gigapath_tile", "params"] == 1_134_953_984
     tiles = pk.list_models("tile")
@@ -99,6 +117,7 @@ def test_weight_sources_are_well_formed():
     assert get_spec("kaiko_vitl14").weights[0].endswith("/vitl14.pth")
     assert get_spec("kaiko_vitl14").key_map == "dinov2_original"
     assert get_spec("beph").weights == ()  # Google Drive only: the user passes the file
+    assert get_spec("hibou_b").weights == () and "manual_weights" in get_spec("hibou_b").extra
 
 
 def _tiny(name, **kw):
@@ -191,36 +210,32 @@ def test_resnet50_trunc_is_clam_layer3_pool():
 
 
 def test_embed_real_slide_with_two_entries(shared_data):
-    from pathkit.tl import embed as embed_mod
+    from pathkit.tl._preprocess import TilePreprocess
 
     slide_path = shared_data / "slides" / "CMU-1-Small-Region.svs"
     slide = pk.read_slide(slide_path)
     full = pk.pp.tile(slide, tile_px=256, mpp=0.5)
-    assert len(full) > 8
-    tiles = full.iloc[:8].copy()
-    tiles.attrs = dict(full.attrs)
+    assert full.n_obs > 8
+    tiles = full[:8].copy()
     for name, weights, dim in [("vit_tiny_test", None, 192), ("resnet50_trunc", "random", 1024)]:
         with warnings.catch_warnings(record=True) as w:
             warnings.simplefilter("always")
-            ad = pk.tl.embed_tiles(slide, name, tiles=tiles, weights=weights, device="cpu", batch_size=4,
-                                   num_workers=0, progress=False)
+            pk.tl.embed_tiles(tiles, slide, name, weights=weights, device="cpu", dtype="float32", batch_size=4,
+                              num_workers=0, progress=False)
         assert any("RANDOM weights" in str(x.message) for x in w)
-        assert ad.shape == (8, dim) and ad.X.dtype == np.float32
-        assert list(ad.var_names) == [str(i) for i in range(dim)]
-        assert list(ad.obs_names) == [str(i) for i in range(8)]
-        assert {"slide_id", "x", "y", "tissue"} <= set(ad.obs.columns)
-        np.testing.assert_array_equal(ad.obsm["spatial"], tiles[["x", "y"]].to_numpy(np.float64))
-        m = ad.uns["model"]
+        X = tiles.obsm[f"X_{name}"]
+        assert X.shape == (8, dim) and X.dtype == np.float32
+        m = tiles.uns["models"][f"X_{name}"]
         assert m["name"] == name and m["embed_dim"] == dim and m["pool"] == get_spec(name).pool
-        assert ad.uns["slide"]["slide_id"] == "CMU-1-Small-Region"
         # first tile by hand: same random init (seed 0), same preprocessing -> same vector
         torch.manual_seed(0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             enc, _ = pk.models.load_tile_encoder(name, weights="random")
-        tile = slide.read_tile(int(tiles.x.iloc[0]), int(tiles.y.iloc[0]), tile_px=256, mpp=0.5)
-        x = embed_mod.TilePreprocess(get_spec(name))(torch.from_numpy(tile).permute(2, 0, 1)[None])
+        x0, y0 = int(tiles.obs["x"].iloc[0]), int(tiles.obs["y"].iloc[0])
+        tile = slide.read_tile(x0, y0, tile_px=256, mpp=0.5)
+        x = TilePreprocess(get_spec(name))(torch.from_numpy(tile).permute(2, 0, 1)[None])
         with torch.no_grad():
             ref = enc(x).numpy()[0]
-        np.testing.assert_allclose(ad.X[0], ref, rtol=1e-4, atol=1e-5)
-        assert np.abs(ad.X).sum() > 0 and not np.allclose(ad.X[0], ad.X[1])
+        np.testing.assert_allclose(X[0], ref, rtol=1e-4, atol=1e-5)
+        assert np.abs(X).sum() > 0 and not np.allclose(X[0], X[1])

@@ -85,7 +85,7 @@ def _trace(fig, name):
 def test_slide_numeric_overlay_scaled_to_thumbnail(fake_slide):
     df = tile_table()
     df["score"] = np.linspace(0, 1, len(df))
-    fig = pk.pl.slide(fake_slide, df, color="score", thumbnail_size=500)
+    fig = pk.pl.slide(df, slide=fake_slide, color="score", thumbnail_size=500)
     sx, sy = 500 / W0, 300 / H0                       # thumbnail is 500 x 300
     assert fig.layout.meta["scale"] == [sx, sy]
     img = decode_data_uri(_trace(fig, "thumbnail").source)
@@ -111,7 +111,7 @@ def test_slide_numeric_overlay_scaled_to_thumbnail(fake_slide):
 def test_slide_categorical_colours_and_legend(fake_slide):
     a = tile_adata()
     pal = {"0": "#ff0000", "1": "#00ff00", "2": "#0000ff"}
-    fig = pk.pl.slide(fake_slide, a, color="leiden", palette=pal, thumbnail_size=400)
+    fig = pk.pl.slide(a, slide=fake_slide, color="leiden", palette=pal, thumbnail_size=400)
     legend = [t for t in fig.data if t.name in pal]
     assert [t.name for t in legend] == ["0", "1", "2"]
     assert [t.marker.color for t in legend] == ["#ff0000", "#00ff00", "#0000ff"]
@@ -131,7 +131,7 @@ def test_slide_categorical_colours_and_legend(fake_slide):
 
 def test_slide_feature_colour_and_highlight(fake_slide):
     a = tile_adata()
-    fig = pk.pl.slide(fake_slide, a, color="3", thumbnail_size=500, highlight=[4, 9])
+    fig = pk.pl.slide(a, slide=fake_slide, color="3", thumbnail_size=500, highlight=[4, 9])
     z = np.asarray(_trace(fig, "overlay").z, dtype=float)
     col = ((a.obs["x"] - a.obs["x"].min()) // TILE).to_numpy()
     row = ((a.obs["y"] - a.obs["y"].min()) // TILE).to_numpy()
@@ -147,7 +147,7 @@ def test_slide_feature_colour_and_highlight(fake_slide):
 
 def test_slide_off_grid_tiles_use_markers(fake_slide):
     df = pd.DataFrame({"x": [0, 130, 555], "y": [10, 400, 777], "v": [1.0, 2.0, 3.0]})
-    fig = pk.pl.slide(fake_slide, df, color="v", tile_size=100, thumbnail_size=1000)
+    fig = pk.pl.slide(df, slide=fake_slide, color="v", tile_size=100, thumbnail_size=1000)
     assert not any(t.name == "overlay" for t in fig.data)
     tiles = _trace(fig, "tiles")
     np.testing.assert_allclose(tiles.x, (df["x"] + 50) * 0.5)
@@ -157,10 +157,14 @@ def test_slide_off_grid_tiles_use_markers(fake_slide):
 def test_slide_errors(fake_slide):
     df = tile_table()
     with pytest.raises(KeyError, match="nope"):
-        pk.pl.slide(fake_slide, df, color="nope")
+        pk.pl.slide(df, slide=fake_slide, color="nope")
     bare = pd.DataFrame({"x": [0], "y": [0]})
     with pytest.raises(KeyError, match="tile_size"):
-        pk.pl.slide(fake_slide, bare)
+        pk.pl.slide(bare, slide=fake_slide)
+    with pytest.raises(TypeError, match="tiles first"):
+        pk.pl.slide(fake_slide, df)                          # the old (slide, tiles) order: a clear error
+    with pytest.raises(TypeError, match="slide="):
+        pk.pl.slide(df)                                       # a DataFrame has no uns['slide']['path']
 
 
 # ---------------------------------------------------------------------------------------------- pl.umap
@@ -200,7 +204,7 @@ def test_umap_numeric_and_gene_colour():
 
 def test_umap_hover_thumbnails_read_from_slide(fake_slide):
     a = tile_adata()
-    fig = pk.pl.umap(a, color="leiden", slide=fake_slide, max_thumbnails=25, thumb_px=32)
+    fig = pk.pl.umap(a, color="leiden", slide=fake_slide, thumbnails="hover", max_thumbnails=25, thumb_px=32)
     cd = np.concatenate([np.asarray(t.customdata, dtype=object) for t in fig.data])
     with_thumb = [(int(r), u) for r, u in cd if u]
     assert len(with_thumb) == 25 == fig.layout.meta["thumbnails"]
@@ -240,7 +244,12 @@ def build_real_tiles(folder):
 
     path = pk.datasets.synthetic_slide(folder / "syn.svs", width=2048, height=1536, mpp=0.5)
     slide = pk.read_slide(path)
-    df = pk.pp.tile(slide, tile_px=32, mpp=4.0, min_tissue=0.0, overlap=8)
+    t = pk.pp.tile(slide, tile_px=32, mpp=4.0, min_tissue=0.0, overlap=8)
+    if hasattr(t, "obs"):    # the contract's tile AnnData; a DataFrame before it
+        df = t.obs[["x", "y", "tissue"]].copy()
+        df.attrs["tile_spec"] = dict(t.uns["tile_spec"])
+    else:
+        df = t
     rng = np.random.default_rng(0)
     a = ad.AnnData(rng.normal(size=(len(df), 4)).astype(np.float32))
     a.obs_names = [str(i) for i in range(len(df))]
@@ -263,7 +272,7 @@ def test_real_slide_overlay_with_overlapping_tiles(real_tiles):
     slide, df, _ = real_tiles
     spec = df.attrs["tile_spec"]
     assert spec["stride_level0"] < spec["size_level0"]          # overlap: grid step smaller than the tile
-    fig = pk.pl.slide(slide, df, color="tissue", thumbnail_size=512)
+    fig = pk.pl.slide(df, slide=slide, color="tissue", thumbnail_size=512, image_format="png")
     sx, sy = fig.layout.meta["scale"]
     assert (sx, sy) == (512 / 2048, 384 / 1536)
     tiles = _trace(fig, "tiles")
@@ -299,7 +308,7 @@ def test_cohort_umap_slide_thumbnails(real_tiles, tmp_path):
     c = ad.AnnData(obs=pd.DataFrame({"slide_id": ["a", "b", "c"], "path": [str(slide.path)] * 3,
                                      "age": [50.0, 60.0, 70.0]}, index=["a", "b", "c"]))
     c.obsm["X_umap"] = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 0.5]])
-    fig = pk.pl.umap(c, color="age", thumb_px=64)
+    fig = pk.pl.umap(c, color="age", thumbnails="hover", thumb_px=64)
     uri = fig.data[0].customdata[1][1]
     np.testing.assert_array_equal(decode_data_uri(uri), np.asarray(slide.thumbnail(64)))
     np.testing.assert_allclose(fig.data[0].marker.color, [50, 60, 70])
@@ -310,6 +319,39 @@ def test_slide_rejects_tiles_of_several_slides(fake_slide):
 
     a = ad.concat([tile_adata(5, 1, "fake"), tile_adata(5, 2, "other")], index_unique="-", uns_merge="first")
     with pytest.raises(ValueError, match="2 slides"):
-        pk.pl.slide(fake_slide, a)
+        pk.pl.slide(a, slide=fake_slide)
     with pytest.warns(UserWarning, match="'other'"):
-        pk.pl.slide(fake_slide, tile_adata(5, 2, "other"))
+        pk.pl.slide(tile_adata(5, 2, "other"), slide=fake_slide)
+
+
+def test_slide_opens_uns_path_and_colours_by_obsm_feature(real_tiles):
+    """The contract's tiles: X empty, features in obsm["X_<model>"]; the slide comes from uns["slide"]["path"]
+    when not given; NaN scores become null (JSON-compliant) cells; the thumbnail is a small JPEG."""
+    import json
+
+    import anndata as ad
+    import plotly.io as pio
+
+    _, _, a0 = real_tiles
+    a = ad.AnnData(obs=a0.obs.copy(), uns={k: a0.uns[k] for k in ("tile_spec", "slide")})
+    a.obsm["spatial"] = a0.obsm["spatial"]
+    a.obsm["X_uni"] = np.asarray(a0.X)
+    a.obs["score"] = np.linspace(0, 1, a.n_obs)
+    a.obs.loc[a.obs_names[:3], "score"] = np.nan
+    fig = pk.pl.slide(a, "2", use_rep="X_uni", thumbnail_size=256)
+    z = np.asarray(_trace(fig, "overlay").z, dtype=float)
+    spec = a.uns["tile_spec"]
+    col = np.rint(a.obs["x"] / spec["stride_level0"]).astype(int)
+    row = np.rint(a.obs["y"] / spec["stride_level0"]).astype(int)
+    np.testing.assert_allclose(z[row, col], a.obsm["X_uni"][:, 2], rtol=1e-6)
+    assert _trace(fig, "thumbnail").source.startswith("data:image/jpeg;base64,")
+    fig = pk.pl.slide(a, "score", thumbnail_size=256)
+    raw = _trace(fig, "overlay").z
+    row, col = row.to_numpy(), col.to_numpy()
+    assert raw[row[0]][col[0]] is None and raw[row[5]][col[5]] == pytest.approx(a.obs["score"].iloc[5])
+    json.dumps(json.loads(pio.to_json(fig)), allow_nan=False)   # what a FigureWidget sends: no NaN
+    with pytest.raises(KeyError, match="X_uni"):
+        pk.pl.slide(a, "999", use_rep="X_uni")
+    a.uns["slide"] = dict(a.uns["slide"], path="/nonexistent/slide.svs")
+    with pytest.raises(FileNotFoundError, match="slide="):
+        pk.pl.slide(a, "score")

@@ -69,9 +69,10 @@ def test_token_never_written_to_outputs_logs_or_provenance(tmp_path, monkeypatch
         with warnings.catch_warnings(record=True) as rec:
             warnings.simplefilter("always")
             path = pk.models.weights.resolve(source)
-            a = pk.tl.embed_tiles(slide, "vit_tiny_test", weights=source, num_workers=0, progress=True)
+            a = pk.pp.tile(slide)
+            pk.tl.embed_tiles(a, slide, "vit_tiny_test", weights=source, num_workers=0, progress=True)
             out = tmp_path / "out" / "tok.h5ad"
-            pk.tl.embed.write_h5ad_atomic(a, out)
+            pk._io.write_h5ad_atomic(a, out)
             c = pk.tl.embed_cohort([slide], tmp_path / "cohort", tile_model="vit_tiny_test", weights=source,
                                    slide_model="mean", embed_kwargs={"num_workers": 0}, progress=True)
     finally:
@@ -79,9 +80,9 @@ def test_token_never_written_to_outputs_logs_or_provenance(tmp_path, monkeypatch
 
     # the weights really came from the offline cache, and the run did what it should
     assert path == snap / "model.safetensors"
-    assert a.uns["model"]["weights"] == source and a.uns["model"]["weights_sha256"] == \
-        pk.models.weights.sha256_file(path)
-    assert a.shape == (6, 192) and c.obs["status"].tolist() == ["ok"]
+    m = a.uns["models"]["X_vit_tiny_test"]
+    assert m["weights"] == source and m["weights_sha256"] == pk.models.weights.sha256_file(path)
+    assert a.obsm["X_vit_tiny_test"].shape == (6, 192) and c.obs["status"].tolist() == ["ok"]
     # ... and the token is nowhere
     assert not any(TOKEN in s for s in _strings(a.uns))
     assert not any(TOKEN in s for s in _strings(c.uns))

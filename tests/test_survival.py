@@ -235,3 +235,15 @@ def test_tcga_coadread_km_logrank_by_stage(shared_data):
         pk.tl.logrank(pat, "survival_months", "event", "stage")
     cx = pk.tl.cox(staged, "survival_months", "event", ["stage", "age"])
     assert cx.references == {"stage": "I"} and cx.hazard_ratios["stage[IV]"] > 3
+
+
+def test_linked_mudata_reads_the_slides(shared_data):
+    """A MuData from pk.io.link (slides + RNA) works as `data`: survival columns come from its slides."""
+    d = shared_data / "tcga" / "coadread"
+    with pytest.warns(pk.io.LinkWarning):
+        md = pk.io.link(d / "slides_survival.csv", rna=d / "rna_xena_log2.csv")
+    got = pk.tl.logrank(md, "time_months", "event", "is_female")
+    ref = multivariate_logrank_test(md["slides"].obs["time_months"], md["slides"].obs["is_female"],
+                                    md["slides"].obs["event"])
+    assert got.statistic == pytest.approx(ref.test_statistic, rel=1e-10)
+    assert got.table["n"].sum() == md["slides"].n_obs == 301

@@ -147,7 +147,7 @@ def test_no_tissue(tmp_path):
     assert not tm.mask.any() and tm.fraction == 0.0
     with pytest.warns(UserWarning, match="no tiles"):
         df = pk.pp.tile(s, tissue=tm)
-    assert len(df) == 0 and list(df.obs.columns) == ["slide_id", "x", "y", "tissue"]
+    assert len(df) == 0 and list(df.obs.columns) == ["slide_id", "x", "y", "tissue", "pen", "focus", "qc_pass"]
     assert df.obs["x"].dtype == np.int64
     assert len(pk.pp.tile(s, tissue=tm, min_tissue=0.0)) == 16
 
@@ -211,7 +211,9 @@ def test_cmu1_tile_count_independent(shared_data):
     shares = mask[: 11 * 16, : 8 * 16].reshape(11, 16, 8, 16).mean(axis=(1, 3))  # 11 x 8 whole tiles
     expected = {(256 * i, 256 * j) for j, i in zip(*np.nonzero(shares >= 0.1))}
 
-    tm = pk.pp.find_tissue(s, mask_mpp=16 * mpp)
+    # the independent pipeline is raw Otsu: compare with pathkit's mask before pen removal and cleaning
+    raw = {"pen": False, "despeckle_um": 0, "fill_holes_um2": 0, "min_object_um2": 0}
+    tm = pk.pp.find_tissue(s, mask_mpp=16 * mpp, **raw)
     assert tm.downsample == pytest.approx(16.0)
     assert tm.threshold == pytest.approx(thr, abs=1.0)
     assert (tm.mask == mask).mean() > 0.995
@@ -221,7 +223,7 @@ def test_cmu1_tile_count_independent(shared_data):
     assert len(got & expected) >= len(expected) - 1
     # with the same threshold, the two pipelines agree tile for tile (shares within a mask pixel or two:
     # PIL's box filter and numpy round a few block means differently)
-    tm_same = pk.pp.find_tissue(s, mask_mpp=16 * mpp, threshold=thr)
+    tm_same = pk.pp.find_tissue(s, mask_mpp=16 * mpp, threshold=thr, **raw)
     df_same = pk.pp.tile(s, tissue=tm_same)
     assert set(zip(df_same.obs["x"], df_same.obs["y"])) == expected
     np.testing.assert_allclose(df_same.obs["tissue"], [shares[y // 256, x // 256] for x, y in

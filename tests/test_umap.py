@@ -26,7 +26,7 @@ def three_clusters(n_per=80, dim=64, seed=0):
 @pytest.fixture(scope="module")
 def clustered():
     a, truth = three_clusters()
-    pk.tl.umap(a, batch_key="slide_id", seed=0)
+    pk.tl.umap(a, batch_key="slide_id", random_state=0)
     return a, truth
 
 
@@ -46,7 +46,7 @@ def test_leiden_finds_the_three_clusters(clustered):
     # 64 dims > 50: PCA ran first, stored as X_pca
     assert a.obsm["X_pca"].shape == (a.n_obs, 50)
     p = a.uns["umap"]["params"]
-    assert (p["use_rep"], p["n_pcs"], p["batch_key"], p["seed"]) == ("X", 50, "slide_id", 0)
+    assert (p["use_rep"], p["n_pcs"], p["batch_key"], p["random_state"]) == ("X", 50, "slide_id", 0)
 
 
 def test_batch_key_is_categorical_and_plots_per_batch(clustered):
@@ -60,8 +60,8 @@ def test_batch_key_is_categorical_and_plots_per_batch(clustered):
 def test_same_seed_same_result():
     a, _ = three_clusters(n_per=30, dim=16, seed=3)
     b = a.copy()
-    pk.tl.umap(a, seed=7)
-    pk.tl.umap(b, seed=7)
+    pk.tl.umap(a, random_state=7)
+    pk.tl.umap(b, random_state=7)
     np.testing.assert_allclose(a.obsm["X_umap"], b.obsm["X_umap"])
     assert (a.obs["leiden"] == b.obs["leiden"]).all()
     assert "X_pca" not in a.obsm  # 16 dims: used as they are
@@ -134,7 +134,7 @@ def test_real_tile_embeddings_cluster_into_spatially_coherent_regions(shared_dat
         feats, coords = f["feats"][:], f["coords"][:]       # coords are stored as (y, x)
     a = ad.AnnData(feats.astype(np.float32))
     a.obs["x"], a.obs["y"] = coords[:, 1], coords[:, 0]
-    pk.tl.umap(a, seed=0)
+    pk.tl.umap(a, random_state=0)
     labels = a.obs["leiden"].to_numpy()
     assert 3 <= a.obs["leiden"].nunique() <= 40
     assert a.uns["umap"]["params"]["n_pcs"] == 50               # 512-d features: PCA first
@@ -147,3 +147,28 @@ def test_real_tile_embeddings_cluster_into_spatially_coherent_regions(shared_dat
     chance = (a.obs["leiden"].value_counts(normalize=True) ** 2).sum()
     assert len(pairs) > 1000
     assert same > 3 * chance, (same, chance)
+
+
+def test_contract_tile_anndata_use_rep_default_and_progress(capsys):
+    """Tiles of the contract: X empty, features in obsm["X_<model>"] recorded in uns["models"]. use_rep=None
+    finds that one embedding; a second one makes it ambiguous (an error naming both). The progress bar names
+    the steps and ends at its total."""
+    import anndata as ad
+
+    from pathkit.tl._umap import numba_compiled
+
+    a0, _ = three_clusters(n_per=20, dim=16, seed=5)
+    a = ad.AnnData(obs=a0.obs.copy())                      # n_tiles x 0
+    a.obsm["X_uni"] = a0.X
+    a.uns["models"] = {"X_uni": {"name": "uni"}}
+    pk.tl.umap(a, progress=True)
+    assert a.uns["umap"]["params"]["use_rep"] == "X_uni"
+    assert numba_compiled()
+    err = capsys.readouterr().err
+    assert "pk.tl.umap: neighbours" in err and "pk.tl.umap: Leiden: 2/3 steps" in err
+    b = pk.tl.umap(a, use_rep="X_uni", copy=True, progress=False)
+    np.testing.assert_allclose(b.obsm["X_umap"], a.obsm["X_umap"])
+    a.obsm["X_virchow"] = a0.X[:, ::-1].copy()
+    a.uns["models"]["X_virchow"] = {"name": "virchow"}
+    with pytest.raises(KeyError, match="X_virchow"):
+        pk.tl.umap(a)

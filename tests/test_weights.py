@@ -12,9 +12,9 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from _hf import hf_cache
 
 import pathkit as pk
-from _hf import hf_cache
 from pathkit.errors import ChecksumError, UnsafePickleError, WeightsError
 from pathkit.models import tile_encoders as te
 from pathkit.models import weights as W
@@ -140,11 +140,37 @@ def test_url_source_is_not_downloaded_offline(tmp_path, monkeypatch, ref):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WeightsError, match="not in the cache"):
         W.resolve("https://example.org/releases/vits16.pth")
-    # once in the cache it is used without the network
+    # once in the cache it is used without the network; the cache is keyed by the URL, never the bare name
     sd, _ = ref
-    (tmp_path / "weights").mkdir()
-    _write(tmp_path / "weights" / "tiny.pth", sd, "bin")
-    assert W.resolve("https://example.org/x/tiny.pth") == tmp_path / "weights" / "tiny.pth"
+    url = "https://example.org/x/tiny.pth"
+    dest = W.url_cache_path(url)
+    assert dest.name == "tiny.pth" and dest.parent.parent == tmp_path / "weights" / "url"
+    dest.parent.mkdir(parents=True)
+    _write(dest, sd, "bin")
+    assert W.resolve(url) == dest
+    with pytest.raises(WeightsError, match="not in the cache"):  # same file name, another site
+        W.resolve("https://example.com/y/tiny.pth")
+
+
+def test_url_weights_with_a_known_sha256_are_cached_by_digest(tmp_path, monkeypatch, ref):
+    """A new release under the same URL/name has another sha256, so it is never served from an old cache."""
+    monkeypatch.setenv("PATHKIT_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    sd, _ = ref
+    url = "https://example.org/releases/tiny.pth"
+    old = tmp_path / "old.pth"
+    _write(old, sd, "bin")
+    digest = W.sha256_file(old)
+    dest = W.url_cache_path(url, digest)
+    assert dest == tmp_path / "weights" / "sha256" / digest / "tiny.pth"
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(old.read_bytes())
+    assert W.resolve(url, sha256=digest) == dest
+    with pytest.raises(WeightsError, match="not in the cache"):  # the entry now names a newer release
+        W.resolve(url, sha256="0" * 64)
+    spec = dataclasses.replace(SPEC, weights=(url,), sha256=digest)
+    _, info = load(spec, None)  # an entry carrying the sha256 finds and verifies its cached file
+    assert info["verified"] and info["sha256"] == digest and info["path"] == str(dest)
 
 
 # --------------------------------------------------------------------------------------------- key maps
@@ -175,6 +201,7 @@ def _timm_beit_to_mmcls(sd: dict, shared_table: bool = False) -> dict:
 
 
 BEIT = tiny("beph", img_size=64, embed_dim=32, depth=2, num_heads=2)  # 16-px patches: 4 x 4 grid
+BEIT_PRE = tiny("beph_pretrain", img_size=64, embed_dim=32, depth=2, num_heads=2)
 XB = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
 
 
@@ -199,11 +226,11 @@ def test_beph_mmcls_checkpoint_maps_into_timm_beit(tmp_path):
     assert_same_tensors(loaded.net.state_dict(), sd)
     with torch.no_grad():
         assert torch.equal(loaded(XB), out)
-    assert info["key_map"] == "beph_mmcls"
+    assert info["key_map"] == "beph_clam"  # per-block tables in the file load as they are
 
 
-def test_beph_shared_relative_position_table_is_copied_to_every_block(tmp_path):
-    enc = randomized(BEIT, seed=4)
+def test_beph_pretrain_shared_relative_position_table_is_copied_to_every_block(tmp_path):
+    enc = randomized(BEIT_PRE, seed=4)
     with torch.no_grad():
         table = enc.net.blocks[0].attn.relative_position_bias_table
         enc.net.blocks[1].attn.relative_position_bias_table.copy_(table)
@@ -212,7 +239,7 @@ def test_beph_shared_relative_position_table_is_copied_to_every_block(tmp_path):
     assert not any(k.endswith("attn.relative_position_bias_table") for k in mm)
     path = tmp_path / "shared.pth"
     torch.save({"state_dict": {f"backbone.{k}": v for k, v in mm.items()}}, path)
-    loaded, _ = load(BEIT, path)
+    loaded, _ = load(BEIT_PRE, path)
     with torch.no_grad():
         assert torch.equal(loaded(XB), out)
 

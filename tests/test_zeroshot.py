@@ -128,7 +128,7 @@ def _planted_slide(sid, text, cls_idx, n=20, n_aligned=5, seed=0):
     feats[:n_aligned] = text[cls_idx] * 3.0 + rng.normal(size=(n_aligned, text.shape[1])) * 1e-3
     a = ad.AnnData(np.zeros((n, 4), np.float32), obs=pd.DataFrame({"slide_id": sid}, index=[str(i) for i in
                                                                                                range(n)]))
-    a.obsm["X_conch_vision"] = feats.astype(np.float32)
+    a.obsm["X_conch_vision_proj"] = feats.astype(np.float32)
     a.uns["slide"] = {"slide_id": sid}
     return a
 
@@ -143,7 +143,7 @@ def test_zero_shot_planted_features(small_conch, tmp_path):
     assert res.loc["S1", "pred_k1"] == "LUAD" and res.loc["S2", "pred_k1"] == "LUSC"
     # tile scores are cosine similarities; slide score = mean of the top-K tile scores (K capped at 20)
     s1 = slides["S1"]
-    f = s1.obsm["X_conch_vision"] / np.linalg.norm(s1.obsm["X_conch_vision"], axis=1, keepdims=True)
+    f = s1.obsm["X_conch_vision_proj"] / np.linalg.norm(s1.obsm["X_conch_vision_proj"], axis=1, keepdims=True)
     np.testing.assert_allclose(s1.obs["zeroshot_LUAD"], f @ text[0], rtol=1e-5)
     tile_pred = np.where(f @ text[0] >= f @ text[1], "LUAD", "LUSC")
     assert (s1.obs["zeroshot_tile_pred"].astype(str).to_numpy() == tile_pred).all()
@@ -165,13 +165,13 @@ def test_zero_shot_planted_features(small_conch, tmp_path):
 
 
 def test_zero_shot_refuses_features_of_another_model(small_conch):
-    a = ad.AnnData(np.ones((3, 32), np.float32))
-    a.uns["model"] = {"name": "gigapath_tile"}
-    with pytest.raises(ValueError, match="conch_vision"):
-        pk.tl.zero_shot(a, model=small_conch, use_rep="X", n_prompt_sets=0)
-    b = ad.AnnData(np.ones((3, 7), np.float32))
-    with pytest.raises(ValueError, match="no image features"):
-        pk.tl.zero_shot(b, model=small_conch, n_prompt_sets=0)
+    a = ad.AnnData(obs=pd.DataFrame(index=["0", "1", "2"]))
+    a.obsm["X_gigapath_tile"] = np.ones((3, 32), np.float32)
+    a.uns["models"] = {"X_gigapath_tile": {"name": "gigapath_tile"}}
+    with pytest.raises(ValueError, match="'gigapath_tile' features.*conch_vision"):
+        pk.tl.zero_shot(a, model=small_conch, use_rep="X_gigapath_tile", n_prompt_sets=0)
+    with pytest.raises(KeyError, match=r"X_conch_vision_proj.*embed_tiles\(tiles, slide, .conch_vision_proj.\)"):
+        pk.tl.zero_shot(a, model=small_conch, n_prompt_sets=0)  # never re-reads a slide
 
 
 # ---------------------------------------------------------------------------------------- evaluation
@@ -221,9 +221,9 @@ def test_zero_shot_eval_on_cohort_prompt_sets(small_conch):
         baccs.append(np.mean([(pred[y == c] == c).mean() for c in (0, 1)]))
     assert out.loc[5, "bacc_median"] == pytest.approx(np.median(baccs))
     assert out.loc[5, "n_prompt_sets"] == 10
-    assert pk.tl.zero_shot_eval(cohort, "truth", n_prompt_sets=3, seed=0).loc[5, "n_prompt_sets"] == 3
+    assert pk.tl.zero_shot_eval(cohort, "truth", n_prompt_sets=3, random_state=0).loc[5, "n_prompt_sets"] == 3
     with pytest.raises(ValueError, match="seed=0"):
-        pk.tl.zero_shot_eval(cohort, "truth", seed=1)
+        pk.tl.zero_shot_eval(cohort, "truth", random_state=1)
     with pytest.raises(ValueError, match="only 10 sets"):
         pk.tl.zero_shot_eval(cohort, "truth", n_prompt_sets=50)
     same = pk.tl.zero_shot_eval(list(slides.values()), ["LUAD", "LUSC"] * 3)
@@ -247,11 +247,11 @@ def tiny_conch_entry():
     BUILDERS.pop("conch_tiny_test_vision", None)
 
 
-def test_zero_shot_embeds_slide_tiles_with_the_image_tower(tmp_path, tiny_conch_entry):
-    """From a (synthetic) slide: tiles embedded by another model; zero_shot embeds them again with the
-    clip model's image tower through pk.tl.embed_tiles, using the same checkpoint as the text tower."""
+def test_zero_shot_on_tiles_embedded_with_the_image_tower(tmp_path, tiny_conch_entry):
+    """From a (synthetic) slide: the tiles are embedded with the clip model's image tower through
+    pk.tl.embed_tiles (next to another model's features), and zero_shot reads them from obsm."""
     from pathkit.models.clip import build_clip
-    from pathkit.tl.embed import TilePreprocess
+    from pathkit.tl._preprocess import TilePreprocess
 
     torch.manual_seed(3)
     net, _ = build_clip("conch_tiny_test")
@@ -261,18 +261,20 @@ def test_zero_shot_embeds_slide_tiles_with_the_image_tower(tmp_path, tiny_conch_
 
     path = pk.datasets.synthetic_slide(tmp_path / "syn.tiff", width=768, height=512)
     slide = pk.read_slide(path)
-    table = pk.pp.tile(slide, tile_px=64, mpp=0.5).iloc[:6]
+    tiles = pk.pp.tile(slide, tile_px=64, mpp=0.5)[:6].copy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tiles = pk.tl.embed_tiles(slide, "vit_tiny_test", tiles=table, weights="random", device="cpu",
-                                  num_workers=0, progress=False)
+        pk.tl.embed_tiles(tiles, slide, "vit_tiny_test", weights="random", device="cpu", num_workers=0,
+                          progress=False)
+    pk.tl.embed_tiles(tiles, slide, "conch_tiny_test_vision", weights=ckpt, device="cpu", dtype="float32",
+                      num_workers=0, progress=False)
     res = pk.tl.zero_shot(tiles, classes="brca", model=model, topk=(1, 3), n_prompt_sets=2, device="cpu",
                           progress=False)
     feats = tiles.obsm["X_conch_tiny_test_vision"]
     assert feats.shape == (6, 32)
     # the same tiles through ClipModel.encode_image
     pixels = torch.from_numpy(np.stack([slide.read_tile(x, y, tile_px=64, mpp=0.5)
-                                        for x, y in zip(table["x"], table["y"])])).permute(0, 3, 1, 2)
+                                        for x, y in zip(tiles.obs["x"], tiles.obs["y"])])).permute(0, 3, 1, 2)
     with torch.no_grad():
         ref = model.encode_image(TilePreprocess(model.spec)(pixels)).numpy()
     np.testing.assert_allclose(feats / np.linalg.norm(feats, axis=1, keepdims=True), ref, atol=1e-5)

@@ -247,10 +247,16 @@ def load_tile_encoder(model: str | ModelSpec, weights=None, device="cpu") -> tup
         enc = build_tile_encoder(spec, device="cpu")
         return enc.to(device).eval(), info
 
-    path = _weights.resolve(source)
+    hook = getattr(BUILDERS.get(spec.arch.split(":", 1)[1]), "spec_for_source", None) \
+        if spec.arch.startswith("pathkit:") else (_timm_hub_config if spec.extra.get("timm_hub_config") else None)
+    if hook is not None:  # e.g. an image tower reads its checkpoint's companion config, as load_clip does
+        spec = hook(spec, source)
+        info["config"] = spec.extra.get("config_source")
     published = weights is None or str(weights) in spec.weights
-    if spec.sha256 and published:
-        info["sha256"] = _weights.verify_sha256(path, spec.sha256)
+    expected = spec.sha256 if published else None
+    path = _weights.resolve(source, sha256=expected)
+    if expected:
+        info["sha256"] = _weights.verify_sha256(path, expected)
         info["verified"] = True
     raw = _weights.read_state_dict(path)
     sd = _weights.apply_key_map(raw, spec.key_map)
@@ -285,6 +291,35 @@ def load_tile_encoder(model: str | ModelSpec, weights=None, device="cpu") -> tup
     if info["sha256"] is None:
         info["sha256"] = _weights.sha256_file(path)
     return enc.to(device).eval(), info
+
+
+def _timm_hub_config(spec: ModelSpec, source) -> ModelSpec:
+    """A timm hub model's own `config.json` (hub repo, or beside a local file): its ``architecture`` and
+    ``model_args``, as ``timm.create_model("hf-hub:...")`` reads them, under the kwargs the model card passes
+    explicitly (``extra["card_kwargs"]``), which win as they do in the card's call. Without a readable
+    config the registry's kwargs are used (``info["config"] = "registry"``)."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    source = str(source)
+    path = None
+    if source.startswith(("hf_hub:", "hf-hub:")):
+        repo = "/".join(source.split(":", 1)[1].split("/")[:2])
+        try:
+            path = _weights.resolve(f"hf_hub:{repo}/config.json")
+        except (WeightsError, OSError, ValueError):
+            path = None
+    elif not source.startswith(("http://", "https://")) and (Path(source).expanduser().parent / "config.json").is_file():
+        path = Path(source).expanduser().parent / "config.json"
+    raw = json.loads(Path(path).read_text()) if path else {}
+    if not raw.get("model_args") and not raw.get("architecture"):
+        return dataclasses.replace(spec, extra={**spec.extra, "config_source": "registry"})
+    card = {k: spec.kwargs[k] for k in spec.extra.get("card_kwargs", ()) if k in spec.kwargs}
+    args = {k: v for k, v in (raw.get("model_args") or {}).items() if k not in ("num_classes", "pretrained_cfg")}
+    kwargs = {**spec.kwargs, **args, **card}
+    return dataclasses.replace(spec, arch=raw.get("architecture") or spec.arch, kwargs=kwargs,
+                               extra={**spec.extra, "config_source": str(path)})
 
 
 # ---------------------------------------------------------------------------------------------- builders

@@ -8,7 +8,6 @@ project's naming (mmcls BEiT, original DINOv2, a full ResNet-50) are renamed int
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from pathlib import Path
 
@@ -69,6 +68,9 @@ def read_state_dict(path) -> dict:
     except Exception as e:
         msg = str(e)
         if "Weights only load failed" in msg or "Unsupported global" in msg or "GLOBAL" in msg:
+            obj = _training_checkpoint(path)
+            if obj is not None:
+                return unwrap(obj, path)
             first = next((ln for ln in msg.splitlines() if "GLOBAL" in ln or "global" in ln), msg.splitlines()[0])
             raise UnsafePickleError(
                 f"{path} is a pickle that would import or run code when loaded, so pathkit refuses it. If you "
@@ -80,6 +82,59 @@ def read_state_dict(path) -> dict:
         raise WeightsError(f"{path}: cannot be read as a torch checkpoint (corrupted or truncated?): {msg}. "
                            "Delete it and download it again, or pass another weights=") from e
     return unwrap(obj, path)
+
+
+# Training bookkeeping that mmengine/mmcv (BEPH's BEPH_weight.pth: `meta`, `message_hub`, optimizer state) and
+# numpy pickle next to the model's tensors. Their classes are never imported: `_Inert` stands in for each.
+TRAINING_METADATA_MODULES = ("mmengine.", "mmcv.", "mmcls.", "mmpretrain.", "mmselfsup.", "numpy.", "_codecs.")
+
+
+class _Inert:
+    """Placeholder for a class named in a checkpoint's training metadata: built from any arguments, keeps
+    its state as plain data, runs nothing."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+def _training_checkpoint(path) -> dict | None:
+    """Read a training checkpoint whose only non-tensor globals are training metadata
+    (`TRAINING_METADATA_MODULES`), with torch's weights-only unpickler and an inert placeholder for each of
+    those classes: nothing from the file is imported or run. Returns the tensor dict under `state_dict` /
+    `model` (the metadata is dropped with a warning), or None (then the file is refused as unsafe)."""
+    import torch
+    from torch import serialization as ser
+
+    if not hasattr(ser, "get_unsafe_globals_in_checkpoint"):
+        return None
+    try:
+        names = ser.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # noqa: BLE001  (not a zip checkpoint: refused by the caller)
+        return None
+    if not names or not all(n.startswith(TRAINING_METADATA_MODULES) for n in names):
+        return None
+    stubs = [(type(n.rsplit(".", 1)[-1], (_Inert,), {}), n) for n in names]
+    try:
+        with ser.safe_globals(stubs):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001
+        return None
+    if not isinstance(obj, dict):
+        return None
+    inner = next((obj[k] for k in CONTAINER_KEYS if isinstance(obj.get(k), dict)), None)
+    if inner is None or not inner or not all(isinstance(v, torch.Tensor) for v in inner.values()):
+        return None
+    skipped = sorted(k for k in obj if obj[k] is not inner)
+    warnings.warn(f"{path}: a training checkpoint; read its tensors only and skipped {skipped} "
+                  f"(training metadata of {sorted({n.split('.')[0] for n in names})}, never imported or run)",
+                  UserWarning, stacklevel=4)
+    return inner
 
 
 def unwrap(obj, path=None) -> dict:
@@ -131,112 +186,7 @@ def strip_prefixes(sd: dict, expected: set) -> tuple[dict, list]:
 
 
 # ---------------------------------------------------------------------------------------------- key maps
-def _beph_mmcls(sd: dict) -> dict:
-    """mmcls/mmpretrain/mmselfsup BEiT (BEPH's `backbone.*` checkpoint) -> timm `beit_base_patch16_224`.
-
-    mmcls names (mmcls/models/backbones/beit.py, mmcv FFN): patch_embed.projection, layers.N.ln1/ln2,
-    layers.N.attn.{qkv,q_bias,v_bias,proj,relative_position_bias_table}, layers.N.gamma_1/gamma_2,
-    layers.N.ffn.layers.0.0 (fc1) / ffn.layers.1 (fc2), ln2 after the patch-token mean (`avg_token`).
-    A shared `rel_pos_bias` table (BEiT pre-training) is copied into every block, as mmcls does when loading.
-    """
-    import torch
-
-    sd = dict(sd)  # never mutate the caller's dict (it is reused to identify a wrong file)
-    if any(k.startswith("backbone.") for k in sd):
-        # a whole mmselfsup/mmcls model: keep the backbone (neck/head/target_generator are training-only)
-        sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
-    out: dict = {}
-    n_layers = 1 + max((int(m.group(1)) for k in sd if (m := re.match(r"layers\.(\d+)\.", k))), default=-1)
-    shared = sd.pop("rel_pos_bias.relative_position_bias_table", None)
-    sd.pop("rel_pos_bias.relative_position_index", None)
-    rules = [
-        (r"^patch_embed\.projection\.", "patch_embed.proj."),
-        (r"^layers\.(\d+)\.ln1\.", r"blocks.\1.norm1."),
-        (r"^layers\.(\d+)\.ln2\.", r"blocks.\1.norm2."),
-        (r"^layers\.(\d+)\.ffn\.layers\.0\.0\.", r"blocks.\1.mlp.fc1."),
-        (r"^layers\.(\d+)\.ffn\.layers\.1\.", r"blocks.\1.mlp.fc2."),
-        (r"^layers\.(\d+)\.gamma_([12])$", r"blocks.\1.gamma_\2"),
-        (r"^layers\.(\d+)\.attn\.", r"blocks.\1.attn."),
-        (r"^ln2\.", "fc_norm."),
-    ]
-    for k, v in sd.items():
-        if k.endswith("relative_position_index") or k == "mask_token":
-            continue  # buffers rebuilt by the model / pre-training only
-        if k.startswith("ln1."):
-            continue  # final norm of pre-training; BEPH extracts with final_norm=False (ln2 on the mean instead)
-        new = k
-        for pat, rep in rules:
-            if re.match(pat, k):
-                new = re.sub(pat, rep, k)
-                break
-        out[new] = v
-    if shared is not None:
-        for i in range(n_layers):
-            out.setdefault(f"blocks.{i}.attn.relative_position_bias_table", shared.clone())
-    if "fc_norm.weight" not in out and n_layers > 0:
-        dim = out["cls_token"].shape[-1]
-        warnings.warn(
-            "BEPH checkpoint has no `ln2` (the LayerNorm applied to the patch-token mean): using an identity "
-            "LayerNorm (weight 1, bias 0), which is what BEPH's own mmcls extraction gets when it loads this "
-            "checkpoint non-strictly.", UserWarning, stacklevel=3)
-        out["fc_norm.weight"] = torch.ones(dim, dtype=out["cls_token"].dtype)
-        out["fc_norm.bias"] = torch.zeros(dim, dtype=out["cls_token"].dtype)
-    return out
-
-
-def _dinov2_original(sd: dict) -> dict:
-    """Original DINOv2 naming (facebookresearch/dinov2, kaiko's ViT-L/14 hub `.pth`) -> timm `*_reg4_dinov2`.
-
-    DINOv2 keeps the class token's position in `pos_embed` and calls registers `register_tokens`; timm's
-    register models have no position for prefix tokens, so the class position is folded into `cls_token`.
-    SwiGLU `w12`/`w3` become `fc1`/`fc2`; `mask_token` (pre-training only) is dropped.
-    """
-    sd = dict(sd)
-    sd.pop("mask_token", None)
-    out: dict = {}
-    if "register_tokens" in sd:
-        out["reg_token"] = sd.pop("register_tokens")
-        pos = sd.pop("pos_embed")
-        out["cls_token"] = sd.pop("cls_token") + pos[:, :1]
-        out["pos_embed"] = pos[:, 1:]
-    for k, v in sd.items():
-        k = re.sub(r"^(blocks\.\d+\.mlp)\.w12\.", r"\1.fc1.", k)
-        k = re.sub(r"^(blocks\.\d+\.mlp)\.w3\.", r"\1.fc2.", k)
-        out[k] = v
-    return out
-
-
-def _resnet50_trunc(sd: dict) -> dict:
-    """A full ImageNet ResNet-50 (torchvision or timm naming: identical) -> the CLAM trunk (layer4, fc dropped)."""
-    return {k: v for k, v in sd.items() if not k.startswith(("layer4.", "fc."))}
-
-
-def _conch_visual(sd: dict) -> dict:
-    """CONCH's full CoCa checkpoint -> its image tower (`visual.*` names kept, as pathkit's tower has them):
-    the text tower, the caption decoder and the caption pooler (`attn_pool_caption`, `ln_caption`) are not
-    part of the image embedding and are dropped."""
-    if any(k.startswith("module.") for k in sd):
-        sd = {k.removeprefix("module."): v for k, v in sd.items()}
-    return {k: v for k, v in sd.items() if k.startswith("visual.")
-            and not k.startswith(("visual.attn_pool_caption.", "visual.ln_caption."))}
-
-
-KEY_MAPS = {
-    "beph_mmcls": _beph_mmcls,
-    "conch_visual": _conch_visual,
-    "dinov2_original": _dinov2_original,
-    "resnet50_trunc": _resnet50_trunc,
-}
-
-
-def apply_key_map(sd: dict, name: str | None) -> dict:
-    if not name:
-        return sd
-    try:
-        fn = KEY_MAPS[name]
-    except KeyError:
-        raise WeightsError(f"unknown key map {name!r}; known: {sorted(KEY_MAPS)}") from None
-    return fn(sd)
+from ._key_maps import KEY_MAPS, apply_key_map  # noqa: F401  (re-exported: weights.KEY_MAPS, apply_key_map)
 
 
 # ---------------------------------------------------------------------------------------------- sources
@@ -291,8 +241,20 @@ def _resolve_hf(source: str, filenames) -> Path:
         "You can also pass a local file with weights=PATH. Tried: " + " | ".join(errors))
 
 
-def _resolve_url(url: str) -> Path:
-    dest = weights_cache_dir() / url.rstrip("/").split("/")[-1]
+def url_cache_path(url: str, sha256: str | None = None) -> Path:
+    """Where a URL's file is cached: ``sha256/<digest>/<name>`` when its sha256 is known (a new release
+    under the same name is a new file), else ``url/<sha256 of the URL>[:16]/<name>`` (never the bare file
+    name, which two releases or two sites may share)."""
+    import hashlib
+
+    name = url.rstrip("/").split("/")[-1].split("?")[0] or "weights"
+    if sha256:
+        return weights_cache_dir() / "sha256" / str(sha256).lower() / name
+    return weights_cache_dir() / "url" / hashlib.sha256(url.encode()).hexdigest()[:16] / name
+
+
+def _resolve_url(url: str, sha256: str | None = None) -> Path:
+    dest = url_cache_path(url, sha256)
     if dest.is_file():
         return dest
     if offline():
@@ -304,7 +266,11 @@ def _resolve_url(url: str) -> Path:
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
     try:
         torch.hub.download_url_to_file(url, str(tmp), progress=True)
+        if sha256:
+            verify_sha256(tmp, sha256)  # a wrong file never enters the cache under the expected digest
         os.replace(tmp, dest)
+    except ChecksumError:
+        raise
     except Exception as e:
         raise WeightsError(f"could not download {url}: {e}. Download it by hand and pass weights=PATH") from e
     finally:
@@ -322,20 +288,21 @@ def hf_revision(path) -> str | None:
     return None
 
 
-def resolve(source, filenames=("model.safetensors", "pytorch_model.bin")) -> Path:
+def resolve(source, filenames=("model.safetensors", "pytorch_model.bin"), sha256: str | None = None) -> Path:
     """A weights source -> a local file.
 
     - ``hf_hub:<org>/<repo>[@<revision>][/<file>]`` through huggingface_hub (token from HF_TOKEN or
       ``huggingface-cli login``; ``HF_HUB_OFFLINE``, ``HF_HUB_CACHE`` and ``HF_HOME`` read at call time);
       without a file name, `filenames` are tried in order;
-    - ``http(s)://...`` downloaded once into `weights_cache_dir()` (atomic; refused when offline);
+    - ``http(s)://...`` downloaded once into `weights_cache_dir()` (atomic; refused when offline), cached
+      under its `sha256` when given (`url_cache_path`);
     - anything else is a local path.
     """
     source = os.fspath(source)
     if source.startswith(("hf_hub:", "hf-hub:")):
         return _resolve_hf(source, filenames)
     if source.startswith(("https://", "http://")):
-        return _resolve_url(source)
+        return _resolve_url(source, sha256)
     path = Path(source).expanduser()
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist")

@@ -36,7 +36,8 @@ register(ModelSpec(
     embed_dim=1536, input_size=224, resize=256, interpolation="bicubic",
     mean=IMAGENET_MEAN, std=IMAGENET_STD, pool="cls",
     weights=("hf_hub:prov-gigapath/prov-gigapath/pytorch_model.bin",), n_params=1_134_953_984,
-    license="Prov-GigaPath licence (non-commercial research); gated on the HF hub", gated=True,
+    license="Apache-2.0 (repository and model card since 2025; earlier releases: non-commercial research); "
+            "gated on the HF hub", gated=True,
     source="https://huggingface.co/prov-gigapath/prov-gigapath",
     description="Prov-GigaPath tile encoder (ViT-g/14 DINOv2 recipe, patch 16, 1536-d CLS)",
     extra={"published_params": "1,134,953,984", "tile": "256 px at 0.5 mpp"},
@@ -115,21 +116,47 @@ for _name, _arch, _dim, _n, _file, _kw, _km in [
         extra={"published_params": f"{_n:,} (timm {_arch})"},
     ))
 
+_BEPH_SRC = "https://github.com/Zhcyoung/BEPH"
+_BEPH_WEIGHTS = ("BEPH's weights are not on a hub: download them from the link in https://github.com/Zhcyoung/BEPH "
+                 "(Google Drive file 19Fu3dw3G4i2gPXijzrxfaQ2D_xcqNdNz, or Baidu) and pass weights=PATH "
+                 "(BEPH_backbone.pth, or the full mmengine training checkpoint BEPH_weight.pth: its state dict is "
+                 "read without unpickling mmengine objects and its backbone.* part is used)")
 register(ModelSpec(
     name="beph", arch="beit_base_patch16_224", kwargs={"img_size": 224},
+    embed_dim=768, input_size=224, resize=None, interpolation="bilinear",
+    mean=IMAGENET_MEAN, std=IMAGENET_STD, pool="head",
+    weights=(), key_map="beph_clam", n_params=85_761_984,
+    license="see https://github.com/Zhcyoung/BEPH (weights on Google Drive / Baidu, no hub mirror)",
+    gated=False,
+    source=(f"{_BEPH_SRC} (CLAM_Feature/extract_features_fp_BEPH.py: CLAM Whole_Slide_Bag_FP(pretrained=True), "
+            "model.extract_feat(batch, stage='backbone')[0]; mmselfsup/configs/tsne/beitv2_base.py)"),
+    description=("BEPH as its authors extract WSI features: BEiT-B/16, ImageNet mean/std on native 224-px tiles "
+                 "(no resize), per-block relative-position tables at zero (as their loading leaves them); "
+                 "embedding = LayerNorm(mean of patch tokens), 768-d"),
+    extra={"published_params": "ViT-B/16 (~86M)", "pool_detail": "mmcls avg_token: ln2(mean(patch tokens))",
+           "tile": "224 px, native (CLAM patches read at 224 and not resized)",
+           "why": ("reproduces the published WSI features: extract_feat bypasses the model's data_preprocessor "
+                   "(so CLAM's ImageNet normalisation applies), and mmcls' hook that would copy the shared "
+                   "pre-training table into the blocks looks for the key without its 'backbone.' prefix, so the "
+                   "tables stay at their zero initialisation"),
+           "alternatives": "beph_pretrain: the pre-training recipe (BEPH mean/std, 256 -> 224, shared table copied)",
+           "manual_weights": _BEPH_WEIGHTS},
+))
+
+register(ModelSpec(
+    name="beph_pretrain", arch="beit_base_patch16_224", kwargs={"img_size": 224},
     embed_dim=768, input_size=224, resize=256, interpolation="bilinear",
     mean=BEPH_MEAN, std=BEPH_STD, pool="head",
     weights=(), key_map="beph_mmcls", n_params=85_761_984,
     license="see https://github.com/Zhcyoung/BEPH (weights on Google Drive / Baidu, no hub mirror)",
     gated=False,
-    source="https://github.com/Zhcyoung/BEPH (mmselfsup/configs/tsne/beitv2_base.py; mmcls BEiT avg_token)",
-    description=("BEPH: BEiT-B/16 (BEiTv2 pre-training), relative position bias, layer scale 0.1; embedding = "
-                 "LayerNorm(mean of patch tokens), 768-d. Download BEPH_backbone.pth and pass weights=PATH"),
+    source=f"{_BEPH_SRC} (mmselfsup/configs/tsne/beitv2_base.py data_preprocessor + extract_pipeline; mmcls BEiT)",
+    description=("BEPH, pre-training recipe: BEPH mean/std, ResizeEdge 256 -> CenterCrop 224, the shared "
+                 "relative-position table copied into every block; LayerNorm(mean of patch tokens), 768-d"),
     extra={"published_params": "ViT-B/16 (~86M)", "pool_detail": "mmcls avg_token: ln2(mean(patch tokens))",
-           "manual_weights": ("BEPH's weights are not on a hub: download them from the link in "
-                              "https://github.com/Zhcyoung/BEPH (Google Drive file "
-                              "19Fu3dw3G4i2gPXijzrxfaQ2D_xcqNdNz, or Baidu) and pass weights=PATH "
-                              "(BEPH_backbone.pth or the full BEPH_weight.pth: its backbone.* part is used)")},
+           "why": ("the t-SNE config's preprocessing and mmpretrain's table expansion; NOT what the authors' WSI "
+                   "features used (see `beph`)"),
+           "manual_weights": _BEPH_WEIGHTS},
 ))
 
 register(ModelSpec(
@@ -150,10 +177,15 @@ register(ModelSpec(
     mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD, pool="head",
     weights=("hf_hub:MahmoodLab/CONCH/pytorch_model.bin",), key_map="conch_visual", n_params=87_829_248,
     license="CC BY-NC-ND 4.0; gated on the HF hub", gated=True,
-    source="https://github.com/mahmoodlab/CONCH (conch_ViT-B-16 config: CoCa ViT-B/16, 448 px, embed 512)",
-    description="CONCH image tower (CoCa ViT-B/16 at 448 px): projected, contrastive image embedding, 512-d",
+    source=("https://github.com/mahmoodlab/CONCH (README feature extraction: encode_image(proj_contrast=False, "
+            "normalize=False); conch_ViT-B-16 config: CoCa ViT-B/16, 448 px, embed 512); TRIDENT / CLAM / mSTAR"),
+    description=("CONCH tile features (CoCa ViT-B/16 at 448 px): attentional pooler + ln_contrast, BEFORE the "
+                 "contrastive projection, 512-d (zero-shot uses conch_vision_proj)"),
     extra={"builder": "pathkit.models.clip registers tile_encoders.BUILDERS['conch_vision']",
-           "published_params": "ViT-B/16 trunk (~86M) + contrastive attentional pooler; 87,829,248 in pathkit"},
+           "tower_output": "pre_projection", "mpp": 0.5,
+           "alternatives": "conch_vision_proj: the projected embedding that zero-shot compares with text",
+           "published_params": ("ViT-B/16 trunk (~86M) + contrastive attentional pooler; 87,829,248 in pathkit "
+                                "(proj_contrast is loaded but not applied)")},
 ))
 
 register(ModelSpec(
@@ -168,3 +200,5 @@ register(ModelSpec(
     description="CLAM baseline: ImageNet ResNet-50 up to layer3, adaptive average pool -> 1024-d",
     extra={"published_params": "8,543,296 (conv1 ... layer3 of torchvision ResNet-50)"},
 ))
+
+from . import _zoo_more  # noqa: F401  (the entries added for issue 14)

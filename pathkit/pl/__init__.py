@@ -1,7 +1,10 @@
 """Plotting: interactive plotly figures."""
-from .survival import kaplan_meier
-from .umap import umap
-from .slide import slide
+from ._survival import kaplan_meier
+from ._umap import umap
+from ._slide import slide
 from ._thumbs import write_html
+from ._qc import qc
+from ._associate import association_heatmap, encoder_comparison, volcano
 
-__all__ = ["kaplan_meier", "umap", "slide", "write_html"]
+__all__ = ["kaplan_meier", "umap", "slide", "write_html", "qc"]
+__all__ += ["volcano", "association_heatmap", "encoder_comparison"]

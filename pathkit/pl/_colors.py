@@ -55,7 +55,7 @@ def available_keys(data) -> list[str]:
     return keys
 
 
-def resolve_color(data, key: str | None, palette=None) -> ColorSpec:
+def resolve_color(data, key: str | None, palette=None, use_rep: str | None = None) -> ColorSpec:
     """Values for `key`: an obs (or DataFrame) column, else a gene column of ``obsm["rna"]``, else a feature
     (a var name of X, e.g. ``"12"``). Categorical columns get one colour per category: ``palette`` (list or
     dict category -> colour), else ``uns[key + "_colors"]`` (scanpy's convention), else a default palette."""
@@ -73,12 +73,18 @@ def resolve_color(data, key: str | None, palette=None) -> ColorSpec:
             if not rna.index.equals(obs.index):
                 rna = rna.reindex(obs.index)
             return ColorSpec(key, "rna", False, rna[key].to_numpy(dtype=float))
+        if use_rep is not None and use_rep in data.obsm and str(key).isdigit():
+            F = np.asarray(data.obsm[use_rep])
+            j = int(key)
+            if j >= F.shape[1]:
+                raise KeyError(f"color={key!r}: obsm[{use_rep!r}] has {F.shape[1]} features (0..{F.shape[1] - 1})")
+            return ColorSpec(key, "feature", False, F[:, j].astype(float))
         if key in data.var_names:
             col = data[:, key].X
             col = col.toarray() if hasattr(col, "toarray") else np.asarray(col)
             return ColorSpec(key, "feature", False, col.reshape(-1).astype(float))
     where = "obs columns" if hasattr(data, "obs") else "columns"
-    extra = ", genes of obsm['rna'] or var_names (feature indices)" if hasattr(data, "obsm") else ""
+    extra = (", genes of obsm['rna'], feature indices of obsm[use_rep] or var_names") if hasattr(data, "obsm") else ""
     raise KeyError(f"color={key!r} is not one of the {where}{extra}; obs columns: {list(obs.columns)}")
 
 

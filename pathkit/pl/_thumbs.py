@@ -69,8 +69,23 @@ def png_bytes(img) -> bytes:
     return buf.getvalue()
 
 
-def data_uri(img) -> str:
-    return "data:image/png;base64," + base64.b64encode(png_bytes(img)).decode("ascii")
+def jpeg_bytes(img, quality: int = 85) -> bytes:
+    from PIL import Image
+
+    if not isinstance(img, Image.Image):
+        img = Image.fromarray(np.asarray(img, dtype=np.uint8))
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def data_uri(img, image_format: str = "png") -> str:
+    """A ``data:`` URI of ``img``: ``"png"`` (lossless) or ``"jpeg"`` (quality 85; slide thumbnails)."""
+    if image_format == "png":
+        return "data:image/png;base64," + base64.b64encode(png_bytes(img)).decode("ascii")
+    if image_format in ("jpeg", "jpg"):
+        return "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(img)).decode("ascii")
+    raise ValueError(f"image_format={image_format!r}; use 'png' or 'jpeg'")
 
 
 def decode_data_uri(uri: str) -> np.ndarray:
@@ -120,34 +135,41 @@ def slides_for(adata, slide, required: bool):
     return None
 
 
-def tile_thumbnails(adata, slides: dict, rows: np.ndarray, thumb_px: int) -> dict[int, str]:
-    """Data URIs for the tile rows ``rows`` (positions in adata)."""
-    from tqdm.auto import tqdm
+def thumb_reader(adata, slide, thumb_px: int, required: bool):
+    """A function row -> RGB array (``thumb_px`` square) that reads that point's thumbnail when asked: the
+    tile of a tile AnnData, or the whole slide of a cohort row (``obs["path"]`` or ``slide=`` dict). None
+    when no slide is available and ``required`` is False."""
+    is_tiles = ("x" in adata.obs and "y" in adata.obs) or "spatial" in adata.obsm
+    if is_tiles:
+        slides = slides_for(adata, slide, required)
+        if slides is None:
+            return None
+        geom = tile_geometry(adata, slide=next(iter(slides.values())))
+        ids = adata.obs["slide_id"].astype(str).to_numpy() if "slide_id" in adata.obs else None
 
-    geom = tile_geometry(adata, slide=next(iter(slides.values())))
-    ids = adata.obs["slide_id"].astype(str).to_numpy() if "slide_id" in adata.obs else None
-    out = {}
-    for r in tqdm(rows, desc="thumbnails", disable=len(rows) < 200, leave=False):
-        s = slides["__one__"] if "__one__" in slides else slides[ids[r]]
-        x, y = geom.xy[r]
-        out[int(r)] = data_uri(read_tile_thumb(s, x, y, geom.size, thumb_px))
-    return out
+        def read(r: int):
+            s = slides["__one__"] if "__one__" in slides else slides[ids[r]]
+            x, y = geom.xy[r]
+            return read_tile_thumb(s, x, y, geom.size, thumb_px)
+        return read
+    if isinstance(slide, dict) or "path" in adata.obs:
+        ok = isinstance(slide, dict) or all(Path(str(p)).exists() for p in adata.obs["path"])
+        if not ok:
+            if required:
+                raise FileNotFoundError("thumbnails need the slides: obs['path'] has files that are not "
+                                        "readable here; pass slide= a dict slide_id -> Slide")
+            return None
 
-
-def slide_thumbnails(adata, rows: np.ndarray, thumb_px: int, slide=None) -> dict[int, str]:
-    """Data URIs of whole-slide thumbnails for cohort rows (obs['path'], or slide= dict slide_id -> Slide)."""
-    from tqdm.auto import tqdm
-
-    out = {}
-    for r in tqdm(rows, desc="slide thumbnails", disable=len(rows) < 20, leave=False):
-        row = adata.obs.iloc[r]
-        if isinstance(slide, dict):
-            s = slide[str(row["slide_id"])]
-            out[int(r)] = data_uri(s.thumbnail(thumb_px))
-        else:
+        def read_slide_thumb(r: int):
+            row = adata.obs.iloc[r]
+            if isinstance(slide, dict):
+                return np.asarray(slide[str(row["slide_id"])].thumbnail(thumb_px).convert("RGB"))
             with _open(row["path"]) as s:
-                out[int(r)] = data_uri(s.thumbnail(thumb_px))
-    return out
+                return np.asarray(s.thumbnail(thumb_px).convert("RGB"))
+        return read_slide_thumb
+    if required:
+        raise KeyError("thumbnails need tile coordinates (obs x/y) or slide paths (obs['path'])")
+    return None
 
 
 _HOVER_JS = """
@@ -187,28 +209,45 @@ def write_html(fig, path, include_plotlyjs=True, post_script=None, **kwargs):
     return path
 
 
-def hover_widget(fig, thumb_px: int = 96):
+def hover_widget(fig, thumb_px: int = 96, reader=None):
     """An ipywidgets box with ``fig`` as a FigureWidget and an Image that shows the hovered point's
-    thumbnail (``customdata[:, 1]``): how thumbnails show on hover inside JupyterLab. Attributes
-    ``.figure`` (FigureWidget) and ``.image`` (ipywidgets.Image)."""
+    thumbnail: read on hover by ``reader(row)`` (nothing embedded), else the data URI in
+    ``customdata[:, 1]``. Attributes ``.figure`` (FigureWidget), ``.image`` (ipywidgets.Image, hidden until
+    the first hover) and ``.caption``. Displayed, it also leaves a static copy of the figure for notebooks
+    reopened without a kernel (:mod:`pathkit.widgets._static`)."""
     import ipywidgets as W
     import plotly.graph_objects as go
 
+    from ..widgets._static import StaticFallbackBox
+
     fw = go.FigureWidget(fig)
-    image = W.Image(format="png", width=max(thumb_px, 96), height=max(thumb_px, 96))
-    caption = W.HTML()
+    side = max(thumb_px, 96)
+    image = W.Image(format="png", width=side, height=side, layout=W.Layout(display="none"))
+    caption = W.HTML("<i>hover a point</i>")
+    cache: dict[int, bytes] = {}
 
     def on_hover(trace, points, state):
         if not points.point_inds:
             return
         row, uri = trace.customdata[points.point_inds[0]][:2]
-        if uri:
-            image.value = png_bytes(decode_data_uri(uri))
-            caption.value = f"row {int(row)}"
+        row = int(row)
+        if row not in cache:
+            if reader is not None:
+                cache[row] = png_bytes(reader(row))
+            elif uri:
+                cache[row] = png_bytes(decode_data_uri(uri))
+            else:
+                return
+        image.value = cache[row]
+        image.layout.display = None
+        caption.value = f"row {row}"
 
     for tr in fw.data:
         if tr.customdata is not None:
             tr.on_hover(on_hover)
-    box = W.HBox([fw, W.VBox([image, caption])])
+    panel = W.VBox([image, caption], layout=W.Layout(min_width=f"{side + 8}px"))
+    box = StaticFallbackBox([fw, panel], layout=W.Layout(flex_flow="row wrap", align_items="flex-start"))
+    box.static_figures = lambda: [go.Figure(fw)]
+    panel.children = (*panel.children, box._marker())
     box.figure, box.image, box.caption = fw, image, caption
     return box

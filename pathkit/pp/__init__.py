@@ -1,5 +1,6 @@
 """Preprocessing: tissue detection and tiling."""
 from .tiling import tile
 from .tissue import TissueMask, find_tissue, tissue_mask_from_rgb
+from ._qc import tile_qc
 
-__all__ = ["find_tissue", "tile", "TissueMask", "tissue_mask_from_rgb"]
+__all__ = ["find_tissue", "tile", "TissueMask", "tissue_mask_from_rgb", "tile_qc"]

@@ -24,6 +24,15 @@ MAX_LUMINANCE = 230.0
 MIN_CONTRAST = 20.0
 # The brighter Otsu class is glass only if its mean is at least this bright.
 MIN_GLASS = 200.0
+# Closing radius (mask px) that joins the speckle of pale tissue: per-pixel Otsu leaves holes between
+# nuclei and in pale stroma; a 5-px closing lifts IoU with histolab's tile masks from 0.72/0.57 to 0.82/0.90.
+DESPECKLE_PX = 5
+# find_tissue's closing radius in um (2 mask px at the default 8 um/px).
+DESPECKLE_UM = 16.0
+# Holes smaller than this (um^2, about 100 x 100 um: lumens, fat cells, tears) are filled in find_tissue.
+FILL_HOLES_UM2 = 10_000.0
+# Islands smaller than this (um^2, about 22 x 22 um: dust, ink dots) are dropped in find_tissue.
+MIN_OBJECT_UM2 = 500.0
 
 
 def luminance(img: np.ndarray) -> np.ndarray:
@@ -85,22 +94,154 @@ def _dark_threshold(sum3: np.ndarray, max_luminance: float, min_contrast: float,
     return _otsu_from_hist(counts, np.arange(counts.size) / 3.0, max_luminance, min_contrast, min_glass)
 
 
-def tissue_mask_from_rgb(img: np.ndarray, threshold: float | None = None, *,
-                         max_luminance: float = MAX_LUMINANCE,
-                         min_contrast: float = MIN_CONTRAST,
-                         min_glass: float | None = MIN_GLASS) -> tuple[np.ndarray, float]:
-    """The tissue logic of :func:`find_tissue` on a uint8 RGB array: ``(mask, threshold)``.
+class RGBMask(tuple):
+    """``(mask, threshold)`` of :func:`tissue_mask_from_rgb`, with what pen removal took out:
+    ``.pen_mask`` (H x W bool, ink pixels) and ``.pen`` (share of the image that is ink)."""
 
-    ``mask`` is True where the luminance (mean of R, G, B) is below the threshold (Otsu with guards unless
-    `threshold` is given). Useful on a single patch: ``mask.mean()`` is its tissue fraction.
-    """
+    def __new__(cls, mask, threshold, pen_mask):
+        obj = super().__new__(cls, (mask, threshold))
+        obj.pen_mask = pen_mask
+        obj.pen = float(pen_mask.mean()) if pen_mask.size else 0.0
+        return obj
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self[0]
+
+    @property
+    def threshold(self) -> float:
+        return self[1]
+
+
+def _check_rgb(img, what: str) -> np.ndarray:
     img = np.asarray(img)
     if img.dtype != np.uint8:
-        raise TypeError(f"tissue_mask_from_rgb needs a uint8 RGB image, got {img.dtype}")
+        raise TypeError(f"{what} needs a uint8 RGB image, got {img.dtype}")
+    if img.ndim == 3 and img.shape[-1] == 4:
+        alpha = img[..., 3]
+        if (alpha < 255).any():
+            raise ValueError(f"{what}: the RGBA image has transparent pixels ({(alpha < 255).mean():.1%}); "
+                             "composite it on white first, e.g. Image.alpha_composite(white, img).convert('RGB')")
+        img = img[..., :3]
+    if img.ndim == 2:
+        return np.repeat(img[..., None], 3, axis=-1)
+    if img.ndim != 3 or img.shape[-1] != 3:
+        raise ValueError(f"{what} needs an H x W x 3 RGB image (or H x W grey), got shape {img.shape}")
+    return img
+
+
+def _segment_dark(img: np.ndarray, inside: tuple[int, int] | None, threshold: float | None, *, pen,
+                  px_um: float | None, despeckle_px: int, fill_holes_um2: float, min_object_um2: float,
+                  max_luminance: float, min_contrast: float, min_glass: float | None):
+    """The one code path of brightfield tissue detection (find_tissue and tissue_mask_from_rgb):
+    pen ink -> Otsu on the non-ink pixels inside the image -> tissue = dark and not ink -> closing of
+    ``despeckle_px`` -> holes filled / islands dropped by area. Returns (mask, threshold, pen_mask)."""
     sum3 = _rgb_sum(img)
-    thr = _dark_threshold(sum3, max_luminance, min_contrast, min_glass) if threshold is None \
-        else float(threshold)
-    return sum3 < 3 * thr, thr
+    ih, iw = inside if inside is not None else sum3.shape
+    if pen:
+        from ._pen import pen_mask as _pen_mask
+
+        ink = _pen_mask(img, tuple(pen) if not isinstance(pen, bool) else ("red", "green", "blue", "black"))
+    else:
+        ink = np.zeros(sum3.shape, bool)
+    if threshold is None:
+        counts = np.bincount(sum3[:ih, :iw].ravel(), minlength=766)
+        if pen and ink.any():  # Otsu separates tissue from glass, ink is neither
+            counts = counts - np.bincount(sum3[:ih, :iw][ink[:ih, :iw]], minlength=766)
+        thr = _otsu_from_hist(counts, np.arange(counts.size) / 3.0, max_luminance, min_contrast, min_glass)
+    else:
+        thr = float(threshold)
+    mask = sum3 < 3 * thr
+    if ink.any():
+        mask &= ~ink
+    mask = _clean(mask, despeckle_px, fill_holes_um2, min_object_um2, px_um)
+    if ink.any():  # closing and hole filling must not put the ink back
+        mask &= ~ink
+    return mask, thr, ink
+
+
+def _drop_small(mask: np.ndarray, min_px: int) -> np.ndarray:
+    """`mask` without its 4-connected pieces of fewer than `min_px` pixels (skimage's remove_small_objects,
+    connectivity 1, in one label and one bincount)."""
+    from scipy import ndimage as ndi
+
+    lab, n = ndi.label(mask)
+    if n == 0:
+        return mask
+    keep = np.bincount(lab.ravel(), minlength=n + 1) >= min_px
+    keep[0] = False
+    if keep[1:].all():
+        return mask
+    return keep[lab]
+
+
+def _clean(mask, despeckle_px: int, fill_holes_um2: float, min_object_um2: float, px_um: float | None):
+    """Closing with a disc of radius `despeckle_px` (the image is mirrored at its edges), then holes
+    smaller than `fill_holes_um2` filled and pieces smaller than `min_object_um2` dropped."""
+    if not mask.any():
+        return mask
+    if despeckle_px and despeckle_px > 0:
+        from scipy import ndimage as ndi
+        from skimage.morphology import disk
+
+        r = int(despeckle_px)
+        padded = np.pad(mask, r + 1, mode="reflect")  # tissue cut by the image edge goes on beyond it
+        closed = ndi.binary_closing(padded, structure=disk(r).astype(bool))
+        mask = closed[r + 1:-(r + 1), r + 1:-(r + 1)] | mask
+    if (fill_holes_um2 or min_object_um2) and px_um is None:
+        raise ValueError("fill_holes_um2 / min_object_um2 are areas in um^2: pass mpp (um per pixel of the image)")
+    if fill_holes_um2 and fill_holes_um2 > 0:
+        px = math.ceil(fill_holes_um2 / px_um ** 2)
+        if px > 1:
+            mask = ~_drop_small(~mask, px)
+    if min_object_um2 and min_object_um2 > 0:
+        px = math.ceil(min_object_um2 / px_um ** 2)
+        if px > 1:
+            mask = _drop_small(mask, px)
+    return mask
+
+
+def tissue_mask_from_rgb(img: np.ndarray, threshold: float | None = None, *, pen=True,
+                         mpp: float | None = None, despeckle_px: int = DESPECKLE_PX,
+                         fill_holes_um2: float = 0.0, min_object_um2: float = 0.0,
+                         max_luminance: float = MAX_LUMINANCE,
+                         min_contrast: float = MIN_CONTRAST,
+                         min_glass: float | None = MIN_GLASS) -> RGBMask:
+    """The tissue logic of :func:`find_tissue` on a uint8 RGB array: ``(mask, threshold)``.
+
+    ``mask`` is True where the luminance (mean of R, G, B) is below the threshold (Otsu with guards on the
+    pixels that are not pen ink, unless `threshold` is given), minus pen ink, closed with a disc of
+    `despeckle_px` pixels (pale tissue is speckled at the pixel scale), then cleaned by area. Useful on a
+    single patch: ``mask.mean()`` is its tissue fraction.
+
+    Parameters
+    ----------
+    img
+        uint8 RGB (H x W x 3), grey (H x W) or opaque RGBA.
+    threshold
+        Luminance cut (0-255); default Otsu with guards.
+    pen
+        True (default): red, green, blue and black ink are not tissue; False keeps them; or a tuple of
+        colours, e.g. ``("green", "blue")``. Ignored for a grey image (ink is told by its colour).
+    mpp
+        um per pixel of `img`; needed only for the areas below.
+    despeckle_px
+        Radius (px) of the closing; 0 turns it off.
+    fill_holes_um2, min_object_um2
+        Fill holes / drop pieces smaller than this area (um^2); 0 turns it off.
+
+    Returns
+    -------
+    RGBMask
+        A ``(mask, threshold)`` tuple with ``.pen_mask`` and ``.pen`` (share of the image that is ink).
+    """
+    grey = np.asarray(img).ndim == 2  # ink is told by its colour: none in a grey image
+    img = _check_rgb(img, "tissue_mask_from_rgb")
+    mask, thr, ink = _segment_dark(img, None, threshold, pen=False if grey else pen, px_um=mpp,
+                                   despeckle_px=despeckle_px,
+                                   fill_holes_um2=fill_holes_um2, min_object_um2=min_object_um2,
+                                   max_luminance=max_luminance, min_contrast=min_contrast, min_glass=min_glass)
+    return RGBMask(mask, thr, ink)
 
 
 @dataclass
@@ -108,7 +249,8 @@ class TissueMask:
     """A boolean tissue mask at a known scale.
 
     ``mask`` (H x W bool), ``downsample`` (level-0 px per mask px), ``threshold`` (luminance cut),
-    ``fraction`` (tissue share of the slide area), ``mpp`` (um per mask px), ``slide_id``.
+    ``fraction`` (tissue share of the slide area), ``mpp`` (um per mask px), ``slide_id``,
+    ``pen`` (share of the slide area that is pen ink, removed from the mask) and ``pen_mask`` (the ink).
     Mask pixel (i, j) covers level-0 ``[j*d, (j+1)*d) x [i*d, (i+1)*d)`` with ``d = downsample``.
     """
 
@@ -119,12 +261,29 @@ class TissueMask:
     mpp: float | None = None
     slide_id: str | None = None
     slide_dimensions: tuple[int, int] | None = None
+    pen: float = 0.0
+    pen_mask: np.ndarray | None = field(default=None, repr=False, compare=False)
     _integral: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        self.mask = np.asarray(self.mask)
+        if self.mask.ndim != 2:
+            raise ValueError(f"TissueMask.mask must be a 2-D (H x W) array, got shape {self.mask.shape}")
+        self.mask = self.mask.astype(bool, copy=False)
+        if self.pen_mask is not None and np.shape(self.pen_mask) != self.mask.shape:
+            raise ValueError(f"TissueMask.pen_mask has shape {np.shape(self.pen_mask)}, the mask {self.mask.shape}: "
+                             "they must cover the same pixels")
 
     def __repr__(self):
         h, w = self.mask.shape
         return (f"TissueMask({self.slide_id!r}, {w}x{h} px at {self.downsample:.4g}x, "
-                f"threshold={self.threshold:.1f}, fraction={self.fraction:.3f})")
+                f"threshold={self.threshold:.1f}, fraction={self.fraction:.3f}, pen={self.pen:.3f})")
+
+    def pen_fraction(self, x0, y0, x1, y1) -> np.ndarray:
+        """Share of each level-0 box covered by pen ink (0 where no ink was looked for)."""
+        if self.pen_mask is None or not self.pen_mask.any():
+            return np.zeros(np.broadcast(np.asarray(x0), np.asarray(y0)).shape)
+        return TissueMask(self.pen_mask, self.downsample, self.threshold).area_fraction(x0, y0, x1, y1)
 
     def _cumulative(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         """Tissue area (mask px^2) in [0, u) x [0, v) (mask px, floats): the bilinear interpolation of the
@@ -157,11 +316,12 @@ class TissueMask:
         return np.clip(frac, 0.0, 1.0)
 
 
-def find_tissue(slide, mask_mpp: float = 8.0, *, threshold: float | None = None,
-                min_object_um2: float = 0.0, foreground: str = "auto",
+def find_tissue(slide, mask_mpp: float = 8.0, *, threshold: float | None = None, pen=True,
+                despeckle_um: float = DESPECKLE_UM, fill_holes_um2: float = FILL_HOLES_UM2,
+                min_object_um2: float = MIN_OBJECT_UM2, foreground: str = "auto",
                 max_luminance: float = MAX_LUMINANCE, min_contrast: float = MIN_CONTRAST,
                 min_glass: float | None = MIN_GLASS) -> TissueMask:
-    """Find tissue: Otsu on the luminance of a low-resolution image of the whole slide.
+    """Find tissue: Otsu on the luminance of a low-resolution image of the whole slide, pen ink removed.
 
     Parameters
     ----------
@@ -172,8 +332,16 @@ def find_tissue(slide, mask_mpp: float = 8.0, *, threshold: float | None = None,
         from the coarsest pyramid level at least that fine.
     threshold
         Luminance cut (0-255); default Otsu with the guards described in the module docstring.
+    pen
+        True (default): red, green, blue and black pen ink is not tissue (colour rules in CIELAB, see
+        ``pathkit.pp._pen``; brown DAB is kept); False keeps ink; or a tuple of colours.
+    despeckle_um
+        Radius (um) of a closing that joins the speckle of pale tissue (rounded to mask px; 0: off).
+    fill_holes_um2
+        Fill holes in the tissue smaller than this area (default 10,000 um^2, about 100 x 100 um); 0: off.
     min_object_um2
-        Remove connected tissue pieces smaller than this area (dust, pen dots); 0 keeps everything.
+        Remove connected tissue pieces smaller than this area (default 500 um^2, about 22 x 22 um: dust,
+        ink dots); 0 keeps everything. Areas are physical, so the same values work at any `mask_mpp`.
     foreground
         "dark" (brightfield: tissue is darker than the glass), "bright" (fluorescence read with
         ``allow_non_brightfield=True``: tissue is brighter than a dark background) or "auto" (bright when
@@ -184,8 +352,8 @@ def find_tissue(slide, mask_mpp: float = 8.0, *, threshold: float | None = None,
     Returns
     -------
     TissueMask
-        With ``.mask``, ``.downsample``, ``.threshold``, ``.fraction``. A slide without tissue gives an
-        empty mask and a warning.
+        With ``.mask``, ``.downsample``, ``.threshold``, ``.fraction``, ``.pen`` (ink share of the slide)
+        and ``.pen_mask``. A slide without tissue gives an empty mask and a warning.
     """
     from ..slide import read_slide
 
@@ -194,21 +362,25 @@ def find_tissue(slide, mask_mpp: float = 8.0, *, threshold: float | None = None,
         raise ValueError(f"mask_mpp must be positive, got {mask_mpp}")
     w, h = slide.dimensions
     d = max(1.0, mask_mpp / slide.mpp)
+    px_um = d * slide.mpp
     mw, mh = max(1, math.ceil(w / d)), max(1, math.ceil(h / d))
     img = slide.read_level0_box((0.0, 0.0, mw * d, mh * d), (mw, mh))
-    sum3 = _rgb_sum(img)
-    del img
     # Otsu on pixels inside the image only: the white padding of the last row/column is not glass.
-    inside = sum3[: max(1, int(h // d)), : max(1, int(w // d))]
+    ih, iw = max(1, int(h // d)), max(1, int(w // d))
     if foreground == "auto":
-        foreground = "bright" if float(np.median(inside[:: max(1, inside.shape[0] // 256),
-                                                        :: max(1, inside.shape[1] // 256)])) < 3 * 80 else "dark"
+        probe = img[:ih:max(1, ih // 256), :iw:max(1, iw // 256)]
+        foreground = "bright" if float(np.median(_rgb_sum(probe))) < 3 * 80 else "dark"
+    ink = None
     if foreground == "dark":
-        thr = _dark_threshold(inside, max_luminance, min_contrast, min_glass) if threshold is None \
-            else float(threshold)
-        mask = sum3 < 3 * thr
+        mask, thr, ink = _segment_dark(img, (ih, iw), threshold, pen=pen, px_um=px_um,
+                                       despeckle_px=round(despeckle_um / px_um) if despeckle_um else 0,
+                                       fill_holes_um2=fill_holes_um2, min_object_um2=min_object_um2,
+                                       max_luminance=max_luminance, min_contrast=min_contrast,
+                                       min_glass=min_glass)
     elif foreground == "bright":
-        # dark-background images: Otsu on the inverted luminance; the glass cap does not apply
+        sum3 = _rgb_sum(img)
+        inside = sum3[:ih, :iw]
+        # dark-background images: Otsu on the inverted luminance; the glass cap does not apply; no ink
         if threshold is None:
             inv = _dark_threshold(765 - inside, math.inf, min_contrast, None)
             thr = 255.0 - inv
@@ -217,19 +389,30 @@ def find_tissue(slide, mask_mpp: float = 8.0, *, threshold: float | None = None,
         mask = sum3 > 3 * thr
         mask[int(h // d):, :] = False  # the white padding is not tissue
         mask[:, int(w // d):] = False
+        mask = _clean(mask, 0, 0.0, min_object_um2, px_um)
     else:
         raise ValueError(f"foreground must be 'auto', 'dark' or 'bright', got {foreground!r}")
-    if min_object_um2 and mask.any():
-        from skimage.morphology import remove_small_objects
-
-        min_px = math.ceil(min_object_um2 / (d * slide.mpp) ** 2)
-        if min_px > 1:
-            mask = remove_small_objects(mask, min_size=min_px)
-    tm = TissueMask(mask=mask, downsample=float(d), threshold=float(thr), mpp=float(d * slide.mpp),
-                    slide_id=slide.slide_id, slide_dimensions=(int(w), int(h)))
+    del img
+    tm = TissueMask(mask=mask, downsample=float(d), threshold=float(thr), mpp=float(px_um),
+                    slide_id=slide.slide_id, slide_dimensions=(int(w), int(h)),
+                    pen_mask=ink if ink is not None and ink.any() else None)
     tm.fraction = float(tm.area_fraction(0, 0, w, h))
+    tm.pen = float(tm.pen_fraction(0, 0, w, h))
     if not mask.any():
         warnings.warn(f"{slide.slide_id}: no tissue found (Otsu found no dark foreground at {mask_mpp:g} um/px"
                       f"{'' if threshold is None else f' below threshold {threshold:g}'}); the mask is empty",
                       stacklevel=2)
     return tm
+
+
+def mask_for(slide, tissue=None) -> TissueMask:
+    """The tissue mask to use for `slide`: ``find_tissue(slide)`` when None, else `tissue`, checked to be a
+    :class:`TissueMask` made for a slide of the same dimensions."""
+    if tissue is None:
+        return find_tissue(slide)
+    if not isinstance(tissue, TissueMask):
+        raise TypeError(f"tissue must be a TissueMask from pk.pp.find_tissue, got {type(tissue).__name__}")
+    if tissue.slide_dimensions is not None and tuple(tissue.slide_dimensions) != tuple(slide.dimensions):
+        raise ValueError(f"the tissue mask was made for a {tissue.slide_dimensions} slide "
+                         f"({tissue.slide_id}), not {slide.slide_id} {slide.dimensions}")
+    return tissue

@@ -1,13 +1,23 @@
-"""Tools: embedding, cohorts, ABMIL, survival, zero-shot, UMAP."""
+"""Tools: embedding, cohorts, MIL, survival, zero-shot, UMAP."""
 from .embed import embed_tiles
 from .slide_embed import embed_slide
 from .cohort import embed_cohort
-from .abmil import train_abmil
+from ._mil_estimator import MIL
+from ._mil_cv import MILCVResult, cross_validate_mil
 from .survival import cindex, cox, kaplan_meier, logrank, risk_groups
 from .zeroshot import text_embeddings, topk_pool, zero_shot, zero_shot_eval
 from . import prompts
-from .umap import umap
+from ._umap import umap
+from ._annotate import annotate_tiles
+from ._pathways import pathway_scores
+from ._associate import associate
+from ._composition import tile_composition
+from ._probe import compare_encoders, probe
+from ._expression import predict_expression
 
-__all__ = ["embed_tiles", "embed_slide", "embed_cohort", "train_abmil", "kaplan_meier", "logrank", "cox",
+__all__ = ["embed_tiles", "embed_slide", "embed_cohort", "kaplan_meier", "logrank", "cox",
            "cindex", "risk_groups", "zero_shot", "zero_shot_eval", "topk_pool",
            "text_embeddings", "prompts", "umap"]
+__all__ += ["annotate_tiles"]
+__all__ += ["MIL", "MILCVResult", "cross_validate_mil"]
+__all__ += ["pathway_scores", "associate", "tile_composition", "probe", "compare_encoders", "predict_expression"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 import traceback
 import warnings
@@ -22,11 +21,10 @@ import numpy as np
 import pandas as pd
 
 from .._hashing import sha256_file
-from .._ids import SLIDE_EXTENSIONS, is_slide_file, slide_id_from_path
-from .._io import h5ad_safe, write_h5ad_atomic, write_text_atomic
+from .._io import h5ad_safe, write_h5ad_atomic
 from ..errors import ChecksumError, CohortError, TableError
+from ._cohort_inputs import STATE_FILE, _clean_stale_tmp, _load_state, _save_state, _slides_table
 
-STATE_FILE = "cohort_state.json"
 COHORT_FILE = "cohort.h5ad"
 # embed_tiles arguments that do not change the numbers (excluded from the parameter hash)
 _NEUTRAL = {"batch_size", "num_workers", "device", "progress"}
@@ -110,6 +108,17 @@ def _embed_slide_tiles(job: SlideJob):
             pass
 
 
+QC_COLUMNS = ("tissue_area_mm2", "pen_area_mm2", "n_qc_pass")
+
+
+def _qc_summary(qc) -> dict:
+    """The per-slide QC figures of ``uns["qc"]`` (pk.pp.tile_qc) that go into the cohort's obs."""
+    qc = dict(qc or {})
+    return {"tissue_area_mm2": float(qc.get("tissue_area_mm2", np.nan)),
+            "pen_area_mm2": float(qc.get("pen_area_mm2", np.nan)),
+            "n_qc_pass": float(qc.get("n_pass", np.nan))}
+
+
 def process_slide(job: SlideJob) -> dict:
     """The work unit: one slide to ``job.out_path``; never raises (errors are returned).
 
@@ -119,7 +128,8 @@ def process_slide(job: SlideJob) -> dict:
     """
     t0 = time.perf_counter()
     res = {"slide_id": job.slide_id, "path": job.path, "status": "failed", "error": "", "n_tiles": 0,
-           "tile_file": job.out_path, "sha256": "", "stat": None, "seconds": 0.0, "slide_embeddings": {}}
+           "tile_file": job.out_path, "sha256": "", "stat": None, "seconds": 0.0, "slide_embeddings": {},
+           "qc": {}}
     try:
         src, out = Path(job.path), Path(job.out_path)
         if not src.is_file():
@@ -170,6 +180,8 @@ def process_slide(job: SlideJob) -> dict:
                 if res["status"] == "skipped":
                     res["status"] = "ok"
             res["slide_embeddings"] = {key: np.asarray(emb, dtype=np.float32).tolist()}
+        qc = adata.uns.get("qc") if adata is not None else _read_uns(out, "qc")
+        res["qc"] = _qc_summary(qc)
         if dirty:  # one atomic write holding tiles, record and slide embedding together
             write_h5ad_atomic(adata, out)
     except Exception as exc:
@@ -177,97 +189,6 @@ def process_slide(job: SlideJob) -> dict:
         res["traceback"] = traceback.format_exc(limit=5)
     res["seconds"] = round(time.perf_counter() - t0, 3)
     return res
-
-
-# ---------------------------------------------------------------------------------------------- inputs
-def _slides_table(slides, slide_dir) -> pd.DataFrame:
-    """Normalise ``slides`` into a DataFrame with path, slide_id (+ mpp, expected sha256, extra columns)."""
-    from ..io.link import read_table
-    from ..io.manifest import validate_manifest
-
-    if isinstance(slides, (str, os.PathLike)):
-        p = Path(slides)
-        if p.is_dir():
-            files = sorted(f for f in p.iterdir() if is_slide_file(f) and f.is_file())
-            if not files:
-                raise TableError(f"{p}: no slide files ({', '.join(SLIDE_EXTENSIONS)}) in this folder")
-            df = pd.DataFrame({"path": [str(f) for f in files]})
-        elif p.suffix.lower() in (".csv", ".tsv"):
-            df = read_table(p, "slides table")
-            if slide_dir is None and "path" not in df.columns:
-                slide_dir = None  # reported below
-        else:
-            df = pd.DataFrame({"path": [str(p)]})
-    elif isinstance(slides, pd.DataFrame):
-        df = slides.copy()
-    else:
-        df = pd.DataFrame({"path": [str(s) for s in slides]})
-    df = df.reset_index(drop=True)
-    if "path" not in df.columns:
-        if "file_name" not in df.columns:
-            raise TableError(f"slides table needs a 'path' column (or a manifest's 'file_name' with slide_dir=); "
-                             f"columns are {list(df.columns)}")
-        df = validate_manifest(df)
-        if slide_dir is None:
-            raise TableError("the slides are a manifest (file_name column): pass slide_dir= (the folder "
-                             "`pathkit fetch` downloaded them into)")
-        df["path"] = [str(Path(slide_dir) / f) for f in df["file_name"]]
-        if "sha256" in df.columns:
-            df["expected_sha256"] = df["sha256"]
-    missing = df["path"].isna() | (df["path"].astype(str).str.strip() == "")
-    if missing.any():
-        raise TableError(f"slides table: {int(missing.sum())} row(s) without a path (rows {list(df.index[missing])[:10]})")
-    df["path"] = df["path"].map(str)
-    if "slide_id" not in df.columns or df["slide_id"].isna().all() or (df["slide_id"] == "").all():
-        df["slide_id"] = [slide_id_from_path(p) for p in df["path"]]
-    else:
-        df["slide_id"] = df["slide_id"].where(df["slide_id"].notna() & (df["slide_id"] != ""),
-                                              pd.Series([slide_id_from_path(p) for p in df["path"]]))
-        df["slide_id"] = df["slide_id"].map(str)
-    dup = df["slide_id"].duplicated(keep=False)
-    if dup.any():
-        raise TableError(f"duplicate slide_id(s) {sorted(set(df.loc[dup, 'slide_id']))[:10]}: each slide writes "
-                         "out_dir/<slide_id>.h5ad, so ids must be unique (set a slide_id column)")
-    bad = df["slide_id"].str.contains(r"[/\\]") | df["slide_id"].isin([".", ".."])
-    if bad.any():
-        raise TableError(f"slide_id(s) {df.loc[bad, 'slide_id'].tolist()[:5]} contain a path separator")
-    return df
-
-
-def _load_state(out_dir: Path) -> dict:
-    try:
-        st = json.loads((out_dir / STATE_FILE).read_text())
-        return st if isinstance(st, dict) and isinstance(st.get("slides"), dict) else {"slides": {}}
-    except (OSError, ValueError):
-        return {"slides": {}}
-
-
-def _save_state(out_dir: Path, state: dict) -> None:
-    write_text_atomic(out_dir / STATE_FILE, json.dumps(state, indent=1, sort_keys=True, default=str))
-
-
-def _clean_stale_tmp(out_dir: Path) -> int:
-    """Remove temporary files a killed run left behind (``.<name>.<pid>.tmp`` of dead processes)."""
-    n = 0
-    for f in out_dir.glob(".*.tmp"):
-        parts = f.name.rsplit(".", 2)
-        try:
-            pid = int(parts[-2])
-        except (ValueError, IndexError):
-            continue
-        if pid == os.getpid():
-            continue
-        try:
-            os.kill(pid, 0)
-            alive = True
-        except ProcessLookupError:
-            alive = False
-        except PermissionError:
-            alive = True
-        if not alive:
-            f.unlink(missing_ok=True)
-            n += 1
-    return n
 
 
 # ---------------------------------------------------------------------------------------------- public
@@ -312,7 +233,8 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
     -------
     AnnData
         obs_names = slide ids; ``obs``: ``slide_id``, ``path``, ``status`` ("ok" computed now, "skipped"
-        reused from an earlier run, "failed"), ``error``, ``n_tiles``, ``tile_file``, ``seconds``, TCGA parts
+        reused from an earlier run, "failed"), ``error``, ``n_tiles``, ``tile_file``, ``seconds``, the slide's QC
+        (``tissue_area_mm2``, ``pen_area_mm2``, ``n_qc_pass``: tiles passing pk.pp.tile_qc), TCGA parts
         (``patient_id``, ``sample_id``, ``sample_type``, ``slide_type``) when the id is a barcode, and the
         input table's columns; ``obsm["X_<key>"]``; ``uns["pathkit"]`` (provenance) and ``uns["cohort"]``
         (counts). Usable rows: ``obs.status != "failed"``.
@@ -322,8 +244,10 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
 
     from .._version import __version__
     from ..io.executors import get_executor
+    from ..models.registry import get_spec
     from ..tcga import parse_barcodes
 
+    get_spec(tile_model, kind="tile")  # an unknown model fails here, not once per slide
     table = _slides_table(slides, slide_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -376,7 +300,7 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
                     results[sid] = {"slide_id": sid, "path": str(src), "status": "skipped", "error": "",
                                     "n_tiles": int(rec.get("n_tiles", 0)), "tile_file": str(out_path),
                                     "sha256": known_sha, "stat": list(cur), "seconds": 0.0,
-                                    "slide_embeddings": emb}
+                                    "slide_embeddings": emb, "qc": rec.get("qc") or {}}
                     continue
         jobs.append(SlideJob(slide_id=sid, path=str(src), out_path=str(out_path), tile_model=tile_model,
                              weights=None if weights is None else str(weights), mpp=mpp, tile_kwargs=tile_kwargs,
@@ -400,7 +324,8 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
             n_failed += res["status"] == "failed"
             out_path = Path(res.get("tile_file") or out_dir / f"{sid}.h5ad")
             entry = {"path": res.get("path"), "stat": res.get("stat"), "sha256": res.get("sha256"),
-                     "status": res["status"], "n_tiles": res.get("n_tiles", 0), "error": res.get("error", "")}
+                     "status": res["status"], "n_tiles": res.get("n_tiles", 0), "error": res.get("error", ""),
+                     "qc": res.get("qc") or {}}
             if res["status"] != "failed":
                 job = by_id[sid]
                 entry.update(params_hash=job.params_hash, out_stat=list(_stat(out_path)))
@@ -425,6 +350,8 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
         obs[c] = [results[s].get(c, "") if c != "n_tiles" else int(results[s].get("n_tiles") or 0)
                   for s in obs["slide_id"]]
     obs["seconds"] = pd.to_numeric(obs["seconds"], errors="coerce")
+    for c in QC_COLUMNS:
+        obs[c] = [float((results[s].get("qc") or {}).get(c, np.nan)) for s in obs["slide_id"]]
     parts = parse_barcodes(obs["slide_id"], errors="coerce")
     if parts["error"].isna().any():
         for src, dst in (("patient", "patient_id"), ("sample", "sample_id"), ("sample_type", "sample_type"),

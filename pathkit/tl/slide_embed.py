@@ -103,6 +103,9 @@ def _embed(tile_adata, model, use_rep, key, weights, pool, layers, coords, devic
 
     from ..models.longnet import LongNetSlideEncoder
 
+    if spec is not None and spec.arch in SET_ENCODERS:
+        return _embed_set(tile_adata, X, spec, use_rep, key, weights, layers, device, dtype, info)
+
     if pool not in ("mean", "cls"):
         raise ValueError(f"pool={pool!r}: use 'mean' or 'cls'")
     if layers not in ("last", "all"):
@@ -162,6 +165,36 @@ def _embed(tile_adata, model, use_rep, key, weights, pool, layers, coords, devic
 
 
 # ----------------------------------------------------------------------------------------------------
+
+def _load_feather(spec, weights, device):
+    from ..models.feather import load_slide_abmil
+
+    return load_slide_abmil(spec.name, weights=weights, device=device)
+
+
+# coordinate-free slide encoders (the tile order does not matter): registry arch -> loader returning
+# (net, info) with net(features [N, D]) -> the slide vector
+SET_ENCODERS = {"pathkit:feather_abmil": _load_feather}
+
+
+def _embed_set(tile_adata, X, spec, use_rep, key, weights, layers, device, dtype, info):
+    import torch
+
+    from .._device import autocast, dtype_name, resolve_device, resolve_dtype
+
+    if layers != "last":
+        raise ValueError(f"{spec.name} returns one vector: use layers='last'")
+    _check_dim(tile_adata, X, spec.kwargs.get("in_dim"), spec.name)
+    _check_tile_model(tile_adata, use_rep, (spec.extra or {}).get("tile_model"))
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    net, minfo = SET_ENCODERS[spec.arch](spec, weights, dev)
+    with torch.inference_mode(), autocast(dev, dt):
+        vec = net(torch.as_tensor(np.ascontiguousarray(X, dtype=np.float32), device=dev))
+    info.update(model=spec.name, arch=spec.arch, weights=minfo.get("weights"),
+                weights_sha256=minfo.get("weights_sha256"), dtype=dtype_name(dt), device=str(dev))
+    return _store(tile_adata, key or spec.name, vec.float().cpu().numpy().reshape(-1), info)
+
 
 def _resolve_rep(adata, use_rep, tile_model) -> str:
     """The obsm key of the tile features (see embed_slide's `use_rep`); refuses another tile model's."""

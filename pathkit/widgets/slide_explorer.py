@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import html
+import time
 
 import numpy as np
 
 from ..pl._colors import available_keys, format_value
-from ..pl._thumbs import decode_data_uri, png_bytes, tile_geometry
+from ..pl._thumbs import png_bytes, thumb_reader, tile_geometry
+from ._static import StaticFallback
 
 NONE = "(none)"
 
@@ -24,43 +26,98 @@ def _rows_of(trace, point_inds) -> list[int]:
     return [int(cd[i][0]) for i in point_inds]
 
 
-class SlideExplorer:
+def _in_polygon(px, py, poly: np.ndarray) -> np.ndarray:
+    """Even-odd rule: which points (px, py) lie inside the closed polygon ``poly`` (k x 2)."""
+    inside = np.zeros(len(px), dtype=bool)
+    x0, y0 = poly[-1]
+    for x1, y1 in poly:
+        crosses = (y1 > py) != (y0 > py)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            xint = (x0 - x1) * (py - y1) / (y0 - y1) + x1
+        inside ^= crosses & (px < xint)
+        x0, y0 = x1, y1
+    return inside
+
+
+def _path_points(path: str) -> np.ndarray:
+    """Vertices of an SVG path of plotly's lasso selection ("M x,y L x,y ... Z")."""
+    import re
+
+    nums = [float(v) for v in re.findall(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?", path)]
+    return np.asarray(nums, dtype=float).reshape(-1, 2)
+
+
+def points_in_selections(x, y, selections) -> np.ndarray:
+    """Indices of points inside any of plotly's ``layout.selections`` (rect: x0..x1, y0..y1; path: lasso)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    hit = np.zeros(len(x), dtype=bool)
+    for sel in selections or ():
+        get = sel.get if isinstance(sel, dict) else (lambda k, s=sel: getattr(s, k, None))
+        kind = get("type") or ("path" if get("path") else "rect")
+        if kind == "rect" and None not in (get("x0"), get("x1"), get("y0"), get("y1")):
+            xa, xb = sorted((float(get("x0")), float(get("x1"))))
+            ya, yb = sorted((float(get("y0")), float(get("y1"))))
+            hit |= (x >= xa) & (x <= xb) & (y >= ya) & (y <= yb)
+        elif get("path"):
+            poly = _path_points(get("path"))
+            if len(poly) >= 3:
+                hit |= _in_polygon(x, y, poly)
+    return np.flatnonzero(hit)
+
+
+_SEL_KEY = __import__("re").compile(r"selections\[(\d+)\](?:\.(\w+))?")
+
+
+class SlideExplorer(StaticFallback):
     """Explore one slide's tiles in JupyterLab.
 
     - a dropdown picks the colour key (any obs column, gene of ``obsm["rna"]``);
-    - left: the slide thumbnail with the tile overlay (``pk.pl.slide``); right: the UMAP (``pk.pl.umap``)
-      when ``obsm["X_umap"]`` exists;
+    - left: the slide thumbnail with the tile overlay (``pk.pl.slide``); middle: the UMAP (``pk.pl.umap``)
+      when ``obsm["X_umap"]`` exists; right: the clicked tile and the hovered point's thumbnail. The panels
+      wrap below one another when the notebook is narrower than ~1,200 px;
     - clicking a tile (on either figure) shows it at full resolution (``Slide.read_tile`` at the tiles'
-      ``tile_px`` / ``mpp``) with its values; hovering a UMAP point shows its thumbnail;
-    - a box/lasso selection on the UMAP outlines those tiles on the slide and rings them on the UMAP, and a
-      selection on the slide does the same the other way.
+      ``tile_px`` / ``mpp``) with its values; hovering a UMAP point shows its tile (read when hovered);
+    - a box/lasso selection on either figure outlines those tiles on the slide and rings them on the UMAP.
+      The selection is derived from the selection's geometry (``layout.selections``: the box or lasso the
+      user drew), so it does not depend on which points plotly.js reports; the status line says how many
+      tiles it holds.
+    - a static copy of both figures stays in the notebook (see :mod:`pathkit.widgets._static`), so a
+      notebook reopened without a kernel still shows them.
 
     Programmatic API (what the callbacks call): :meth:`set_color`, :meth:`select_tiles`,
     :meth:`click_tile`, and the state ``color``, ``selected`` (sorted tile rows), ``current_tile``.
-    Figures: ``slide_figure`` and ``umap_figure`` (``plotly.graph_objects.FigureWidget``, needs anywidget).
+    Figures: ``slide_figure`` and ``umap_figure`` (``plotly.graph_objects.FigureWidget``).
 
     Parameters
     ----------
-    slide
-        The Slide the tiles come from.
     tiles
-        Tile AnnData (``pk.tl.embed_tiles`` output; ``pk.tl.umap`` for the UMAP panel).
+        Tile AnnData of one slide (``pk.pp.tile``, with features from ``pk.tl.embed_tiles``; ``pk.tl.umap``
+        for the UMAP panel).
     color
         Initial colour key.
+    slide
+        The Slide the tiles come from; ``None``: opened from ``tiles.uns["slide"]["path"]``.
+    use_rep
+        obsm key whose feature indices may be colour keys.
     thumbnail_size
         Longest side of the slide thumbnail.
-    max_thumbnails, thumb_px
-        Hover thumbnails on the UMAP (see ``pk.pl.umap``).
+    thumb_px
+        Side of the hover thumbnail.
     """
 
-    def __init__(self, slide, tiles, color: str | None = None, *, thumbnail_size: int = 1024,
-                 max_thumbnails: int = 300, thumb_px: int = 96, alpha: float = 0.5, tile_view_px: int = 256):
+    def __init__(self, tiles, color: str | None = None, slide=None, *, use_rep: str | None = None,
+                 thumbnail_size: int = 1024, thumb_px: int = 96, alpha: float = 0.5, tile_view_px: int = 224):
         import ipywidgets as W
         import plotly.graph_objects as go
 
         from .. import pl
+        from ..pl._thumbs import slides_for
 
-        self.slide, self.tiles, self.alpha = slide, tiles, alpha
+        if hasattr(tiles, "thumbnail") and not hasattr(tiles, "obs"):
+            raise TypeError("SlideExplorer takes the tiles first: SlideExplorer(tiles, color, slide=slide)")
+        if slide is None:
+            slide = slides_for(tiles, None, required=True)["__one__"]
+        self.slide, self.tiles, self.alpha, self.use_rep = slide, tiles, alpha, use_rep
         self._geom = tile_geometry(tiles, slide=slide)
         self._n = len(self._geom.xy)
         self._thumb = slide.thumbnail(thumbnail_size).convert("RGB")
@@ -69,44 +126,59 @@ class SlideExplorer:
         self.selected = np.zeros(0, dtype=np.int64)
         self.current_tile: int | None = None
         self.color: str | None = None
+        self._rendering = False
 
         keys = [k for k in available_keys(tiles) if k not in ("x", "y")]
         if color is not None and color not in keys:
-            pl._colors.resolve_color(tiles, color)  # a KeyError naming the options, or a feature index
+            pl._colors.resolve_color(tiles, color, use_rep=use_rep)  # KeyError naming the options
             keys.append(color)
         self.color_dropdown = W.Dropdown(options=[NONE] + keys, value=color or NONE, description="colour")
         self.slide_figure = go.FigureWidget()
         self.umap_figure = go.FigureWidget() if self._has_umap else None
-        self.tile_image = W.Image(format="png", width=tile_view_px, height=tile_view_px)
-        self.hover_image = W.Image(format="png", width=thumb_px, height=thumb_px)
-        self.values = W.HTML()
+        hidden = W.Layout(display="none")
+        self.tile_image = W.Image(format="png", width=tile_view_px, height=tile_view_px, layout=hidden)
+        self.hover_image = W.Image(format="png", width=thumb_px, height=thumb_px,
+                                   layout=W.Layout(display="none"))
+        self.values = W.HTML("<i>click a tile to see it at full resolution</i>")
+        self.hover_caption = W.HTML("<i>hover a UMAP point</i>" if self._has_umap else "")
         self.status = W.HTML()
+        self.clear_button = W.Button(description="clear selection", layout=W.Layout(width="auto"))
+        self.clear_button.on_click(lambda _: self.select_tiles([]))
+        self._reader = thumb_reader(tiles, slide, thumb_px, required=False) if self._has_umap else None
+        self._thumb_cache: dict[int, bytes] = {}
 
-        self._thumbs: dict[int, str] = {}
-        if self._has_umap:
-            fig = pl.umap(tiles, color=None, thumbnails="auto", slide=slide, max_thumbnails=max_thumbnails,
-                          thumb_px=thumb_px)
-            for tr in fig.data:
-                for r, uri in tr.customdata:
-                    if uri:
-                        self._thumbs[int(r)] = uri
         self._render(color)
         self.color_dropdown.observe(lambda ch: self._render(None if ch["new"] == NONE else ch["new"]),
                                     names="value")
+        # the selection geometry arrives in plotly.js's relayout message; plotly.py drops a whole new
+        # "selections" array when it applies the message to layout, so read the message itself
+        self._drawn: dict[str, list[dict]] = {"slide": [], "umap": []}
+        self._echo_until = {"slide": 0.0, "umap": 0.0}
+        for fw in (self.slide_figure, self.umap_figure):
+            if fw is not None:  # plotly.py raises on edits of a drawn box ("selections[0].x0"): draw new ones
+                fw._config = dict(fw._config or {}, editSelection=False)
+        self.slide_figure.observe(lambda ch: self._on_relayout("slide", ch["new"]), names="_js2py_relayout")
+        if self._has_umap:
+            self.umap_figure.observe(lambda ch: self._on_relayout("umap", ch["new"]), names="_js2py_relayout")
 
         figs = [self.slide_figure] + ([self.umap_figure] if self._has_umap else [])
         side = W.VBox([W.HTML("<b>tile</b>"), self.tile_image, self.values,
-                       W.HTML("<b>hover</b>"), self.hover_image])
-        self.widget = W.VBox([W.HBox([self.color_dropdown, self.status]), W.HBox(figs + [side])])
+                       W.HTML("<b>hover</b>"), self.hover_image, self.hover_caption, self._marker()],
+                      layout=W.Layout(width=f"{tile_view_px + 16}px", overflow="hidden"))
+        panels = W.Box(figs + [side], layout=W.Layout(display="flex", flex_flow="row wrap",
+                                                      align_items="flex-start", width="100%"))
+        self.widget = W.VBox([W.HBox([self.color_dropdown, self.clear_button, self.status]), panels],
+                             layout=W.Layout(max_width="100%"))
 
-    # -- display -----------------------------------------------------------------------------------------
-    def _ipython_display_(self):
-        from IPython.display import display
+    # -- static fallback ---------------------------------------------------------------------------------
+    def static_figures(self) -> list:
+        import plotly.graph_objects as go
 
-        display(self.widget)
+        return [go.Figure(f) for f in (self.slide_figure, self.umap_figure) if f is not None]
 
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+    def static_summary(self) -> str:
+        return (f"SlideExplorer: {self._n} tiles, colour {self.color or 'none'}, {len(self.selected)} selected"
+                f", current tile {self.current_tile} (static copy; run the cell for the live widget)")
 
     # -- figure building -----------------------------------------------------------------------------------
     def _trace_index(self, fw, name) -> int:
@@ -123,41 +195,43 @@ class SlideExplorer:
         from .. import pl
 
         self.color = color
-        sfig = pl.slide(self.slide, self.tiles, color=color, alpha=self.alpha, highlight=self.selected,
-                        thumbnail=self._thumb, height=520, width=620)
+        # height from the slide's aspect ratio (no empty band above and below a wide slide)
+        height = int(min(max(480 * self._thumb.height / self._thumb.width + 90, 260), 560))
+        sfig = pl.slide(self.tiles, color=color, slide=self.slide, use_rep=self.use_rep, alpha=self.alpha,
+                        highlight=self.selected, thumbnail=self._thumb, height=height, width=500)
         sfig.add_trace(go.Scatter(x=[], y=[], mode="lines", name="current", line={"color": "red", "width": 3},
                                   hoverinfo="skip", showlegend=False))
-        sfig.update_layout(dragmode="select")
-        replace_figure(self.slide_figure, sfig)
-        tiles_trace = self.slide_figure.data[self._trace_index(self.slide_figure, "tiles")]
-        tiles_trace.on_click(self._on_click)
-        tiles_trace.on_selection(self._on_slide_selection)
+        sfig.update_layout(dragmode="select", margin={"l": 10, "r": 10, "t": 30, "b": 10},
+                           legend={"orientation": "h", "y": -0.02, "yanchor": "top"})
+        self._rendering = True  # a new layout clears layout.selections: that is not the user deselecting
+        try:
+            replace_figure(self.slide_figure, sfig)
+            tiles_trace = self.slide_figure.data[self._trace_index(self.slide_figure, "tiles")]
+            tiles_trace.on_click(self._on_click)
+            if self._has_umap:
+                ufig = pl.umap(self.tiles, color=color, thumbnails=False, use_rep=self.use_rep, height=460,
+                               width=420)
+                ufig.update_layout(margin={"l": 10, "r": 10, "t": 30, "b": 10},
+                                   legend={"orientation": "h", "y": -0.02, "yanchor": "top"})
+                self._umap_point_traces = len(ufig.data)
+                ufig.add_trace(go.Scatter(x=[], y=[], mode="markers", name="selected", hoverinfo="skip",
+                                          marker={"symbol": "circle-open", "size": 11, "color": "black",
+                                                  "line": {"width": 2}}, showlegend=False))
+                ufig.add_trace(go.Scatter(x=[], y=[], mode="markers", name="current", hoverinfo="skip",
+                                          marker={"symbol": "x", "size": 12, "color": "red"}, showlegend=False))
+                replace_figure(self.umap_figure, ufig)
+                for i in range(self._umap_point_traces):
+                    t = self.umap_figure.data[i]
+                    t.on_click(self._on_click)
+                    t.on_hover(self._on_hover)
+        finally:
+            self._rendering = False
+        self._draw_selection(refresh=False)
+        self._draw_current(refresh=False)
+        self.refresh_static()
 
-        if self._has_umap:
-            ufig = pl.umap(self.tiles, color=color, thumbnails=False, height=520, width=560)
-            for tr in ufig.data:
-                cd = np.asarray(tr.customdata, dtype=object)
-                cd[:, 1] = [self._thumbs.get(int(r), "") for r in cd[:, 0]]
-                tr.customdata = cd
-            self._umap_point_traces = len(ufig.data)
-            ufig.add_trace(go.Scatter(x=[], y=[], mode="markers", name="selected", hoverinfo="skip",
-                                      marker={"symbol": "circle-open", "size": 11, "color": "black",
-                                              "line": {"width": 2}},
-                                      showlegend=False))
-            ufig.add_trace(go.Scatter(x=[], y=[], mode="markers", name="current", hoverinfo="skip",
-                                      marker={"symbol": "x", "size": 12, "color": "red"}, showlegend=False))
-            replace_figure(self.umap_figure, ufig)
-            self._umap_sel: dict[int, list[int]] = {}
-            for i in range(self._umap_point_traces):
-                t = self.umap_figure.data[i]
-                t.on_click(self._on_click)
-                t.on_hover(self._on_hover)
-                t.on_selection(lambda trace, points, selector, i=i: self._on_umap_selection(i, trace, points))
-        self._draw_selection()
-        self._draw_current()
-
-    def _draw_selection(self):
-        from ..pl.slide import _rect_path
+    def _draw_selection(self, refresh=True):
+        from ..pl._slide import _rect_path
 
         sx, sy = self.slide_figure.layout.meta["scale"]
         sel = self.selected
@@ -171,9 +245,11 @@ class SlideExplorer:
                 self.umap_figure.data[self._trace_index(self.umap_figure, "selected")].update(
                     x=u[sel, 0], y=u[sel, 1])
         self.status.value = f"{len(sel)} tiles selected"
+        if refresh:
+            self.refresh_static()
 
-    def _draw_current(self):
-        from ..pl.slide import _rect_path
+    def _draw_current(self, refresh=True):
+        from ..pl._slide import _rect_path
 
         i = self.current_tile
         rows = [] if i is None else [i]
@@ -185,6 +261,8 @@ class SlideExplorer:
             u = np.asarray(self.tiles.obsm["X_umap"], dtype=float)
             self.umap_figure.data[self._trace_index(self.umap_figure, "current")].update(
                 x=u[rows, 0], y=u[rows, 1])
+        if refresh:
+            self.refresh_static()
 
     # -- programmatic API -------------------------------------------------------------------------------
     def set_color(self, key: str | None):
@@ -194,7 +272,7 @@ class SlideExplorer:
         key = None if key == NONE else key
         want = key or NONE
         if want not in self.color_dropdown.options:
-            resolve_color(self.tiles, key)  # a KeyError naming the options when the key is unknown
+            resolve_color(self.tiles, key, use_rep=self.use_rep)  # a KeyError naming the options
             self.color_dropdown.options = list(self.color_dropdown.options) + [want]
         if self.color_dropdown.value != want:
             self.color_dropdown.value = want  # the dropdown's observer renders
@@ -226,8 +304,21 @@ class SlideExplorer:
                                        mpp=float(self.slide.mpp))
         self.tile_array = img
         self.tile_image.value = png_bytes(img)
+        self.tile_image.layout.display = None
         self.values.value = self._values_html(row)
         self._draw_current()
+        return self
+
+    def hover_tile(self, row: int):
+        """Show tile ``row``'s thumbnail in the hover panel (what hovering a UMAP point does)."""
+        row = int(row)
+        if self._reader is None:
+            return self
+        if row not in self._thumb_cache:
+            self._thumb_cache[row] = png_bytes(self._reader(row))
+        self.hover_image.value = self._thumb_cache[row]
+        self.hover_image.layout.display = None
+        self.hover_caption.value = f"tile {html.escape(str(self.tiles.obs_names[row]))}"
         return self
 
     def _values_html(self, row: int) -> str:
@@ -244,16 +335,49 @@ class SlideExplorer:
 
     def _on_hover(self, trace, points, state):
         if points.point_inds:
-            row = _rows_of(trace, points.point_inds)[0]
-            uri = self._thumbs.get(row)
-            if uri:
-                self.hover_image.value = png_bytes(decode_data_uri(uri))
+            self.hover_tile(_rows_of(trace, points.point_inds)[0])
 
-    def _on_slide_selection(self, trace, points, selector):
-        self.select_tiles(_rows_of(trace, points.point_inds))
+    def _tile_centres(self):
+        sx, sy = self.slide_figure.layout.meta["scale"]
+        half = self._geom.size / 2
+        return (self._geom.xy[:, 0] + half) * sx, (self._geom.xy[:, 1] + half) * sy
 
-    def _on_umap_selection(self, i, trace, points):
-        # plotly dispatches one selection event to every trace in turn: keep each trace's part, select
-        # the union
-        self._umap_sel[i] = _rows_of(trace, points.point_inds)
-        self.select_tiles([r for part in self._umap_sel.values() for r in part])
+    def _on_relayout(self, which: str, msg):
+        """A relayout from the front end: apply its selection geometry (a new box/lasso, an edited one,
+        or none after a double-click) and select every tile whose centre (slide) or point (UMAP) is inside."""
+        data = (msg or {}).get("relayout_data") or {}
+        shapes = self._drawn[which]
+        changed = False
+        for key, val in data.items():
+            m = _SEL_KEY.fullmatch(key)
+            if key == "selections":
+                shapes[:] = [dict(v) for v in (val or [])]
+                changed = True
+            elif m:
+                i, attr = int(m.group(1)), m.group(2)
+                while len(shapes) <= i:
+                    shapes.append({})
+                if attr:
+                    shapes[i][attr] = val
+                else:
+                    shapes[i] = dict(val or {})
+                changed = True
+        if not changed or self._rendering:
+            return
+        if not shapes and time.monotonic() < self._echo_until[which]:
+            return  # the front end echoing our own clearing of the drawn box, not a deselect
+        if shapes:
+            # the drawn box would stay on the plot and swallow the next drag that starts inside it (plotly
+            # then moves nothing and sends nothing: a silently lost selection). Clear it: the black outlines
+            # show the selection from now on.
+            fw = self.slide_figure if which == "slide" else self.umap_figure
+            self._echo_until[which] = time.monotonic() + 2.0
+            fw._send_relayout_msg({"selections": []})
+            shapes = list(shapes)
+            self._drawn[which] = []
+        if which == "slide":
+            x, y = self._tile_centres()
+        else:
+            u = np.asarray(self.tiles.obsm["X_umap"], dtype=float)
+            x, y = u[:, 0], u[:, 1]
+        self.select_tiles(points_in_selections(x, y, shapes))

@@ -2,19 +2,55 @@
 from __future__ import annotations
 
 import html
+import re
 
 import numpy as np
 import pandas as pd
 
+from ._maxstat import maxstat, p_lausen94, standardized
+from ._static import StaticFallback
 from .slide_explorer import replace_figure
 
 HIGH, LOW = "high", "low"
+
+#: Columns that hold the outcome (or are derived from it): never offered as a covariate to split on.
+OUTCOME = re.compile(r"^(event|time|censorship|censored|censor|survival|os|dss|dfi|pfi|pfs|efs|rfs|dfs|ttp"
+                     r"|vital_status|vital|dead|death|deceased|days_to_death|days_to_last_follow_?up"
+                     r"|last_contact_days_to|death_days_to|follow_?up|survival_status)([._ ].*)?$", re.IGNORECASE)
+#: Bookkeeping columns (splits, folds, ids, files, job status).
+BOOKKEEPING = re.compile(r"^((is_)?(train|test|val|valid|validation)|split|fold|n_tiles|tile_file|path|error"
+                         r"|status|index|level_0|unnamed: ?0|.*_id|.*_barcode)([._ ].*)?$", re.IGNORECASE)
+
+
+def excluded_columns(obs: pd.DataFrame, time: str, event: str, survival_info=None) -> dict[str, str]:
+    """Columns that must not be split on, with the reason: the outcome itself, the survival columns
+    ``pk.io.link`` normalised or read (``uns["survival"]``: new columns and their sources), other columns
+    named like an outcome, and bookkeeping (train/test splits, folds, ids, file paths, job status)."""
+    out = {time: "the survival time", event: "the event indicator"}
+    for key, info in dict(survival_info or {}).items():
+        col = str(key).split(" (")[0]
+        out.setdefault(col, "survival column recorded by pk.io.link (uns['survival'])")
+        src = info.get("source") if isinstance(info, dict) else None
+        if src:
+            out.setdefault(str(src), f"source of survival column {col!r} (uns['survival'])")
+    for c in obs.columns:
+        c = str(c)
+        if c in out:
+            continue
+        base = c.rsplit(":", 1)[-1]          # MuData prefixes modality columns ("slides:time")
+        if base in out:
+            out[c] = out[base]
+        elif OUTCOME.match(base):
+            out[c] = "named like an outcome (time, event, censoring, vital status)"
+        elif BOOKKEEPING.match(base):
+            out[c] = "bookkeeping (split, fold, id, file, status)"
+    return out
 
 
 def _numeric_columns(df: pd.DataFrame, exclude) -> list[str]:
     out = []
     for c in df.columns:
-        if c in exclude:
+        if str(c) in exclude:
             continue
         s = df[c]
         if pd.api.types.is_bool_dtype(s) or not pd.api.types.is_numeric_dtype(s):
@@ -24,51 +60,99 @@ def _numeric_columns(df: pd.DataFrame, exclude) -> list[str]:
     return out
 
 
-class SurvivalExplorer:
-    """Pick a covariate or score and a cut-off; the Kaplan-Meier curves and the log-rank p-value update.
+def _gene_table(cohort, rna, obs: pd.DataFrame) -> pd.DataFrame | None:
+    """Genes x subjects as a DataFrame indexed like ``obs`` (NaN where a subject has no RNA): from ``rna=``
+    (an AnnData whose var are genes), a MuData's ``"rna"`` modality, or ``obsm["rna"]`` (``pk.io.link``)."""
+    src = rna
+    mod = getattr(cohort, "mod", None)
+    if src is None and hasattr(mod, "keys") and "rna" in mod:   # MuData (DataFrame.mod is a method)
+        src = mod["rna"]
+    if src is None and hasattr(cohort, "obsm") and "rna" in cohort.obsm:
+        src = cohort.obsm["rna"]
+    if src is None:
+        return None
+    if isinstance(src, pd.DataFrame):
+        table = src
+    elif hasattr(src, "var_names"):
+        X = src.X.toarray() if hasattr(src.X, "toarray") else np.asarray(src.X)
+        table = pd.DataFrame(X, index=src.obs_names.astype(str), columns=src.var_names.astype(str))
+    else:
+        raise TypeError(f"rna= must be an AnnData (var = genes) or a DataFrame, not {type(src).__name__}")
+    table = table.copy()
+    table.index = table.index.astype(str)
+    table.columns = [str(c) for c in table.columns]
+    if not set(obs.index.astype(str)) & set(table.index):
+        raise KeyError(f"the RNA table's subjects ({list(table.index[:3])}...) share no id with the cohort's "
+                       f"obs_names ({list(obs.index[:3])}...); link them first (pk.io.link)")
+    return table.reindex(obs.index.astype(str)).set_axis(obs.index)
+
+
+class SurvivalExplorer(StaticFallback):
+    """Pick a covariate, score or gene and a cut-off; the Kaplan-Meier curves and the log-rank p update.
 
     Subjects with ``covariate > cutoff`` form the group ``"high"``, the others ``"low"``; subjects with a
-    missing covariate are left out (the label says how many). KM figure: ``pk.pl.kaplan_meier`` with
-    ``groupby="group"``; test: ``pk.tl.logrank``.
+    missing value are left out (the label says how many). KM figure: ``pk.pl.kaplan_meier``; test:
+    ``pk.tl.logrank``.
+
+    The first split of each covariate is at its median (pre-specified). A cut-off moved by the user (slider
+    or :meth:`set_cutoff`) was chosen by looking at the curves, so its plain log-rank p-value is too small:
+    the label marks it **exploratory** and adds the p-value corrected for choosing the cut-off (maximally
+    selected log-rank statistic, Lausen & Schumacher 1992 / Lausen et al. 1994, as R's ``maxstat``; cut-offs
+    between the ``minprop`` and ``1 - minprop`` quantiles) and the best cut-off with its corrected p.
 
     Parameters
     ----------
     cohort
-        AnnData (columns from ``obs``) or DataFrame.
+        AnnData (columns from ``obs``; genes from ``obsm["rna"]``), MuData (``obs``; genes from the
+        ``"rna"`` modality, var = genes) or DataFrame.
     time, event
         Survival columns (``event`` = 1 when observed).
     covariates
-        Columns offered in the dropdown; default: every numeric column with at least two values other than
-        ``time`` and ``event`` (e.g. ``abmil_risk``, ages, zero-shot scores).
+        Columns or genes offered in the dropdown; default: every numeric obs column with at least two values
+        that is not an outcome or bookkeeping column (see ``excluded``), then the genes (all of them when
+        there are at most ``max_genes``; any gene can still be picked with :meth:`set_covariate`).
     covariate
         Initial covariate (default: the first).
     cutoff
-        Initial cut-off (default: the covariate's median).
+        Initial cut-off (default: the median).
+    rna
+        An AnnData (subjects x genes) or DataFrame of expression to take genes from, indexed like the cohort.
+    minprop
+        Cut-offs considered by the correction: between the ``minprop`` and ``1 - minprop`` quantiles.
 
     Programmatic API: :meth:`set_covariate`, :meth:`set_cutoff`; state ``covariate``, ``cutoff``,
-    ``groups`` (pd.Series "high"/"low"), ``logrank`` (``pk.tl.logrank`` result or None), ``p_value``;
-    widgets ``figure`` (FigureWidget), ``covariate_dropdown``, ``cutoff_slider``, ``label``.
+    ``groups`` (pd.Series "high"/"low"), ``logrank`` (``pk.tl.logrank`` result or None), ``p_value``
+    (plain log-rank), ``exploratory``, ``p_corrected`` (selection-corrected; NaN for a pre-specified split),
+    ``maxstat`` (best cut-off and its corrected p), ``excluded`` (column -> why it is not offered); widgets
+    ``figure`` (FigureWidget), ``covariate_dropdown``, ``cutoff_slider``, ``label``.
     """
 
     def __init__(self, cohort, time: str, event: str, covariates=None, covariate: str | None = None,
-                 cutoff: float | None = None, *, steps: int = 200):
+                 cutoff: float | None = None, *, rna=None, max_genes: int = 50, minprop: float = 0.1,
+                 steps: int = 200):
         import ipywidgets as W
         import plotly.graph_objects as go
 
         obs = cohort.obs if hasattr(cohort, "obs") else cohort
         if not isinstance(obs, pd.DataFrame):
-            raise TypeError(f"cohort must be an AnnData or a DataFrame, not {type(cohort).__name__}")
+            raise TypeError(f"cohort must be an AnnData, MuData or DataFrame, not {type(cohort).__name__}")
         for c, role in ((time, "time"), (event, "event")):
             if c not in obs.columns:
                 raise KeyError(f"{role} column {c!r} not found; columns: {list(obs.columns)}")
-        self.cohort, self.time, self.event, self.steps = cohort, time, event, steps
+        self.cohort, self.time, self.event, self.steps, self.minprop = cohort, time, event, steps, minprop
         self._obs = obs
+        self._genes = _gene_table(cohort, rna, obs)
+        info = cohort.uns.get("survival") if hasattr(cohort, "uns") else None
+        self.excluded = excluded_columns(obs, time, event, info)
         if covariates is None:
-            covariates = _numeric_columns(obs, exclude={time, event})
+            covariates = _numeric_columns(obs, exclude=self.excluded)
+            if self._genes is not None and self._genes.shape[1] <= max_genes:
+                covariates += [g for g in self._genes.columns if g not in covariates]
         covariates = [str(c) for c in covariates]
-        missing = [c for c in covariates if c not in obs.columns]
+        missing = [c for c in covariates if not self._known(c)]
         if missing:
-            raise KeyError(f"covariates {missing} are not columns; columns: {list(obs.columns)}")
+            raise KeyError(f"covariates {missing} are neither obs columns nor genes; columns: "
+                           f"{list(obs.columns)}")
         if not covariates:
             raise ValueError("no numeric covariate to split on; pass covariates=[...]")
         covariate = covariate or covariates[0]
@@ -77,7 +161,7 @@ class SurvivalExplorer:
 
         self.covariate_dropdown = W.Dropdown(options=covariates, value=covariate, description="covariate")
         self.cutoff_slider = W.FloatSlider(description="cut-off", continuous_update=False,
-                                           readout_format=".4g")
+                                           readout_format=".4g", layout=W.Layout(width="420px"))
         self.label = W.HTML()
         self.figure = go.FigureWidget()
         self.covariate: str | None = None
@@ -85,22 +169,37 @@ class SurvivalExplorer:
         self.groups: pd.Series | None = None
         self.logrank = None
         self.p_value = float("nan")
+        self.p_corrected = float("nan")
+        self.exploratory = False
+        self.maxstat = None
         self._quiet = False
         self.set_covariate(covariate, cutoff=cutoff)
         self.covariate_dropdown.observe(lambda ch: self._on_covariate(ch["new"]), names="value")
         self.cutoff_slider.observe(lambda ch: self._on_cutoff(ch["new"]), names="value")
-        self.widget = W.VBox([W.HBox([self.covariate_dropdown, self.cutoff_slider]), self.label, self.figure])
+        self.widget = W.VBox([W.HBox([self.covariate_dropdown, self.cutoff_slider],
+                                     layout=W.Layout(flex_flow="row wrap")),
+                              self.label, self.figure, self._marker()])
 
-    def _ipython_display_(self):
-        from IPython.display import display
+    def static_figures(self) -> list:
+        import plotly.graph_objects as go
 
-        display(self.widget)
+        return [go.Figure(self.figure)]
 
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+    def static_summary(self) -> str:
+        import re as _re
+
+        return "SurvivalExplorer: " + _re.sub(r"<[^>]+>", "", self.label.value)
+
+    def _known(self, key) -> bool:
+        return key in self._obs.columns or (self._genes is not None and key in self._genes.columns)
 
     def _values(self, key) -> pd.Series:
-        s = self._obs[key]
+        if key in self._obs.columns:
+            s = self._obs[key]
+        elif self._genes is not None and key in self._genes.columns:
+            s = self._genes[key]
+        else:
+            raise KeyError(f"covariate {key!r} is neither an obs column nor a gene")
         try:
             return pd.to_numeric(s).astype(float)
         except (ValueError, TypeError):
@@ -108,9 +207,14 @@ class SurvivalExplorer:
 
     # -- programmatic API -------------------------------------------------------------------------------
     def set_covariate(self, key: str, cutoff: float | None = None):
-        """Split on ``key`` at ``cutoff`` (default: its median)."""
+        """Split on ``key`` (an offered covariate, or any gene of the RNA table) at ``cutoff`` (default: its
+        median, a pre-specified split)."""
         if key not in self.covariate_dropdown.options:
-            raise KeyError(f"covariate {key!r} is not among {list(self.covariate_dropdown.options)}")
+            is_gene = self._genes is not None and key in self._genes.columns
+            if not is_gene:
+                why = f" ({self.excluded[key]})" if key in self.excluded else ""
+                raise KeyError(f"covariate {key!r} is not among {list(self.covariate_dropdown.options)}{why}")
+            self.covariate_dropdown.options = list(self.covariate_dropdown.options) + [key]
         v = self._values(key).dropna()
         if v.empty:
             raise ValueError(f"covariate {key!r} has no values")
@@ -129,16 +233,24 @@ class SurvivalExplorer:
         finally:
             self._quiet = False
         self.covariate = key
+        vals = self._values(key)
+        try:
+            self.maxstat = maxstat(vals, self._obs[self.time], self._obs[self.event], self.minprop,
+                                   1 - self.minprop)
+        except ValueError:
+            self.maxstat = None  # too few distinct values to scan cut-offs
+        self.exploratory = False
         self._update(cut)
         return self
 
     def set_cutoff(self, value: float):
-        """Move the cut-off; the figure and p-value follow."""
+        """Move the cut-off (what dragging the slider does); the split becomes exploratory."""
         self._quiet = True
         try:
             self.cutoff_slider.value = min(max(float(value), self.cutoff_slider.min), self.cutoff_slider.max)
         finally:
             self._quiet = False
+        self.exploratory = True
         self._update(float(value))
         return self
 
@@ -149,7 +261,23 @@ class SurvivalExplorer:
 
     def _on_cutoff(self, value):
         if not self._quiet:
+            self.exploratory = True
             self._update(float(value))
+
+    def _correction_text(self, v: pd.Series, cut: float) -> str:
+        ms = self.maxstat
+        if ms is None:
+            self.p_corrected = float("nan")
+            return " (too few distinct values to correct for the choice of cut-off)"
+        keep = v.notna() & self._obs[self.time].notna() & self._obs[self.event].notna()
+        from ._maxstat import logrank_scores
+
+        scores = logrank_scores(self._obs[self.time][keep], self._obs[self.event][keep])
+        b = standardized((v[keep] <= cut).to_numpy(), scores)
+        self.p_corrected = p_lausen94(b, ms.n, ms.counts)
+        return (f"; corrected for choosing the cut-off: p = {self.p_corrected:.3g} (maximally selected log-rank, "
+                f"Lausen 1994, cut-offs between the {ms.minprop:.0%} and {ms.maxprop:.0%} quantiles). "
+                f"Best cut-off there: {ms.cutpoint:.4g} (corrected p = {ms.p_lau94:.3g})")
 
     def _update(self, cut: float):
         from .. import pl, tl
@@ -166,14 +294,26 @@ class SurvivalExplorer:
         counts = ", ".join(f"{g}: n={int((groups == g).sum())}" for g in (LOW, HIGH))
         note = f"; {n_out} without {self.covariate} left out" if n_out else ""
         title = f"{self.covariate} > {cut:.4g} (high) vs ≤ (low)"
+        kind = "EXPLORATORY cut-off (chosen by looking at the data)" if self.exploratory else \
+            "pre-specified cut-off" + (" (median)" if cut == float(np.median(v.dropna())) else "")
+        self.p_corrected = float("nan")
         if len(present) == 2:
             self.logrank = tl.logrank(df, self.time, self.event, "group")
             self.p_value = float(self.logrank.p_value)
-            text = f"log-rank p = {self.p_value:.3g} (χ² = {self.logrank.statistic:.3g}); {counts}{note}"
+            text = f"{kind}: log-rank p = {self.p_value:.3g} (χ² = {self.logrank.statistic:.3g}); {counts}{note}"
+            if self.exploratory:
+                text = (f"{kind}: uncorrected log-rank p = {self.p_value:.3g} is too small"
+                        f"{self._correction_text(v, cut)}; {counts}{note}")
         else:
             self.logrank, self.p_value = None, float("nan")
             text = (f"log-rank p = n/a: only the {present[0]!r} group is non-empty at this cut-off; "
                     f"{counts}{note}")
-        fig = pl.kaplan_meier(df, self.time, self.event, groupby="group", title=title)
+        if self.exploratory and len(present) == 2:
+            title += (f"<br><sup>exploratory: log-rank p = {self.p_value:.3g} uncorrected, "
+                      f"{self.p_corrected:.3g} corrected for choosing the cut-off</sup>")
+            fig = pl.kaplan_meier(df, self.time, self.event, groupby="group", title=title, logrank=False)
+        else:
+            fig = pl.kaplan_meier(df, self.time, self.event, groupby="group", title=title)
         replace_figure(self.figure, fig)
         self.label.value = html.escape(text)
+        self.refresh_static()

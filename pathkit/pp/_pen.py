@@ -1,0 +1,128 @@
+"""Pen-ink detection by colour rules in CIELAB (lightness L*, chroma C*, hue angle h).
+
+Why these rules (measured on histolab's real pen fixtures and on H&E tiles, see docs/qc.md):
+
+* H&E is pink to purple: hue 290-360 deg and 0-12 deg. Nothing stained with haematoxylin and eosin is
+  green or blue, so **green and blue ink** are pixels with hue in [120, 285) deg and chroma >= 10.
+* **Red ink** overlaps vivid eosin near hue 0-10 deg. It is a *seed* rule (hue 18-45 deg, chroma >= 45,
+  L* >= 25: more orange-red than any eosin measured) grown by hysteresis into connected *loose* pixels
+  (hue 6-45 deg, chroma >= 35), so that a stroke is removed whole but pink stroma without a seed is kept.
+* **Black ink** is very dark and nearly grey (L* < 22, chroma < 20); dark nuclei are saturated purple
+  (chroma 26-43 at L* < 30).
+* **IHC brown (DAB)** has hue 45-90 deg: outside every ink rule (tested on DAB colours made with
+  skimage's HED stain vectors).
+
+Colour rules are applied through a lookup table over RGB quantised to 6 bits per channel (262,144 entries,
+made once), so the per-pixel cost is an index computation and one gather.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+RED_SEED, RED_LOOSE, GREEN, BLUE, BLACK = 1, 2, 4, 8, 16
+COLOURS = {"red": RED_SEED | RED_LOOSE, "green": GREEN, "blue": BLUE, "black": BLACK}
+
+# rule parameters (degrees for hue, CIELAB units for L* and C*)
+GREEN_HUE = (120.0, 215.0)
+BLUE_HUE = (215.0, 285.0)
+MIN_CHROMA_GB = 10.0
+RED_SEED_HUE = (18.0, 45.0)
+RED_SEED_CHROMA = 45.0
+RED_SEED_MIN_L = 25.0
+RED_LOOSE_HUE = (6.0, 45.0)
+RED_LOOSE_CHROMA = 35.0
+BLACK_MAX_L = 22.0
+BLACK_MAX_CHROMA = 20.0
+MAX_INK_L = 92.0  # brighter than this is glass whatever its tint
+
+
+def classify_lab(lab: np.ndarray) -> np.ndarray:
+    """Ink class bits (uint8) of CIELAB values (..., 3)."""
+    L, a, b = lab[..., 0], lab[..., 1], lab[..., 2]
+    c = np.hypot(a, b)
+    h = np.degrees(np.arctan2(b, a)) % 360.0
+    dim = L < MAX_INK_L
+    out = np.zeros(L.shape, np.uint8)
+    out |= np.where(dim & (c >= MIN_CHROMA_GB) & (h >= GREEN_HUE[0]) & (h < GREEN_HUE[1]), GREEN, 0).astype(np.uint8)
+    out |= np.where(dim & (c >= MIN_CHROMA_GB) & (h >= BLUE_HUE[0]) & (h < BLUE_HUE[1]), BLUE, 0).astype(np.uint8)
+    out |= np.where((c >= RED_SEED_CHROMA) & (L >= RED_SEED_MIN_L) & (h >= RED_SEED_HUE[0])
+                    & (h < RED_SEED_HUE[1]), RED_SEED, 0).astype(np.uint8)
+    out |= np.where(dim & (c >= RED_LOOSE_CHROMA) & (h >= RED_LOOSE_HUE[0]) & (h < RED_LOOSE_HUE[1]),
+                    RED_LOOSE, 0).astype(np.uint8)
+    out |= np.where((L < BLACK_MAX_L) & (c < BLACK_MAX_CHROMA), BLACK, 0).astype(np.uint8)
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _lut() -> np.ndarray:
+    from skimage.color import rgb2lab
+
+    q = (np.arange(64, dtype=np.float64) * 4 + 1.5) / 255.0
+    r, g, b = np.meshgrid(q, q, q, indexing="ij")
+    rgb = np.stack([r, g, b], axis=-1).reshape(-1, 1, 3)
+    return classify_lab(rgb2lab(rgb)).reshape(-1)
+
+
+_CHUNK_PX = 1 << 19  # pixels per chunk: the index array stays in cache
+
+
+def _gather(img: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """``lut[index(rgb)]`` for every pixel (uint8, H x W), in row chunks to keep temporaries small."""
+    img = np.asarray(img)
+    h, w = img.shape[:2]
+    out = np.empty((h, w), np.uint8)
+    rows = max(1, _CHUNK_PX // max(w, 1))
+    for r0 in range(0, h, rows):
+        c = img[r0:r0 + rows]
+        idx = (c[..., 0] >> 2).astype(np.uint32) << 12
+        idx |= (c[..., 1] >> 2).astype(np.uint32) << 6
+        idx |= c[..., 2] >> 2
+        np.take(lut, idx, out=out[r0:r0 + rows])
+    return out
+
+
+def ink_codes(img: np.ndarray) -> np.ndarray:
+    """Per-pixel ink class bits (uint8, H x W) of a uint8 RGB image."""
+    return _gather(img, _lut())
+
+
+@functools.lru_cache(maxsize=16)
+def _selection_lut(bits: int) -> np.ndarray:
+    """For the selected colours: bit 0 = ink that needs no growing, bit 1 = red seed, bit 2 = red loose."""
+    codes = _lut()
+    out = ((codes & (bits & ~(RED_SEED | RED_LOOSE))) > 0).astype(np.uint8)
+    if bits & RED_SEED:
+        out |= (((codes & RED_SEED) > 0).astype(np.uint8) << 1) | (((codes & RED_LOOSE) > 0).astype(np.uint8) << 2)
+    return out
+
+
+def pen_mask(img: np.ndarray, colours=("red", "green", "blue", "black")) -> np.ndarray:
+    """Boolean mask of pen ink in a uint8 RGB image (H x W)."""
+    bits = 0
+    for c in colours:
+        if c not in COLOURS:
+            raise ValueError(f"pen colour {c!r} is not one of {sorted(COLOURS)}")
+        bits |= COLOURS[c]
+    codes = _gather(img, _selection_lut(bits))
+    out = (codes & 1).view(bool)
+    if bits & RED_SEED and (codes & 2).any():
+        out |= _grow_red((codes & 2) > 0, (codes & 6) > 0)
+    return out
+
+
+def _grow_red(seed: np.ndarray, loose: np.ndarray) -> np.ndarray:
+    """Loose red pixels connected (8-neighbourhood) to a seed red pixel; seeds themselves count."""
+    rows = np.flatnonzero(loose.any(axis=1))
+    cols = np.flatnonzero(loose.any(axis=0))
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    from scipy import ndimage as ndi
+
+    lab, _ = ndi.label(loose[r0:r1, c0:c1], structure=np.ones((3, 3), bool))
+    keep = np.zeros(lab.max() + 1, bool)
+    keep[np.unique(lab[seed[r0:r1, c0:c1]])] = True
+    keep[0] = False
+    out = np.zeros_like(seed)
+    out[r0:r1, c0:c1] = keep[lab]
+    return out

@@ -1,0 +1,128 @@
+"""Static fallbacks: a widget that also leaves its current figures in the notebook as plain outputs.
+
+A live ipywidgets view needs the kernel's widget models; a notebook that is saved and reopened (or rendered by
+nbconvert / nbviewer) has none, and JupyterLab shows "model not found" in place of the widget. Each pathkit
+widget is therefore displayed as two things:
+
+1. the live widget view (``application/vnd.jupyter.widget-view+json``);
+2. right after it, one output per figure holding the figure as ``application/vnd.plotly.v1+json`` (drawn by
+   JupyterLab's bundled plotly renderer, offline) and ``text/html`` (nbconvert, nbviewer, VS Code) with a
+   ``text/plain`` summary. These outputs carry a ``display_id`` and are updated whenever the widget's state
+   changes (colour, selection, cut-off), so the saved notebook shows the state the user left.
+
+While the live view is on the page, a ``<style>`` rule inside it hides the static copies that follow it
+(CSS ``:has``), so the figures are not shown twice; without the live view (reopened notebook) the rule is
+gone and the static copies show.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+
+#: Class of the marker element inside a live view (the CSS rule keys on it).
+LIVE_CLASS = "pk-live"
+
+
+def figure_bundle(fig, summary: str = "") -> dict:
+    """The static mimebundle of one plotly figure (plotly JSON + HTML + a text summary)."""
+    import plotly.io as pio
+
+    spec = json.loads(pio.to_json(fig, validate=False))  # numpy -> lists, NaN -> null
+    html = pio.to_html(fig, include_plotlyjs="cdn", full_html=False, validate=False)
+    return {"application/vnd.plotly.v1+json": spec,
+            "text/html": f'<div class="pk-static">{html}</div>',
+            "text/plain": summary or "pathkit figure (static copy of a widget)"}
+
+
+def live_marker_html(uid: str, n_static: int) -> str:
+    """HTML for a live view: a marker and the rule that hides the ``n_static`` outputs that follow it."""
+    cls = f"{LIVE_CLASS}-{uid}"
+    sels = []
+    for k in range(1, n_static + 1):
+        sels.append(f".jp-OutputArea-child:has(.{cls})" + " + .jp-OutputArea-child" * k)
+    rule = ", ".join(sels)
+    return f'<span class="{cls}"></span><style>{rule} {{display: none;}}</style>' if sels else \
+        f'<span class="{cls}"></span>'
+
+
+class StaticFallback:
+    """Mixin for a widget object with ``.widget`` (the ipywidgets view) and ``static_figures()`` (its
+    current figures). Adds ``_ipython_display_`` (live view + static copies), ``_repr_mimebundle_`` (live
+    view and the first figure, for front ends that take one bundle) and :meth:`refresh_static`."""
+
+    _static_uid: str | None = None
+    _static_shown = 0
+
+    def static_figures(self) -> list:  # pragma: no cover - implemented by the widgets
+        raise NotImplementedError
+
+    def static_summary(self) -> str:
+        return type(self).__name__
+
+    def _view_bundle(self, **kwargs) -> dict:
+        """The live view's own mimebundle (widget-view + text/plain)."""
+        return dict(self.widget._repr_mimebundle_(**kwargs))
+
+    def _marker(self):
+        """The ipywidgets.HTML holding the live marker (added to the view by the widget)."""
+        import ipywidgets as W
+
+        if getattr(self, "_marker_widget", None) is None:
+            self._static_uid = self._static_uid or uuid.uuid4().hex[:12]
+            self._marker_widget = W.HTML(live_marker_html(self._static_uid, len(self.static_figures())),
+                                         layout=W.Layout(width="0px", height="0px", margin="0px"))
+        return self._marker_widget
+
+    def static_bundles(self) -> list[dict]:
+        """One static mimebundle per current figure."""
+        return [figure_bundle(f, self.static_summary()) for f in self.static_figures()]
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        self._marker()
+        display(self._view_bundle(), raw=True)
+        for i, b in enumerate(self.static_bundles()):
+            display(b, raw=True, display_id=f"{self._static_uid}-{i}")
+        self._static_shown += 1
+
+    def _repr_mimebundle_(self, **kwargs):
+        bundle = self._view_bundle(**kwargs)
+        figs = self.static_bundles()
+        if figs:
+            for k, v in figs[0].items():
+                bundle.setdefault(k, v)
+        return bundle
+
+    def refresh_static(self):
+        """Update the static copies already in the notebook to the current figures."""
+        if not self._static_shown:
+            return
+        from IPython.display import update_display
+
+        for i, b in enumerate(self.static_bundles()):
+            update_display(b, raw=True, display_id=f"{self._static_uid}-{i}")
+
+
+def _box_class():
+    import ipywidgets as W
+
+    class StaticFallbackBox(StaticFallback, W.Box):
+        """An ipywidgets Box that leaves static copies of ``static_figures()`` (set by its maker)."""
+
+        def _view_bundle(self, **kwargs) -> dict:
+            return dict(W.Box._repr_mimebundle_(self, **kwargs))
+
+    return StaticFallbackBox
+
+
+def StaticFallbackBox(children, **kwargs):
+    """Make a :class:`StaticFallback` ipywidgets Box (the class is built lazily: ipywidgets is imported
+    only when a widget is made)."""
+    global _BOX
+    if _BOX is None:
+        _BOX = _box_class()
+    return _BOX(children, **kwargs)
+
+
+_BOX = None

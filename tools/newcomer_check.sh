@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The newcomer check: build pathkit's wheel, install it into a fresh venv outside the repository, and run
+# notebook 01 and tutorial 03 from an empty temporary folder with only PATHKIT_DATA_DIR set (and PATH/HOME).
+# To stay fast, the fresh venv sees the CI venv's installed dependencies through a .pth line (their own .pth
+# files, among them the CI venv's editable pathkit, are not processed), and pathkit comes from the wheel only.
+# Usage: tools/newcomer_check.sh [CI_VENV]   (default .venv); needs PATHKIT_DATA_DIR.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+CI_VENV=$(cd "${1:-.venv}" && pwd)
+: "${PATHKIT_DATA_DIR:?set PATHKIT_DATA_DIR to the folder holding the example data}"
+TMP=$(mktemp -d /tmp/pathkit-newcomer.XXXXXX)
+trap 'rm -rf "$TMP"' EXIT
+
+"$CI_VENV/bin/python" -m pip wheel -q --no-deps -w "$TMP/dist" "$REPO"
+WHEEL=$(ls "$TMP"/dist/pathkit-*.whl)
+unzip -l "$WHEEL" | grep -q "pathkit/data/CMU-1-Small-Region.svs" || { echo "wheel lacks the sample slide"; exit 1; }
+unzip -l "$WHEEL" | grep -q "pathkit/datasets/_registry.csv" || { echo "wheel lacks the data registry"; exit 1; }
+
+"$CI_VENV/bin/python" -m venv "$TMP/venv"
+SITE=$("$TMP/venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+"$CI_VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > "$SITE/ci-deps.pth"
+"$TMP/venv/bin/python" -m pip install -q --no-deps --no-index "$WHEEL"
+mkdir "$TMP/empty" "$TMP/out"
+cp notebooks/01_quickstart.ipynb tutorials/03_survival_with_histology.ipynb "$TMP/out/"
+cd "$TMP/empty"
+PK=$(env -i PATH=/usr/bin:/bin "$TMP/venv/bin/python" -c "import pathkit; print(pathkit.__file__)")
+case "$PK" in "$TMP"/venv/*) ;; *) echo "pathkit imported from $PK, not from the wheel"; exit 1;; esac
+run_nb() {  # notebook, parameters (YAML)
+  env -i HOME="$HOME" PATH="$TMP/venv/bin:/usr/bin:/bin" PATHKIT_DATA_DIR="$PATHKIT_DATA_DIR" TQDM_DISABLE=1 \
+    "$TMP/venv/bin/python" -m papermill --no-progress-bar --cwd "$TMP/empty" -y "$2" \
+    "$TMP/out/$1" "$TMP/out/executed-$1" 2>&1 | grep -v "Kernel is running over TCP" || true
+  test -s "$TMP/out/executed-$1" && ! grep -q '"output_type": "error"' "$TMP/out/executed-$1"
+}
+t0=$(date +%s)
+run_nb 01_quickstart.ipynb '{"TILE_MODEL": "vit_tiny_test"}' || { echo "newcomer: notebook 01 failed"; exit 1; }
+run_nb 03_survival_with_histology.ipynb '{}' || { echo "newcomer: tutorial 03 failed"; exit 1; }
+echo "newcomer check: wheel $(basename "$WHEEL") ran notebook 01 and tutorial 03 from an empty folder in $(( $(date +%s) - t0 )) s"
+ls "$TMP/empty"
