@@ -320,3 +320,14 @@ def test_model_loaded_once_across_slides(slide, tiles, weights_file, monkeypatch
     pk.tl.embed_tiles(tiles, slide, "vit_tiny_test", **kw)
     assert len(calls) == 2
     embed_mod.clear_model_cache()
+
+
+def test_read_path_is_recorded(slide, tiles, weights_file, monkeypatch):
+    """The JPEG-tiled synthetic slide goes through the raw-tile path; turning it off is recorded too."""
+    kw = dict(weights=weights_file, dtype="float32", num_workers=0, progress=False, copy=True)
+    a = pk.tl.embed_tiles(tiles[:4].copy(), slide, MODEL, **kw)
+    assert a.uns["models"][KEY]["read_path"] == "raw_jpeg"
+    monkeypatch.setenv("PATHKIT_RAW_TILES", "0")
+    b = pk.tl.embed_tiles(tiles[:4].copy(), slide, MODEL, **kw)
+    assert b.uns["models"][KEY]["read_path"].startswith("read_tile")
+    np.testing.assert_array_equal(a.obsm[KEY], b.obsm[KEY])

@@ -88,8 +88,9 @@ def _embed_dim(spec) -> int:
     return int(out.shape[-1])
 
 
-def _model_info(spec, weights_info, dtype, device, dim):
+def _model_info(spec, weights_info, dtype, device, dim, read_path=None):
     return h5ad_safe({
+        "read_path": read_path,
         "name": spec.name, "arch": spec.arch, "kwargs": dict(spec.kwargs),
         "weights": weights_info.get("source"), "weights_sha256": weights_info.get("sha256"),
         "weights_verified": bool(weights_info.get("verified", False)),
@@ -160,7 +161,9 @@ def _run_encoder(encoder, spec, slide, xs, ys, tile_spec, dev, amp_dtype, batch_
             n_batches += 1
             if n_batches % 20 == 0:
                 malloc_trim()
-    return feats
+    why = getattr(loader, "raw_reason", "") or ""
+    read_path = "raw_jpeg" if getattr(loader, "raw_tiles", False) else ("read_tile" + (f" ({why})" if why else ""))
+    return feats, read_path
 
 
 def embed_tiles(tiles, slide=None, model=None, *, key_added: str | None = None, weights=None, device="auto",
@@ -205,7 +208,9 @@ def embed_tiles(tiles, slide=None, model=None, *, key_added: str | None = None, 
         The features, in the order of ``tiles.obs``.
     ``uns["models"][key_added]`` : dict
         Provenance: name, arch, weights source + sha256, mean, std, input_size, resize, interpolation,
-        pool, dtype, device, pathkit_version.
+        pool, dtype, device, pathkit_version, and ``read_path``: ``"raw_jpeg"`` when the stored JPEG tiles were
+        decoded in batches (the fast path, pixel-identical on CPU; ``PATHKIT_RAW_TILES=0`` turns it off), else
+        ``"read_tile"`` with the reason.
     """
     from ..models import get_spec, load_tile_encoder
 
@@ -227,15 +232,16 @@ def embed_tiles(tiles, slide=None, model=None, *, key_added: str | None = None, 
         warnings.warn(f"{slide.path}: there are no tiles (no tissue); writing an empty obsm[{key!r}]",
                       UserWarning, stacklevel=2)
         feats = np.zeros((0, _embed_dim(spec)), dtype=np.float32)
+        read_path = None
         winfo = {"source": str(weights) if weights is not None else
                  (spec.weights[0] if spec.weights else "random"), "sha256": None}
     else:
         encoder, winfo = _cached_encoder(spec, weights, dev, load_tile_encoder)
-        feats = _run_encoder(encoder, spec, slide, xs, ys, tile_spec, dev, amp_dtype, batch_size, num_workers,
+        feats, read_path = _run_encoder(encoder, spec, slide, xs, ys, tile_spec, dev, amp_dtype, batch_size, num_workers,
                              progress)
         del encoder
     adata.obsm[key] = feats
     models = dict(adata.uns.get("models") or {})
-    models[key] = _model_info(spec, winfo, amp_dtype, dev, int(feats.shape[1]))
+    models[key] = _model_info(spec, winfo, amp_dtype, dev, int(feats.shape[1]), read_path)
     adata.uns["models"] = models
     return adata if copy else None
