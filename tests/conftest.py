@@ -80,3 +80,23 @@ def loopback(tmp_path, monkeypatch):
     yield root, f"http://127.0.0.1:{httpd.server_address[1]}", seen
     httpd.shutdown()
     httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small bags and models: one intra-op thread is faster, and much faster on a loaded machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def real_tile_bag(shared_data):
+    """The real tile bag of TCGA-AD-6964: (feats 777 x 512 float32, coords 777 x 2 stored as (y, x))."""
+    import h5py
+
+    with h5py.File(shared_data / "embeddings" / "TCGA-AD-6964-01Z-00-DX1.features.h5", "r") as f:
+        return f["feats"][:], f["coords"][:]

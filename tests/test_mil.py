@@ -21,20 +21,12 @@ h5py = pytest.importorskip("h5py")
 FAST = {"use_rep": "X_uni", "hidden": 64, "attn_hidden": 32, "epochs": 8, "patience": 3, "n_bootstrap": 200, "progress": False, "lr": 1e-3}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small bags: one BLAS thread is faster, and much faster on a loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def real_feats(shared_data):
-    with h5py.File(shared_data / "embeddings" / "TCGA-AD-6964-01Z-00-DX1.features.h5", "r") as f:
-        feats = f["feats"][:]
-        coords = f["coords"][:]
+def real_feats(real_tile_bag):
+    feats, coords = real_tile_bag
     assert feats.shape == (777, 512) and coords.shape == (777, 2)
     return feats
 

@@ -79,14 +79,15 @@ def link(cohort, clinical=None, rna=None, *, on: str = "patient", slides_per_pat
         A MuData when ``rna`` is given or ``cohort`` is a MuData (linking again keeps its ``"rna"``), else an
         AnnData (the slides alone). New objects; the input is not modified. Sets the following fields:
 
-        ``mdata["slides"]`` (AnnData, one row per slide, as the cohort):
+        - ``mdata["slides"]`` (AnnData, one row per slide, as the cohort):
           ``obs[<level>_id]`` (the join id, e.g. ``patient_id``); clinical columns in ``obs``
           (``<col>_clinical`` next to a cohort column whose values conflict); ``uns["link_report"]`` (every
           problem, counted); ``uns["survival"]`` (normalised columns, their source and unit).
-        ``mdata["rna"]`` (AnnData, ids x genes):
+        - ``mdata["rna"]`` (AnnData, ids x genes):
           obs_names = the join ids that have RNA and slides, in cohort order; ``X`` the expression
           (float64, as read); ``var_names`` the genes; ``obs["n_slides"]``; ``uns["link"]``
           (``{"on": ..., "slides_key": <level>_id}``: ``slides.obs[slides_key]`` names each slide's row).
+
         Slides whose id has no RNA simply have no row in ``"rna"`` (counted in the report).
     """
     import mudata as md

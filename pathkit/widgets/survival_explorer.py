@@ -120,6 +120,8 @@ class SurvivalExplorer(StaticFallback):
     minprop
         Cut-offs considered by the correction: between the ``minprop`` and ``1 - minprop`` quantiles.
 
+    Notes
+    -----
     Programmatic API: :meth:`set_covariate`, :meth:`set_cutoff`; state ``covariate``, ``cutoff``,
     ``groups`` (pd.Series "high"/"low"), ``logrank`` (``pk.tl.logrank`` result or None), ``p_value``
     (plain log-rank), ``exploratory``, ``p_corrected`` (selection-corrected; NaN for a pre-specified split),
