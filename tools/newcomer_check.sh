@@ -14,8 +14,10 @@ trap 'rm -rf "$TMP"' EXIT
 
 "$CI_VENV/bin/python" -m pip wheel -q --no-deps -w "$TMP/dist" "$REPO"
 WHEEL=$(ls "$TMP"/dist/pathkit-*.whl)
-unzip -l "$WHEEL" | grep -q "pathkit/data/CMU-1-Small-Region.svs" || { echo "wheel lacks the sample slide"; exit 1; }
-unzip -l "$WHEEL" | grep -q "pathkit/datasets/_registry.csv" || { echo "wheel lacks the data registry"; exit 1; }
+# listed once into a variable: `unzip -l | grep -q` under pipefail fails at random (grep exits early, unzip gets SIGPIPE)
+FILES=$(unzip -Z1 "$WHEEL")
+grep -qx "pathkit/data/CMU-1-Small-Region.svs" <<<"$FILES" || { echo "wheel lacks the sample slide"; exit 1; }
+grep -qx "pathkit/datasets/_registry.csv" <<<"$FILES" || { echo "wheel lacks the data registry"; exit 1; }
 
 "$CI_VENV/bin/python" -m venv "$TMP/venv"
 SITE=$("$TMP/venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
