@@ -12,12 +12,13 @@ _LIBC: list = []
 
 
 @contextlib.contextmanager
-def atomic_write(path):
+def atomic_write(path, suffix: str = ""):
     """Yield a temporary path beside `path`; on success it replaces `path` (``os.replace``), on error it is
-    removed. The parent folder is created."""
+    removed. The parent folder is created. `suffix` ends the temporary name, for writers that infer the
+    format from it (``path.suffix`` for plotly's ``write_image``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
     try:
         yield tmp
         os.replace(tmp, path)

@@ -6,10 +6,11 @@ the run needs no network and no gated model. It says plainly which data and weig
 """
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from pathlib import Path
+
+from ._io import atomic_write
 
 DEMO_MODEL = "vit_tiny_test"
 
@@ -48,13 +49,8 @@ def draw_tile_grid(slide, tiles, path, size: int = 1024, color=(0, 90, 255)):
         x0, y0 = x * scale, y * scale
         draw.rectangle([x0, y0, x0 + side, y0 + side], outline=color, width=1)
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    try:
+    with atomic_write(path) as tmp:
         thumb.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

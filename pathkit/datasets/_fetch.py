@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from .._hashing import sha256_file
+from .._io import atomic_write
 from ..errors import ChecksumError, PathkitError
 
 ENV_DIR = "PATHKIT_DATA_DIR"
@@ -88,14 +89,8 @@ def _download(url: str, dest: Path, timeout: float, progress: bool) -> None:
     """Download url to dest atomically (a temporary file next to it, then rename)."""
     import pooch
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
-    try:
+    with atomic_write(dest) as tmp:
         pooch.HTTPDownloader(timeout=timeout, progressbar=progress)(url, str(tmp), None)
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _get(e: pd.Series, target: Path, timeout: float, progress: bool) -> None:
@@ -136,15 +131,9 @@ def _get(e: pd.Series, target: Path, timeout: float, progress: bool) -> None:
 
 
 def _extract(archive: Path, member: str, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
-    try:
-        with zipfile.ZipFile(archive) as z, z.open(member) as src, open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_write(target) as tmp, zipfile.ZipFile(archive) as z, z.open(member) as src, \
+            open(tmp, "wb") as dst:
+        shutil.copyfileobj(src, dst)
 
 
 def fetch(name: str, *, timeout: float = 60.0, progress: bool = False) -> Path:

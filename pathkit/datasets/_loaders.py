@@ -1,12 +1,12 @@
 """Friendly loaders over :func:`pathkit.datasets.fetch`: each returns a ready object and cites its source."""
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
 import pandas as pd
 
+from .._io import atomic_write
 from ._fetch import fetch
 
 CANCERS = ("coadread", "blca")
@@ -24,14 +24,8 @@ def _convert(name: str, src: Path, target: Path) -> None:
     first = df.columns[0]
     if str(first).startswith("Unnamed"):  # the sheet's unnamed row-number column
         df = df.drop(columns=first)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
-    try:
+    with atomic_write(target) as tmp:
         df.to_csv(tmp, index=False)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def cmu1_small():

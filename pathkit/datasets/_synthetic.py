@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._io import write_text_atomic
+
 # H&E-like colours (RGB): eosin-pink cytoplasm/stroma, haematoxylin-purple nuclei, glass.
 _EOSIN = np.array([222.0, 142.0, 186.0])
 _HEMATOXYLIN = np.array([98.0, 62.0, 148.0])
@@ -286,9 +288,7 @@ def synthetic_slide(path, width: int = 4096, height: int = 3072, mpp: float = 0.
              "tile": tile, "seed": seed, "compression": compression, "blobs": blob_list,
              "tissue_rgb": _EOSIN.tolist(), "glass_rgb": _GLASS.tolist()}
     side = _truth_path(path)
-    tmp_json = side.with_name(f".{side.name}.{os.getpid()}.tmp")
-    tmp_json.write_text(json.dumps(truth, indent=1))
-    os.replace(tmp_json, side)
+    write_text_atomic(side, json.dumps(truth, indent=1))
     return path
 
 

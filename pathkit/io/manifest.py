@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .._io import atomic_write, write_text_atomic
 from ..errors import ChecksumError, PathkitError, TableError
 
 COLUMNS = ("file_name", "patient_id", "slide_id", "gdc_file_id", "size", "md5", "sha256", "url")
@@ -156,10 +157,9 @@ def write_manifest(df: pd.DataFrame, path) -> Path:
     """Write a manifest CSV atomically (validated first)."""
     df = validate_manifest(df)
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     cols = list(COLUMNS) + [c for c in df.columns if c not in COLUMNS]
-    df[cols].to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        df[cols].to_csv(tmp, index=False)
     return path
 
 
@@ -244,9 +244,7 @@ def _load_state(dest: Path) -> dict:
 
 
 def _save_state(dest: Path, state: dict) -> None:
-    tmp = dest / f"{STATE_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
-    os.replace(tmp, dest / STATE_FILE)
+    write_text_atomic(dest / STATE_FILE, json.dumps(state, indent=1, sort_keys=True))
 
 
 def _download(url: str, part: Path, *, timeout: float, bar=None, headers=None) -> str:

@@ -1,8 +1,6 @@
 """Kaplan-Meier figures (plotly): step curves, CI bands, censoring ticks, numbers at risk, log-rank p."""
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,27 +39,22 @@ def _fmt_p(p: float) -> str:
 
 
 def _atomic_save(fig, path: Path, scale: float):
+    from .._io import atomic_write
+
     path = Path(path)
     suffix = path.suffix.lower()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    if suffix not in (".html", ".png", ".svg", ".pdf", ".jpg", ".jpeg", ".webp"):
+        raise ValueError(f"save={path}: use .html, .png, .svg or .pdf")
+    with atomic_write(path, suffix=suffix) as tmp:
         if suffix == ".html":
             fig.write_html(tmp, include_plotlyjs="cdn")
-        elif suffix in (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".webp"):
-            try:
-                fig.write_image(tmp, scale=scale)
-            except Exception as e:  # kaleido needs a Chrome/Chromium it can start
-                raise RuntimeError(f"static export to {path} failed ({type(e).__name__}: {e}); it needs kaleido "
-                                   f"and a Chrome/Chromium browser (`plotly_get_chrome` or apt install chromium). "
-                                   f"Save as .html instead to keep the interactive figure") from e
-        else:
-            raise ValueError(f"save={path}: use .html, .png, .svg or .pdf")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+            return
+        try:
+            fig.write_image(tmp, scale=scale)
+        except Exception as e:  # kaleido needs a Chrome/Chromium it can start
+            raise RuntimeError(f"static export to {path} failed ({type(e).__name__}: {e}); it needs kaleido "
+                               f"and a Chrome/Chromium browser (`plotly_get_chrome` or apt install chromium). "
+                               f"Save as .html instead to keep the interactive figure") from e
 
 
 def kaplan_meier(data, time, event, groupby=None, *, ci: bool = True, at_risk: bool = True,

@@ -101,12 +101,6 @@ def read_tile_thumb(slide, x: float, y: float, size_level0: float, thumb_px: int
     return slide.read_tile(int(np.rint(x)), int(np.rint(y)), tile_px=int(thumb_px), mpp=mpp)
 
 
-def _open(path, mpp=None):
-    from ..slide import read_slide
-
-    return read_slide(path, mpp=mpp) if mpp else read_slide(path)
-
-
 def slides_for(adata, slide, required: bool):
     """Map slide_id -> Slide for the rows of a tile AnnData. ``slide``: a Slide, dict slide_id -> Slide, or
     None (open ``uns["slide"]["path"]`` when it exists). Returns None when nothing is available and
@@ -126,8 +120,9 @@ def slides_for(adata, slide, required: bool):
     info = adata.uns.get("slide", {}) if hasattr(adata, "uns") else {}
     path = info.get("path")
     if path and Path(path).exists() and (ids is None or ids.nunique() == 1):
-        mpp = info.get("mpp") if info.get("mpp_source") == "user" else None
-        return {"__one__": _open(path, mpp)}
+        from ..slide import slide_of_tiles
+
+        return {"__one__": slide_of_tiles(adata)}
     if required:
         raise FileNotFoundError("thumbnails need the slide: pass slide= (a Slide, or a dict slide_id -> "
                                 "Slide)"
@@ -164,7 +159,9 @@ def thumb_reader(adata, slide, thumb_px: int, required: bool):
             row = adata.obs.iloc[r]
             if isinstance(slide, dict):
                 return np.asarray(slide[str(row["slide_id"])].thumbnail(thumb_px).convert("RGB"))
-            with _open(row["path"]) as s:
+            from ..slide import read_slide
+
+            with read_slide(row["path"]) as s:
                 return np.asarray(s.thumbnail(thumb_px).convert("RGB"))
         return read_slide_thumb
     if required:
@@ -199,13 +196,12 @@ _HOVER_JS = """
 def write_html(fig, path, include_plotlyjs=True, post_script=None, **kwargs):
     """Write ``fig`` as a standalone HTML file (plotly.js inlined: works offline) where hovering a point
     shows its thumbnail (``customdata[:, 1]`` data URIs, as ``pk.pl.umap`` writes them). Atomic write."""
-    import os
+    from .._io import atomic_write
 
     path = Path(path)
     scripts = [_HOVER_JS] + ([post_script] if isinstance(post_script, str) else list(post_script or []))
-    tmp = path.with_name(path.name + ".tmp")
-    fig.write_html(str(tmp), include_plotlyjs=include_plotlyjs, post_script=scripts, **kwargs)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        fig.write_html(str(tmp), include_plotlyjs=include_plotlyjs, post_script=scripts, **kwargs)
     return path
 
 
