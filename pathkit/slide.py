@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from ._hashing import sha256_file
+from ._ids import is_slide_file, slide_id_from_path
 from .errors import MppError, NotBrightfieldError, SlideReadError
 
 # Plausible scanning resolutions: 40x scanners are ~0.25 um/px, 5x overviews ~2 um/px. Anything coarser
@@ -30,14 +31,6 @@ MPP_MIN = 0.05
 MPP_TOLERANCE = 0.01
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-
-
-def _slide_id(path: Path) -> str:
-    name = path.name
-    for ext in (".ome.tiff", ".ome.tif"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return path.stem
 
 
 def _sniff_unreadable(path: Path) -> str | None:
@@ -214,7 +207,8 @@ class Slide:
         self._ts = None
         self._lock = threading.Lock()
         self._sha256 = None
-        self.slide_id = _slide_id(self.path)
+        # a file's last suffix is its format even when _ids does not list it (.btf, .jp2 ...)
+        self.slide_id = slide_id_from_path(self.path) if is_slide_file(self.path) else self.path.stem
         self._open(check=True)
 
     # ---------------------------------------------------------------- opening and metadata
@@ -610,3 +604,19 @@ def read_slide(path, mpp: float | None = None, *, allow_implausible_mpp: bool = 
         return path
     return Slide(path, mpp, allow_implausible_mpp=allow_implausible_mpp,
                  allow_non_brightfield=allow_non_brightfield)
+
+
+def slide_of_tiles(tiles, slide=None) -> Slide:
+    """The slide `tiles` (the AnnData of ``pk.pp.tile``) were cut from: `slide` when given (a Slide or a
+    path), else the file in ``tiles.uns["slide"]["path"]``, opened with the mpp the tiles were made with when
+    the user had given it."""
+    from .errors import TableError
+
+    if slide is not None:
+        return read_slide(slide)
+    info = tiles.uns.get("slide") or {}
+    path = info.get("path")
+    if not path or not os.path.exists(path):
+        raise TableError(f"no slide given and tiles.uns['slide']['path'] ({path!r}) is not a file here: pass the "
+                         "slide, e.g. slide=pk.read_slide(path)")
+    return read_slide(path, mpp=info.get("mpp") if info.get("mpp_source") == "user" else None)

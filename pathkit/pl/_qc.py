@@ -74,14 +74,14 @@ def qc(tiles, slide=None, *, tissue=None, thumbnail_size: int = 1024, show_kept:
     """
     import plotly.graph_objects as go
 
-    from ..pp._qc import _slide_from
+    from ..slide import slide_of_tiles
     from ..pp.tissue import find_tissue
     from ._slide import _check_one_slide, _rect_path
     from ._thumbs import data_uri, tile_geometry
 
     if not hasattr(tiles, "obs") and hasattr(slide, "obs"):
         raise TypeError("pk.pl.qc takes the tiles first, as pk.pl.slide does: pk.pl.qc(tiles, slide)")
-    slide = _slide_from(tiles, slide)
+    slide = slide_of_tiles(tiles, slide)
     _check_one_slide(slide, tiles)
     reasons = qc_reasons(tiles)
     if tissue is None:

@@ -46,18 +46,6 @@ def _spec(tiles) -> dict:
     return spec
 
 
-def _slide_from(tiles, slide):
-    from ..errors import TableError
-    from ..slide import read_slide
-
-    if slide is not None:
-        return read_slide(slide)
-    info = tiles.uns.get("slide") or {}
-    if not info.get("path"):
-        raise TableError("no slide given and tiles.uns['slide']['path'] is missing: pass slide=")
-    return read_slide(info["path"], mpp=info.get("mpp") if info.get("mpp_source") == "user" else None)
-
-
 def tile_qc(tiles, slide=None, *, tissue=None, focus: bool = True, max_pen: float = MAX_PEN,
             min_focus: float = MIN_FOCUS, min_tissue: float | None = None, progress: bool = False,
             copy: bool = False):
@@ -101,7 +89,9 @@ def tile_qc(tiles, slide=None, *, tissue=None, focus: bool = True, max_pen: floa
     spec = _spec(adata)
     if not 0 <= max_pen <= 1:
         raise ValueError(f"max_pen is a share of the tile in [0, 1], got {max_pen}")
-    slide = _slide_from(adata, slide)
+    from ..slide import slide_of_tiles
+
+    slide = slide_of_tiles(adata, slide)
     tissue = mask_for(slide, tissue)
     x = adata.obs["x"].to_numpy(np.float64)
     y = adata.obs["y"].to_numpy(np.float64)

@@ -18,6 +18,7 @@ from .._device import autocast, dtype_name, resolve_device, resolve_dtype
 from .._io import h5ad_safe, malloc_trim
 from .._version import __version__
 from ..errors import TableError
+from ..slide import slide_of_tiles
 from ._preprocess import TilePreprocess
 from ._tile_loader import resolve_num_workers, tile_loader
 
@@ -60,20 +61,6 @@ def check_tiles(tiles, slide=None) -> dict:
                              f"({tuple(dims)}), not {slide.path} {tuple(slide.dimensions)}: pass the slide "
                              "the tiles came from, or tile this one with pk.pp.tile(slide)")
     return dict(spec)
-
-
-def _slide_of(tiles, slide):
-    from ..slide import read_slide
-
-    if slide is not None:
-        return read_slide(slide)
-    path = (tiles.uns.get("slide") or {}).get("path")
-    if not path or not os.path.exists(path):
-        raise TableError(f"no slide given and tiles.uns['slide']['path'] ({path!r}) is not a file: pass the "
-                         "slide, e.g. pk.tl.embed_tiles(tiles, slide, model)")
-    mpp = (tiles.uns.get("slide") or {}).get("mpp") if (tiles.uns.get("slide") or {}).get("mpp_source") == "user" \
-        else None
-    return read_slide(path, mpp=mpp)
 
 
 def _embed_dim(spec) -> int:
@@ -216,9 +203,9 @@ def embed_tiles(tiles, slide=None, model=None, *, key_added: str | None = None, 
 
     if model is None:
         raise TypeError("embed_tiles needs a model: pk.tl.embed_tiles(tiles, slide, 'uni'); see pk.list_models()")
-    tile_spec = check_tiles(tiles, None)
-    slide = _slide_of(tiles, slide)
-    check_tiles(tiles, slide)
+    check_tiles(tiles)  # before the slide is looked up in tiles.uns
+    slide = slide_of_tiles(tiles, slide)
+    tile_spec = check_tiles(tiles, slide)
     spec = get_spec(model, kind="tile")
     key = key_added or feature_key(spec.name)
     dev = resolve_device(device)

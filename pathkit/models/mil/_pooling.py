@@ -13,17 +13,21 @@ def instance_score(logits: torch.Tensor, bag_out: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits, dim=1)[:, int(torch.argmax(bag_out))]
 
 
-class MeanMIL(nn.Module):
-    """``Linear + ReLU + Dropout`` per tile, mean over the tiles, a linear head.
-
-    The head is linear, so the bag output is the mean of the per-tile outputs; each tile's importance is its
-    own score (:func:`instance_score` of its output).
-    """
+class _PooledMIL(nn.Module):
+    """``Linear + ReLU + Dropout`` per tile (``fc``), a pooling over the tiles, a linear ``head``."""
 
     def __init__(self, in_dim: int, n_out: int, hidden: int = 512, dropout: float = 0.25):
         super().__init__()
         self.fc = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout))
         self.head = nn.Linear(hidden, n_out)
+
+
+class MeanMIL(_PooledMIL):
+    """``Linear + ReLU + Dropout`` per tile, mean over the tiles, a linear head.
+
+    The head is linear, so the bag output is the mean of the per-tile outputs; each tile's importance is its
+    own score (:func:`instance_score` of its output).
+    """
 
     def forward(self, x: torch.Tensor, target=None):
         h = self.fc(x)
@@ -33,18 +37,13 @@ class MeanMIL(nn.Module):
         return out, imp, {}
 
 
-class MaxMIL(nn.Module):
+class MaxMIL(_PooledMIL):
     """``Linear + ReLU + Dropout`` per tile, the element-wise max over the tiles, a linear head.
 
     Importance: each tile's share of the bag's output, i.e. the head weights of the hidden units whose max
     the tile holds times its values there, for the single output (``n_out`` 1) or the bag's top output (for 2
     outputs: the top minus the other); the shares plus the head's bias add up to that output.
     """
-
-    def __init__(self, in_dim: int, n_out: int, hidden: int = 512, dropout: float = 0.25):
-        super().__init__()
-        self.fc = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout))
-        self.head = nn.Linear(hidden, n_out)
 
     def forward(self, x: torch.Tensor, target=None):
         h = self.fc(x)
