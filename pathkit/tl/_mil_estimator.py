@@ -272,38 +272,10 @@ class MIL:
         return torch.stack(outs), extras, imps
 
     def _targets(self, tg: dict, idx, dev) -> dict:
-        import torch
-
-        out = {}
-        if "y" in tg:
-            y = tg["y"][idx]
-            if self.task == "regression":
-                y = (y - self.y_mean_) / self.y_sd_
-                out["y"] = torch.as_tensor(y, dtype=torch.float32, device=dev)
-            else:
-                out["y"] = torch.as_tensor(y, device=dev)
-        if "time" in tg:
-            out["time"] = torch.as_tensor(tg["time"][idx], dtype=torch.float32, device=dev)
-            out["event"] = torch.as_tensor(tg["event"][idx], dtype=torch.float32, device=dev)
-            if self.bins_ is not None:
-                out["bin"] = torch.as_tensor(T.to_bins(tg["time"][idx], self.bins_), device=dev)
-        return out
+        return T.batch_targets(self.task, tg, idx, dev, self.y_mean_, self.y_sd_, self.bins_)
 
     def _loss(self, out, extras, tg):
-        loss = T.task_loss(self.task, out, tg, self.alpha_surv)
-        if loss is None:
-            return None
-        if extras and "instance_loss" in extras[0]:
-            bw = extras[0]["bag_weight"]
-            import torch
-
-            loss = bw * loss + (1 - bw) * torch.stack([e["instance_loss"] for e in extras]).mean()
-        if extras and "max_out" in extras[0]:
-            import torch
-
-            loss = 0.5 * loss + 0.5 * T.task_loss(self.task, torch.stack([e["max_out"] for e in extras]), tg,
-                                                  self.alpha_surv)
-        return loss
+        return T.bag_loss(self.task, out, extras, tg, self.alpha_surv)
 
     def _covs(self, C, dev):
         """The standardised covariates of every unit as a tensor on ``dev`` (None without covariates)."""
