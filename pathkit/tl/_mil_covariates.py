@@ -223,15 +223,17 @@ def bag_covariates(cohort, units, names=None, *, spec: CovariateSpec | None = No
     return units, C, spec
 
 
-def warm_start(task: str, covs, targets: dict, n_out: int, alpha_surv: float, l2: float = 1e-3):
-    """Weights ``[n_out, n_cov]`` of the covariates-only linear model (the task's loss over the training bags,
-    L-BFGS, a small ridge penalty), where the fused network's covariate weights start: the bag network then
+def warm_start(task: str, covs, targets: dict, n_out: int, alpha_surv: float):
+    """Weights ``[n_out, n_cov]`` of the covariates-only linear model (the task's mean loss over the training
+    bags plus ``0.5 |W|^2 / n``, i.e. a standard normal prior on the standardised covariates' weights; L-BFGS),
+    where the fused network's covariate weights start: the bag network then
     learns what the covariates do not explain (a covariate's weight would otherwise climb from zero at the
     network's learning rate, far slower than a head over hundreds of hidden units)."""
     import torch
 
     from . import _mil_tasks as T
 
+    l2 = 0.5 / max(len(covs), 1)
     W = torch.zeros(n_out, covs.shape[1], dtype=covs.dtype, device=covs.device, requires_grad=True)
     b = torch.zeros(n_out, dtype=covs.dtype, device=covs.device, requires_grad=True)
     opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
