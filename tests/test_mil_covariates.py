@@ -226,3 +226,21 @@ def test_default_use_rep(real_tile_bag, tmp_path):
                                                 "label": ["a", "b"]}), label="label")
     b = ad.AnnData(X=feats, obs=a.obs.copy())
     assert default_rep(b) == "X"
+
+
+def test_patient_bags_average_their_slides_covariates(real_tile_bag):
+    rng = np.random.default_rng(8)
+    feats = real_tile_bag[0]
+    tiles, rows = {}, []
+    for b in range(24):
+        sid = f"S{b:02d}"
+        a = ad.AnnData(obs=pd.DataFrame({"slide_id": sid}, index=[str(i) for i in range(5)]))
+        a.obsm["X_uni"] = feats[rng.integers(0, len(feats), 5)]
+        tiles[sid] = a
+        rows.append({"slide_id": sid, "patient_id": f"P{b // 2:02d}", "c": float(b), "y": "ab"[(b // 2) % 2]})
+    cohort = ad.AnnData(obs=pd.DataFrame(rows, index=list(tiles)))
+    est = pk.tl.MIL("mean", bag_by="patient", **dict(FIT, epochs=1, val_fraction=0), **SMALL["mean"])
+    est.fit(tiles, cohort, label="y", covariates="c")
+    per_patient = cohort.obs.groupby("patient_id")["c"].mean()  # 0.5, 2.5, ...: each patient's two slides
+    assert est.covariates_.mean[0] == pytest.approx(per_patient.mean())
+    assert est.covariates_.sd[0] == pytest.approx(per_patient.std(ddof=0))
