@@ -90,6 +90,23 @@ def test_attention_backends_match_reference(ref, small, backend):
     assert _maxerr(gap, ref["outputs"]["case1"]["gap_all_layers"]) <= PARITY_TOL
 
 
+def test_layer_k_is_the_references_all_layer_embed_k(ref, small):
+    """layer=k (what embed_slide's default layers=11 runs for gigapath_slide) stops after k blocks and equals
+    row k of the reference's all_layer_embed output, for both poolings."""
+    x, c = ref["inputs"]["case1"]["tile_embeds"], ref["inputs"]["case1"]["coords"]
+    want = ref["outputs"]["case1"]
+    depth = len(small.encoder.layers)
+    with torch.inference_mode():
+        for k in range(depth + 1):
+            for pool, name in [("mean", "gap_all_layers"), ("cls", "cls_all_layers")]:
+                assert _maxerr(small(x, c, pool=pool, layer=k), want[name][k]) <= PARITY_TOL, (k, pool)
+    for bad in (-1, depth + 1, 1.0, True):
+        with pytest.raises(ValueError, match="layer="):
+            small(x, c, layer=bad)
+    with pytest.raises(ValueError, match="not both"):
+        small(x, c, layer=1, all_layers=True)
+
+
 # ------------------------------------------------------------------- dilated attention, literal version
 
 def _literal_dilated(q, k, v, segs, ratios, detach_weights=False):

@@ -293,9 +293,13 @@ class LongNetSlideEncoder(nn.Module):
         raise ValueError(f"pool={pool!r}: use 'cls' or 'mean'")
 
     def forward(self, tile_embeds, coords, pool: str = "cls", all_layers: bool = False,
-                progress: bool = False) -> torch.Tensor:
+                progress: bool = False, layer: int | None = None) -> torch.Tensor:
         """tile_embeds [B, L, in_chans], coords [B, L, 2] (x, y) -> [B, E], or [depth+1, B, E] with
         all_layers (each hidden state pooled and `norm`ed, without encoder.layer_norm, as the reference).
+
+        layer=k: only row k of the all_layers output (the hidden state after k blocks, pooled and `norm`ed,
+        without encoder.layer_norm), computed without running the blocks after k. The authors' fine-tuning
+        (``--feat_layer 11``) and TRIDENT read row 11 of the 12-block encoder.
 
         pool="cls" is the reference's default, but its CLS token was never trained; the authors pool with
         the mean of the tile tokens (pool="mean"). Rows of a batch are independent, yet padding a slide to
@@ -305,14 +309,23 @@ class LongNetSlideEncoder(nn.Module):
             raise ValueError(f"pool={pool!r}: use 'cls' or 'mean'")
         from tqdm.auto import tqdm
 
+        depth = len(self.encoder.layers)
+        if layer is not None:
+            if all_layers:
+                raise ValueError("pass either all_layers=True or layer=k, not both")
+            if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= depth:
+                raise ValueError(f"layer={layer!r}: use an int in 0..{depth} (the hidden state after k blocks)")
         h, _ = self._tokens(tile_embeds, coords)
         pooled = [self._pool(h, pool)] if all_layers else None
-        for layer in tqdm(self.encoder.layers, desc=f"LongNet ({h.shape[1] - 1} tiles)", unit="layer",
+        blocks = self.encoder.layers if layer is None else self.encoder.layers[:layer]
+        for block in tqdm(blocks, desc=f"LongNet ({h.shape[1] - 1} tiles)", unit="layer",
                           disable=not progress, leave=False):
-            h = layer(h)
+            h = block(h)
             if all_layers:
                 pooled.append(self._pool(h, pool))
-        return torch.stack(pooled) if all_layers else self._pool(self.encoder.layer_norm(h), pool)
+        if all_layers:
+            return torch.stack(pooled)
+        return self._pool(h if layer is not None else self.encoder.layer_norm(h), pool)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -328,7 +341,9 @@ GIGAPATH_SLIDE = register(ModelSpec(
     source="https://github.com/prov-gigapath/prov-gigapath (gigapath/slide_encoder.py @ 09d8e876)",
     description="Prov-GigaPath slide encoder: LongNet (12 layers, 768-d, dilated attention) over 1536-d "
                 "gigapath_tile embeddings on a 256-px / 0.5-mpp grid; the checkpoint's ['model']",
-    extra={"tile_model": "gigapath_tile", "checkpoint_key": "model"},
+    # layer 11 of 12 and the mean of the tile tokens: what TRIDENT reads from this encoder (the authors'
+    # fine-tuning reads layer 11 too, from the CLS token, which it trains); see docs/models.md
+    extra={"tile_model": "gigapath_tile", "checkpoint_key": "model", "layer": 11, "pool": "mean"},
 ), overwrite=True)
 
 SLIDE_BUILDERS = {"longnet": LongNetSlideEncoder.from_config}
