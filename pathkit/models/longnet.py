@@ -337,7 +337,8 @@ GIGAPATH_SLIDE = register(ModelSpec(
             "slide_ngrids": 1000, "tile_size": 256, "max_wsi_size": 262144},
     embed_dim=768, input_size=0, resize=None, pool="mean",
     weights=("hf_hub:prov-gigapath/prov-gigapath/slide_encoder.pth",), n_params=86_330_880,
-    license="Apache-2.0 (the Prov-GigaPath repository since 2025); weights gated on the HF hub", gated=True,
+    license="Apache-2.0 (the Prov-GigaPath repository's LICENSE since 2025; its README limits use to research, "
+            "no deployed use); weights gated on the HF hub", gated=True,
     source="https://github.com/prov-gigapath/prov-gigapath (gigapath/slide_encoder.py @ 09d8e876)",
     description="Prov-GigaPath slide encoder: LongNet (12 layers, 768-d, dilated attention) over 1536-d "
                 "gigapath_tile embeddings on a 256-px / 0.5-mpp grid; the checkpoint's ['model']",
