@@ -189,6 +189,15 @@ def _load_feather(spec, weights, device):
 SET_ENCODERS = {"pathkit:feather_abmil": _load_feather}
 
 
+def _load_prism(spec, weights, device):
+    from ..models.prism import load_prism
+
+    return load_prism(spec, weights=weights, device=device)
+
+
+SET_ENCODERS["pathkit:prism_perceiver"] = _load_prism
+
+
 def _embed_set(tile_adata, X, spec, use_rep, key, weights, layers, device, dtype, info):
     import torch
 
