@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _hf import hf_cache
 from safetensors.torch import save_file
 
 import pathkit as pk
@@ -28,17 +29,30 @@ def ref():
     return torch.load(FIXTURE, weights_only=True)
 
 
-def _hf_repo(ref, tmp_path) -> Path:
+def _hf_files(ref) -> dict:
     """The fixture as the HF repository lays it out: model.safetensors with the vision tower under
     `vision_encoder.` (captioning pooler included) and a text tower, config.json with a `vision_config`."""
     sd = {f"vision_encoder.{k}": v.contiguous() for k, v in ref["state_dict"].items()}
     sd["text_encoder.token_embedding.weight"] = torch.zeros(10, 48)
-    save_file(sd, str(tmp_path / "model.safetensors"))
     c = ref["config"]
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "titan", "vision_config": {
+    cfg = {"model_type": "titan", "vision_config": {
         "embed_dim": c["embed_dim"], "depth": c["depth"], "num_heads": c["num_heads"], "mlp_ratio": c["mlp_ratio"],
-        "mlp_patch_embed_dim": c["mlp_patch_embed_dim"], "attn_pooler_heads": c["attn_pooler_heads"]}}))
+        "mlp_patch_embed_dim": c["mlp_patch_embed_dim"], "attn_pooler_heads": c["attn_pooler_heads"]}}
+    return {"model.safetensors": lambda p: save_file(sd, str(p)),
+            "config.json": lambda p: p.write_text(json.dumps(cfg))}
+
+
+def _hf_repo(ref, tmp_path) -> Path:
+    for name, write in _hf_files(ref).items():
+        write(tmp_path / name)
     return tmp_path / "model.safetensors"
+
+
+def _small(**kw):
+    """The registry entry at the fixture's reduced sizes (24-d features)."""
+    spec = get_spec("titan")
+    return dataclasses.replace(spec, name="titan_small_test", kwargs=SMALL, extra={**spec.extra, "in_chans": 24},
+                               **kw)
 
 
 def test_titan_matches_reference_vision_tower(ref, tmp_path):
@@ -80,6 +94,8 @@ def test_titan_entry_and_loader_refusals(tmp_path):
     with pytest.warns(UserWarning, match="RANDOM"):
         net, _ = load_titan("titan", weights="random")
     assert isinstance(net, TitanSlideEncoder) and sum(p.numel() for p in net.parameters()) == spec.n_params
+    with torch.no_grad():
+        assert net(torch.randn(10, 768), torch.randint(0, 5, (10, 2))).shape == (768,)
 
 
 def _tiles(ref, n=40, **spec):
@@ -101,8 +117,7 @@ def _tiles(ref, n=40, **spec):
 
 def test_titan_through_embed_slide(ref, tmp_path):
     w = _hf_repo(ref, tmp_path)
-    small = dataclasses.replace(get_spec("titan"), name="titan_small_test", kwargs=SMALL,
-                                extra={**get_spec("titan").extra, "in_chans": 24})
+    small = _small()
     a = _tiles(ref)
     assert pk.tl.embed_slide(a, small, weights=w, dtype="float32") is None
     got = a.uns["slide_embeddings"]["titan_small_test"]
@@ -121,8 +136,7 @@ def test_titan_through_embed_slide(ref, tmp_path):
 
 def test_titan_refuses_other_features_and_geometry(ref, tmp_path):
     w = _hf_repo(ref, tmp_path)
-    small = dataclasses.replace(get_spec("titan"), name="titan_small_test", kwargs=SMALL,
-                                extra={**get_spec("titan").extra, "in_chans": 24})
+    small = _small()
     a = _tiles(ref)
     a.uns["models"] = {"X_conch_v15": {"name": "uni"}}  # features recorded as another tile model's
     with pytest.raises(ValueError, match="expects 'conch_v15'"):
@@ -138,6 +152,11 @@ def test_titan_refuses_other_features_and_geometry(ref, tmp_path):
     del a.uns["tile_spec"]
     with pytest.raises(GridError, match="tile_spec"):
         pk.tl.embed_slide(a, small, weights=w)
+    a = _tiles(ref)
+    for k in ("size_level0", "stride_level0", "slide_mpp"):
+        del a.uns["tile_spec"][k]
+    with pytest.raises(GridError, match="slide_mpp"):
+        pk.tl.embed_slide(a, small, weights=w)
     with pytest.raises(GridError, match="overlap"):
         pk.tl.embed_slide(_tiles(ref, overlap=64), small, weights=w)
     with pytest.raises(ValueError, match="768-d"):  # the registry entry itself: 768-d CONCH v1.5 features
@@ -147,3 +166,32 @@ def test_titan_refuses_other_features_and_geometry(ref, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the geometry above is accepted without a warning
         pk.tl.embed_slide(_tiles(ref, mpp=0.503), small, weights=w, dtype="float32")
+
+
+def test_titan_from_the_hub_cache(ref, tmp_path, monkeypatch):
+    """weights=None reads the entry's source, hf_hub:MahmoodLab/TITAN, from a local HF cache (offline)."""
+    hub = tmp_path / "hub"
+    snap = hf_cache(hub, "MahmoodLab/TITAN", _hf_files(ref))
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    a = _tiles(ref)
+    pk.tl.embed_slide(a, _small(), dtype="float32")
+    info = a.uns["slide_embeddings_info"]["titan_small_test"]
+    assert info["weights"] == "hf_hub:MahmoodLab/TITAN" and info["weights_sha256"]
+    np.testing.assert_allclose(a.uns["slide_embeddings"]["titan_small_test"], ref["out"].numpy(), atol=1e-4)
+    assert load_titan(_small())[1]["config"] == str(snap / "config.json")  # sizes from the snapshot's config
+
+
+def test_grid_cells_absorb_rounded_corners():
+    """pk.pp.tile rounds level-0 corners of a non-integer step (a 0.2527-mpp scan: 1013.06 px per 512-px tile
+    at 0.5 mpp): rounding to the nearest cell keeps every tile in its own cell, where the reference's floor
+    division (exact on TRIDENT's integer steps) would misplace about half of them."""
+    from pathkit.pp.tiling import grid_positions
+    from pathkit.tl._slide_grid import grid_cells
+
+    step = 512 * 0.5 / 0.2527
+    xs = grid_positions(100_000, step, step)
+    cells = grid_cells(np.stack([xs, xs[::-1]], axis=1).astype(np.float64), step)
+    np.testing.assert_array_equal(cells, np.stack([np.arange(len(xs)), np.arange(len(xs))[::-1]], axis=1))
+    floor = level0_cells(torch.as_tensor(np.stack([xs, xs], axis=1)), step)[:, 0].numpy()
+    assert (floor != np.arange(len(xs))).sum() > 10

@@ -219,7 +219,9 @@ def load_titan(model="titan", weights=None, device="cpu") -> tuple[TitanSlideEnc
         info["weights"] = "state dict passed by the user"
         return _load_into(spec, weights, {}, info["weights"], None, device), info
     source = weights if weights is not None else spec.weights[0]
-    ck = (repr(spec.to_dict()), str(source), str(device))
+    local = Path(str(source)).expanduser()
+    stamp = (local.stat().st_mtime_ns, local.stat().st_size) if local.is_file() else None  # a file rewritten
+    ck = (repr(spec.to_dict()), str(source), stamp, str(device))
     with _CACHE_LOCK:
         if ck in _CACHE:
             return _CACHE[ck]

@@ -41,8 +41,10 @@ def check_geometry(adata, spec) -> float:
     if step is None and ts.get("slide_mpp") and ts.get("tile_px") and ts.get("mpp"):
         step = float(ts["tile_px"]) * float(ts["mpp"]) / float(ts["slide_mpp"])
     if step is None or not float(step) > 0:
-        raise GridError(f"slide {sid!r}: the tile step in level-0 px is unknown (uns['tile_spec'] lacks "
-                        "stride_level0 / size_level0 / slide_mpp). " + redo)
+        raise GridError(f"slide {sid!r}: the step between neighbouring tiles in level-0 px is unknown "
+                        "(uns['tile_spec'] lacks stride_level0, size_level0 and slide_mpp). Set "
+                        "tiles.uns['tile_spec']['slide_mpp'] (pk.io.read_bag(..., slide_mpp=)) or "
+                        "['stride_level0'] (TRIDENT's patch_size_level0), or: " + redo)
     return float(step)
 
 

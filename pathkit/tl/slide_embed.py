@@ -73,7 +73,8 @@ def embed_slide(tiles, model="gigapath_slide", *, use_rep: str | None = None, ke
         The slide embedding; :func:`pathkit.tl.embed_cohort` collects these into ``obsm["X_<key>"]``.
     ``uns["slide_embeddings_info"][key_added]`` : dict
         model, weights (+ sha256), use_rep, pool, layers, coords, n_tiles, dtype, device, pathkit version,
-        and ``tile_order`` (obs positions in the order they were encoded).
+        and ``tile_order`` (obs positions in the order they were encoded); for ``"titan"``, ``grid_step_level0``
+        and ``n_cells`` (its grid) instead of coords / layers / tile_order.
     """
     adata = tiles.copy() if copy else tiles
     _embed(adata, model, use_rep, key_added, weights, pool, layers, coords, device, dtype, progress)
