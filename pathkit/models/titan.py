@@ -192,6 +192,8 @@ def _companion(path) -> dict:
         return {}
     raw = json.loads(cfg.read_text())
     vis = raw.get("vision_config", raw)
+    if vis.get("pos_encode_type", "alibi") != "alibi":
+        raise WeightsError(f"{cfg}: pos_encode_type={vis['pos_encode_type']!r}; pathkit's TITAN has 2D ALiBi only")
     return {ours: vis[theirs] for theirs, ours in _CONFIG_KEYS.items() if theirs in vis}
 
 
