@@ -28,7 +28,9 @@ def embed_slide(tiles, model="gigapath_slide", *, use_rep: str | None = None, ke
     model
         ``"gigapath_slide"`` (Prov-GigaPath's LongNet on ``gigapath_tile`` features), another registered
         slide model (name or ModelSpec), a ``LongNetSlideEncoder`` instance, or ``"mean"``: the plain mean of
-        the tile features (no network).
+        the tile features (no network). ``"titan"`` takes ``conch_v15`` features of 512-px tiles at 0.5 mpp
+        (``pk.pp.tile(slide, tile_px=512, mpp=0.5)``) and builds its own grid from obs x / y (one cell per tile);
+        `pool`, `layers` and `coords` are LongNet's and keep their defaults for it.
     use_rep
         The ``obsm`` key of the tile features (``"X"`` reads ``X``). None: the features of the tile model the
         slide model expects (``"X_gigapath_tile"`` for ``gigapath_slide``), or the only ``X_<model>`` key.
@@ -77,7 +79,8 @@ def embed_slide(tiles, model="gigapath_slide", *, use_rep: str | None = None, ke
         The slide embedding; :func:`pathkit.tl.embed_cohort` collects these into ``obsm["X_<key>"]``.
     ``uns["slide_embeddings_info"][key_added]`` : dict
         model, weights (+ sha256), use_rep, pool, layers, coords, n_tiles, dtype, device, pathkit version,
-        and ``tile_order`` (obs positions in the order they were encoded).
+        and ``tile_order`` (obs positions in the order they were encoded); for ``"titan"``, ``grid_step_level0``
+        and ``n_cells`` (its grid) instead of coords / layers / tile_order.
     """
     adata = tiles.copy() if copy else tiles
     _embed(adata, model, use_rep, key_added, weights, pool, layers, coords, device, dtype, progress)
@@ -111,6 +114,11 @@ def _embed(tile_adata, model, use_rep, key, weights, pool, layers, coords, devic
 
     if spec is not None and spec.arch in SET_ENCODERS:
         return _embed_set(tile_adata, X, spec, use_rep, key, weights, layers, device, dtype, info)
+    if spec is not None and spec.arch in GRID_ENCODERS:
+        from ._slide_grid import embed_grid
+
+        return embed_grid(tile_adata, X, spec, GRID_ENCODERS[spec.arch], use_rep, key, weights, pool, layers,
+                          coords, device, dtype, info)
 
     if pool not in ("mean", "cls"):
         raise ValueError(f"pool={pool!r}: use 'mean' or 'cls'")
@@ -196,6 +204,18 @@ def _load_prism(spec, weights, device):
 
 
 SET_ENCODERS["pathkit:prism_perceiver"] = _load_prism
+
+
+def _load_titan(spec, weights, device):
+    from ..models.titan import load_titan
+
+    return load_titan(spec, weights=weights, device=device)
+
+
+# slide encoders on a grid of whole tiles (each tile one cell, from its level-0 coordinates; the entry's
+# extra["tile_px"] / extra["mpp"] are enforced): arch -> loader returning (net, info) with
+# net(features [N, D], cells [N, 2] int64 (x, y)) -> the slide vector. See _slide_grid.embed_grid.
+GRID_ENCODERS = {"pathkit:titan": _load_titan}
 
 
 def _embed_set(tile_adata, X, spec, use_rep, key, weights, layers, device, dtype, info):
