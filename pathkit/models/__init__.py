@@ -10,3 +10,4 @@ from .clip import ClipModel, load_clip, register_clip_variant
 __all__ = ["ModelSpec", "get_spec", "list_models", "register", "registered", "TileEncoder", "BUILDERS",
            "build_tile_encoder", "load_tile_encoder", "identify_checkpoint", "n_params", "register_builder",
            "ClipModel", "load_clip", "register_clip_variant"]
+from . import ctranspath, chief  # noqa: F401,E402  (CTransPath / CHIEF entries, issue 14)
