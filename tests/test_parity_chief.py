@@ -65,3 +65,78 @@ def test_ctranspath_entries_recipe_and_manual_weights():
         with pytest.raises(WeightsError, match="weights=PATH"):
             pk.models.load_tile_encoder(name)  # no public URL: never silently random
     assert "GPL-3.0" in get_spec("ctranspath").license and "AGPL-3.0" in get_spec("chief_ctranspath").license
+
+
+# ------------------------------------------------------------------------------------------ CHIEF slide
+def _authors_chief_state_dict(ref) -> dict:
+    g = torch.Generator().manual_seed(ref["seed"])
+    return {k: 0.05 * torch.randn(s, generator=g) for k, s in zip(ref["names"], ref["shapes"])}
+
+
+def _chief_fixture(tmp_path):
+    ref = torch.load(FIXTURES / "chief.pt", weights_only=True)
+    path = tmp_path / "CHIEF_pretraining.pth"
+    torch.save(_authors_chief_state_dict(ref), path)  # the released file is a plain state dict
+    h = torch.randn(50, 768, generator=torch.Generator().manual_seed(ref["h_seed"]))
+    return ref, path, h
+
+
+def test_chief_matches_authors_wsi_feature(tmp_path):
+    from pathkit.models.chief import load_chief
+
+    ref, path, h = _chief_fixture(tmp_path)
+    net, info = load_chief("chief", weights=path)
+    with torch.no_grad():
+        emb = net(h)
+        logits13, logits0 = net.bag_logits(h, 13), net.bag_logits(h, "brain")
+        _, a = net.attention(h)
+    err = (emb - ref["wsi_feature"]).abs().max().item()
+    print(f"PARITY chief {err:.2e}")
+    assert emb.shape == (768,) and err < 1e-5, err
+    # the pretraining head and its anatomical-site term match too (the site changes the logits only)
+    torch.testing.assert_close(logits13, ref["bag_logits_13"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits0, ref["bag_logits_0"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a, ref["attention_raw"], atol=1e-5, rtol=1e-5)
+    assert info["weights_sha256"] and info["weights"] == str(path)
+
+
+def test_chief_through_embed_slide(tmp_path):
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    ref, path, h = _chief_fixture(tmp_path)
+    a = ad.AnnData(obs=pd.DataFrame({"slide_id": "s"}, index=[str(i) for i in range(50)]))
+    a.obsm["X_chief_ctranspath"] = h.numpy()
+    a.uns["models"] = {"X_chief_ctranspath": {"name": "chief_ctranspath"}}
+    assert pk.tl.embed_slide(a, "chief", weights=path, dtype="float32") is None
+    got = a.uns["slide_embeddings"]["chief"]
+    assert got.shape == (768,)
+    np.testing.assert_allclose(got, ref["wsi_feature"].numpy(), atol=1e-5)
+    info = a.uns["slide_embeddings_info"]["chief"]
+    assert info["use_rep"] == "X_chief_ctranspath" and info["arch"] == "pathkit:chief"
+    b = a[np.random.default_rng(1).permutation(50)].copy()  # coordinate-free: any tile order
+    pk.tl.embed_slide(b, "chief", weights=path, dtype="float32")
+    np.testing.assert_allclose(b.uns["slide_embeddings"]["chief"], got, atol=1e-5)
+    # features of another tile encoder (TransPath's own CTransPath weights) are refused
+    a.uns["models"] = {"X_chief_ctranspath": {"name": "ctranspath"}}
+    with pytest.raises(ValueError, match="'ctranspath' features.*'chief_ctranspath'"):
+        pk.tl.embed_slide(a, "chief", weights=path)
+
+
+def test_chief_entry_and_weights(tmp_path):
+    from pathkit.models.chief import ANATOMIC_SITES, load_chief
+
+    spec = get_spec("chief", kind="slide")
+    assert spec.extra["tile_model"] == "chief_ctranspath" and get_spec("chief_ctranspath").kind == "tile"
+    assert spec.embed_dim == 768 == spec.kwargs["in_dim"] and "AGPL-3.0" in spec.license
+    assert len(ANATOMIC_SITES) == 19 and ANATOMIC_SITES[13] == "colon"
+    with pytest.raises(WeightsError, match="weights=PATH"):
+        load_chief("chief")
+    torch.save({"w": torch.zeros(2)}, tmp_path / "bad.pth")
+    with pytest.raises(WeightsError, match="chief"):
+        load_chief("chief", weights=tmp_path / "bad.pth")
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        net, _ = load_chief("chief", weights="random")
+    assert any("RANDOM" in str(x.message) for x in w)
