@@ -139,4 +139,5 @@ def test_chief_entry_and_weights(tmp_path):
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         net, _ = load_chief("chief", weights="random")
+    assert net.organ_embedding.shape == (19, 768)
     assert any("RANDOM" in str(x.message) for x in w)

@@ -96,9 +96,9 @@ _REF = ("https://github.com/Xiyue-Wang/TransPath (ctran.py: swin_tiny_patch4_win
         "features at 1.0 mpp')")
 _CHIEF = ("https://github.com/hms-dbmi/CHIEF (models/ctran.py as TransPath's; Get_CHIEF_patch_feature.py: "
           "Resize(224), ImageNet mean/std, td['model'] loaded strictly); TRIDENT CTransPathInferenceEncoder")
-_COMMON = dict(arch="pathkit:ctranspath", kwargs={"img_size": 224}, embed_dim=768, input_size=224, resize=224,
-               interpolation="bilinear", mean=IMAGENET_MEAN, std=IMAGENET_STD, pool="head", weights=(),
-               key_map="swin_timm054", n_params=27_520_038)
+_COMMON = {"arch": "pathkit:ctranspath", "kwargs": {"img_size": 224}, "embed_dim": 768, "input_size": 224,
+           "resize": 224, "interpolation": "bilinear", "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "pool": "head",
+           "weights": (), "key_map": "swin_timm054", "n_params": 27_520_038}
 
 register(ModelSpec(
     name="ctranspath", **_COMMON,
