@@ -28,7 +28,7 @@ def _small_hibou_l():
     return dataclasses.replace(spec, name="small_hibou_l", kwargs=kw, n_params=None, input_size=56, weights=())
 
 
-@pytest.mark.parametrize("fmt", ["dinov2", "transformers"])
+@pytest.mark.parametrize("fmt", ["dinov2", "transformers", "transformers_wrapped"])
 def test_hibou_l_matches_histai_reference_code(tmp_path, fmt):
     ref = torch.load(FIXTURES / "hibou.pt", weights_only=True)
     if fmt == "dinov2":
@@ -38,7 +38,8 @@ def test_hibou_l_matches_histai_reference_code(tmp_path, fmt):
         hf = torch.load(FIXTURES / "hibou_l.pt", weights_only=True)["hf_state_dict"]
         assert "encoder.layer.0.attention.attention.query.weight" in hf
         path = tmp_path / "model.safetensors"
-        save_file({k: v.contiguous() for k, v in hf.items()}, str(path))
+        pre = "dinov2." if fmt == "transformers_wrapped" else ""  # a wrapper model's prefix
+        save_file({pre + k: v.contiguous() for k, v in hf.items()}, str(path))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         enc, info = pk.models.load_tile_encoder(_small_hibou_l(), weights=path)

@@ -111,8 +111,12 @@ def _dinov2_hf(sd: dict) -> dict:
     `layer_scaleN.lambda1` the layer scales. A file already in DINOv2 naming is passed on as it is."""
     import torch
 
-    if not any(k.startswith("embeddings.") for k in sd):
+    cls = next((k for k in sd if k.endswith("embeddings.cls_token")), None)
+    if cls is None:
         return _dinov2_original(sd)
+    pre = cls[: -len("embeddings.cls_token")]  # a wrapper's prefix ("model.", "dinov2."), if any
+    if pre:
+        sd = {k.removeprefix(pre): v for k, v in sd.items()}
     out: dict = {}
     head = {"embeddings.cls_token": "cls_token", "embeddings.mask_token": "mask_token",
             "embeddings.register_tokens": "register_tokens", "embeddings.position_embeddings": "pos_embed",

@@ -120,6 +120,7 @@ register(ModelSpec(
     extra={"mpp": 1.0, "tile": "tiles resized to 224 px (Resize(224)); the tiling mpp is not in CHIEF's code: "
                                "1.0 mpp as TransPath recommends for CTransPath",
            "slide_model": "chief",
+           "trident_name": "ctranspath (TRIDENT's 'ctranspath' loads this file, CHIEF_CTransPath.pth)",
            "manual_weights": (
                "CHIEF_CTransPath.pth is shared on request (Google Drive folder linked from "
                "https://github.com/hms-dbmi/CHIEF, or the chiefcontainer/chief Docker image); a copy is in the "
