@@ -6,6 +6,7 @@ from .tile_encoders import (BUILDERS, TileEncoder, build_tile_encoder, identify_
 from . import longnet, clip, hf_vision, conch15, feather, titan  # noqa: F401  (slide encoders, image-text models, builders)
 from . import prism  # noqa: F401  (PRISM slide encoder)
 from . import mil  # noqa: F401  (MIL networks: pathkit.models.mil.MIL_MODELS)
+from . import ctranspath, chief  # noqa: F401  (CTransPath / CHIEF entries, issue 14)
 from .clip import ClipModel, load_clip, register_clip_variant
 
 __all__ = ["ModelSpec", "get_spec", "list_models", "register", "registered", "TileEncoder", "BUILDERS",

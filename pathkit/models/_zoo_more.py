@@ -157,6 +157,28 @@ register(ModelSpec(
         "needs trust_remote_code and is not read by pathkit")},
 ))
 
+register(ModelSpec(
+    name="hibou_l", arch="vit_large_patch14_reg4_dinov2",
+    kwargs={"img_size": 224, "init_values": 1e-5, "dynamic_img_size": True, "mlp_layer": SWIGLU,
+            "act_layer": SILU, "mlp_ratio": 5.34375},  # DINOv2 fused SwiGLU: 2 x 2736 = 5472 = 1024 x 5.34375
+    embed_dim=1024, input_size=224, resize=224, interpolation="bicubic",
+    mean=HIBOU_MEAN, std=HIBOU_STD, pool="cls",
+    weights=("hf_hub:histai/hibou-L",), key_map="dinov2_hf", n_params=303_657_216,
+    license="Apache-2.0 (github.com/HistAI/hibou README: 'Hibou-L under the Apache 2.0 license')", gated=False,
+    source=("https://github.com/HistAI/hibou (hibou/models: build_model(arch='vit_large'): DINOv2 ViT-L/14, "
+            "4 registers, SwiGLU fused, layer scale 1e-5; forward = normed CLS = the hub model's pooler_output; "
+            "example.ipynb: Resize 224 bicubic, CenterCrop 224, Hibou mean/std)"),
+    description="Hibou-L (HistAI): DINOv2 ViT-L/14 with 4 registers and SwiGLU, 1024-d CLS",
+    extra={"mpp": 0.5, "weights_format": (
+        "histai/hibou-L ships transformers-format safetensors read there by remote code (trust_remote_code), "
+        "which pathkit never runs: the tensors are read and renamed by the key map 'dinov2_hf'; a DINOv2-format "
+        "file (as Hibou-B's) also loads with weights=PATH"),
+        "unverified": ("the hub repository's tensor names (transformers 4.x DINOv2 naming with "
+                       "embeddings.register_tokens is assumed, as HistAI's README describes its customised "
+                       "transformers DINOv2), whether it asks users to accept conditions, and the mean/std "
+                       "(HistAI's example.ipynb shows them for Hibou-B)")},
+))
+
 # ------------------------------------------------------------------------------------------ pathkit modules
 register(ModelSpec(
     name="conch_v15", arch="pathkit:conch_v15", kwargs={},

@@ -192,9 +192,16 @@ def _load_feather(spec, weights, device):
     return load_slide_abmil(spec.name, weights=weights, device=device)
 
 
+def _load_chief(spec, weights, device):
+    from ..models.chief import load_chief
+
+    return load_chief(spec.name, weights=weights, device=device)
+
+
 # coordinate-free slide encoders (the tile order does not matter): registry arch -> loader returning
 # (net, info) with net(features [N, D]) -> the slide vector
 SET_ENCODERS = {"pathkit:feather_abmil": _load_feather}
+SET_ENCODERS["pathkit:chief"] = _load_chief
 
 
 def _load_prism(spec, weights, device):
