@@ -316,12 +316,14 @@ class TissueMask:
         return np.clip(frac, 0.0, 1.0)
 
 
-def find_tissue(slide, mask_mpp: float = 8.0, *, threshold: float | None = None, pen=True,
+def find_tissue(slide, mask_mpp: float = 8.0, *, method: str = "otsu", threshold: float | None = None, pen=True,
                 despeckle_um: float = DESPECKLE_UM, fill_holes_um2: float = FILL_HOLES_UM2,
                 min_object_um2: float = MIN_OBJECT_UM2, foreground: str = "auto",
                 max_luminance: float = MAX_LUMINANCE, min_contrast: float = MIN_CONTRAST,
-                min_glass: float | None = MIN_GLASS) -> TissueMask:
-    """Find tissue: Otsu on the luminance of a low-resolution image of the whole slide, pen ink removed.
+                min_glass: float | None = MIN_GLASS, weights=None, device="auto", dtype="auto",
+                batch_size: int = 4, progress: bool = True) -> TissueMask:
+    """Find tissue: Otsu on the luminance of a low-resolution image of the whole slide (default), or a deep
+    segmenter of the registry (``method="hest"``, ``"grandqc"``); pen ink removed.
 
     Parameters
     ----------
@@ -330,6 +332,12 @@ def find_tissue(slide, mask_mpp: float = 8.0, *, threshold: float | None = None,
     mask_mpp
         Resolution of the mask in um per pixel (8 = 1/16 of a 0.5-mpp scan). The image is area-averaged
         from the coarsest pyramid level at least that fine.
+    method
+        "otsu" (default, offline, no weights), or a segmenter of ``pathkit.models.segmenters``: "hest"
+        (DeepLabV3 of HEST, 1 um/px) or "grandqc" (GrandQC's UNet++, 10 um/px). A deep segmenter runs on
+        512-px patches at its own resolution; a mask pixel is tissue when at least half its area is (see
+        docs/qc.md). Only `pen`, `fill_holes_um2` and `min_object_um2` apply to it (both areas default to 0
+        for deep methods unless given), not the Otsu settings.
     threshold
         Luminance cut (0-255); default Otsu with the guards described in the module docstring.
     pen
@@ -348,6 +356,9 @@ def find_tissue(slide, mask_mpp: float = 8.0, *, threshold: float | None = None,
         the median luminance is below 80).
     max_luminance, min_contrast, min_glass
         The Otsu guards (module docstring).
+    weights, device, dtype, batch_size, progress
+        Deep methods only: weights (None: the registry entry's hub file; a local file; "random" for tests),
+        device and autocast dtype ("auto", see ``pathkit._device``), patches per batch, a progress bar.
 
     Returns
     -------
@@ -357,6 +368,13 @@ def find_tissue(slide, mask_mpp: float = 8.0, *, threshold: float | None = None,
     """
     from ..slide import read_slide
 
+    if method != "otsu":
+        from ._segment import find_tissue_deep
+
+        return find_tissue_deep(slide, method, mask_mpp=mask_mpp, pen=pen, weights=weights, device=device,
+                                dtype=dtype, batch_size=batch_size, progress=progress,
+                                fill_holes_um2=0.0 if fill_holes_um2 == FILL_HOLES_UM2 else fill_holes_um2,
+                                min_object_um2=0.0 if min_object_um2 == MIN_OBJECT_UM2 else min_object_um2)
     slide = read_slide(slide)
     if mask_mpp <= 0:
         raise ValueError(f"mask_mpp must be positive, got {mask_mpp}")
