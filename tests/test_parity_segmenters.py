@@ -149,6 +149,15 @@ def test_grandqc_artifact_pipeline_matches_main(ref, image, tmp_path):
                                          "out_of_focus"}
     share = art.area_fractions()
     assert share["background"] == pytest.approx((got == 7).mean(), abs=1e-6)
+    # tile QC columns: the share of each tile under each artefact class
+    tiles = pk.pp.tile(slide, tile_px=64, mpp=1.0, tissue=tissue, min_tissue=0.0, qc=False)
+    art.tile_fractions(tiles)
+    x, y = tiles.obs["x"].to_numpy(), tiles.obs["y"].to_numpy()
+    edge = np.array([(got[b:b + 64, a:a + 64] == 5).mean() for a, b in zip(x, y)])
+    np.testing.assert_allclose(tiles.obs["artifact_edge_air_bubble"].to_numpy(), edge, atol=1e-9)
+    anyart = np.array([np.isin(got[b:b + 64, a:a + 64], [2, 3, 4, 5, 6]).mean() for a, b in zip(x, y)])
+    np.testing.assert_allclose(tiles.obs["artifact_any"].to_numpy(), anyart, atol=1e-9)
+    assert anyart.max() > 0.5
 
 
 def test_find_tissue_hest_end_to_end_on_a_synthetic_slide(tmp_path):

@@ -55,10 +55,9 @@ def find_tissue_deep(slide, method, *, mask_mpp: float = 8.0, pen=True, weights=
         mask &= ~ink
     w, h = slide.dimensions
     tm = TissueMask(mask=mask, downsample=float(d), threshold=float(spec.threshold), mpp=float(px_um),
-                    slide_id=slide.slide_id, slide_dimensions=(int(w), int(h)), pen_mask=ink)
+                    slide_id=slide.slide_id, slide_dimensions=(int(w), int(h)), pen_mask=ink, method=spec.name)
     tm.fraction = float(tm.area_fraction(0, 0, w, h))
     tm.pen = float(tm.pen_fraction(0, 0, w, h))
-    tm.method = spec.name
     if not mask.any():
         warnings.warn(f"{slide.slide_id}: the {spec.name} segmenter found no tissue; the mask is empty", stacklevel=3)
     return tm
@@ -117,7 +116,8 @@ class ArtifactMasks:
             ([classes] if isinstance(classes, (str, int)) else list(classes))
         share = sum(self.fractions[self._index(n)] for n in names)
         tm = TissueMask(mask=np.asarray(share) >= min_fraction, downsample=self.downsample, threshold=min_fraction,
-                        mpp=self.mpp, slide_id=self.slide_id, slide_dimensions=self.slide_dimensions)
+                        mpp=self.mpp, slide_id=self.slide_id, slide_dimensions=self.slide_dimensions,
+                        method=f"{self.method}:{'+'.join(map(str, names))}")
         if self.slide_dimensions is not None:
             tm.fraction = float(tm.area_fraction(0, 0, *self.slide_dimensions))
         return tm
