@@ -109,6 +109,12 @@ def test_hest_pipeline_matches_segment_tissue_deep(ref, image, tmp_path):
     print(f"PARITY hest pipeline: {diff} of {want.size} px differ")
     assert diff == 0
     assert tm.downsample == 1.0 and tm.fraction == pytest.approx(want.mean())
+    # threshold = the cut on the tissue probability (TRIDENT's confidence_thresh): lower keeps more tissue
+    kw = dict(mask_mpp=1.0, method="hest_tiny_test", weights=tmp_path / "tiny.ckpt", pen=False, progress=False, **CPU)
+    lo, hi = (pk.pp.find_tissue(slide, threshold=t, **kw).mask for t in (0.4, 0.6))
+    assert (lo >= tm.mask).all() and (tm.mask >= hi).all() and lo.sum() > tm.mask.sum() > hi.sum()
+    with pytest.raises(ValueError, match="probability cut"):
+        pk.pp.find_tissue(slide, threshold=200, **kw)
 
 
 def test_grandqc_tissue_pipeline_matches_wsi_tis_detect(ref, image, tmp_path):

@@ -25,7 +25,7 @@ def _ink(slide, d: float, shape, pen) -> np.ndarray | None:
     return ink if ink.any() else None
 
 
-def find_tissue_deep(slide, method, *, mask_mpp: float = 8.0, pen=True, weights=None, device="auto",
+def find_tissue_deep(slide, method, *, mask_mpp: float = 8.0, pen=True, threshold=None, weights=None, device="auto",
                      dtype="auto", batch_size: int = 4, progress: bool = True,
                      min_object_um2: float = 0.0, fill_holes_um2: float = 0.0) -> TissueMask:
     """The body of ``find_tissue(slide, method=<segmenter>)`` (see there)."""
@@ -39,11 +39,14 @@ def find_tissue_deep(slide, method, *, mask_mpp: float = 8.0, pen=True, weights=
     if not spec.tissue_classes:
         raise ValueError(f"segmenter {spec.name!r} has no tissue classes")
     tissue = list(spec.tissue_classes)
+    cut = float(spec.threshold if threshold is None else threshold)
+    if not 0.0 <= cut < 1.0:
+        raise ValueError(f"threshold is a probability cut in [0, 1) for method={spec.name!r}, got {threshold}")
 
     def values(lg, _gate):
         if lg is None:
             return np.zeros((1, spec.input_size, spec.input_size))
-        return (softmax(lg)[tissue].sum(0) > spec.threshold)[None].astype(np.float64)
+        return (softmax(lg)[tissue].sum(0) > cut)[None].astype(np.float64)
 
     frac, cov, d = segment_slide(slide, spec, model, device, dtype, mask_mpp=mask_mpp, values=values,
                                  n_values=1, batch_size=batch_size, progress=progress)
@@ -54,7 +57,7 @@ def find_tissue_deep(slide, method, *, mask_mpp: float = 8.0, pen=True, weights=
     if ink is not None:
         mask &= ~ink
     w, h = slide.dimensions
-    tm = TissueMask(mask=mask, downsample=float(d), threshold=float(spec.threshold), mpp=float(px_um),
+    tm = TissueMask(mask=mask, downsample=float(d), threshold=cut, mpp=float(px_um),
                     slide_id=slide.slide_id, slide_dimensions=(int(w), int(h)), pen_mask=ink, method=spec.name)
     tm.fraction = float(tm.area_fraction(0, 0, w, h))
     tm.pen = float(tm.pen_fraction(0, 0, w, h))

@@ -340,7 +340,9 @@ def find_tissue(slide, mask_mpp: float = 8.0, *, method: str = "otsu", threshold
         512-px patches at its own resolution; a mask pixel is tissue when at least half its area is (see
         docs/qc.md). Only `pen`, `fill_holes_um2` and `min_object_um2` apply to it, not the Otsu settings.
     threshold
-        Luminance cut (0-255); default Otsu with the guards described in the module docstring.
+        Luminance cut (0-255); default Otsu with the guards described in the module docstring. For a deep
+        method: the cut on the tissue probability (default the entry's, 0.5; TRIDENT suggests 0.4 to keep
+        more tissue).
     pen
         True (default): red, green, blue and black pen ink is not tissue (colour rules in CIELAB, see
         ``pathkit.pp._pen``; brown DAB is kept); False keeps ink; or a tuple of colours.
@@ -374,7 +376,8 @@ def find_tissue(slide, mask_mpp: float = 8.0, *, method: str = "otsu", threshold
     if method != "otsu":
         from ._segment import find_tissue_deep
 
-        return find_tissue_deep(slide, method, mask_mpp=mask_mpp, pen=pen, weights=weights, device=device,
+        return find_tissue_deep(slide, method, mask_mpp=mask_mpp, pen=pen, threshold=threshold, weights=weights,
+                                device=device,
                                 dtype=dtype, batch_size=batch_size, progress=progress,
                                 fill_holes_um2=fill_holes_um2 or 0.0, min_object_um2=min_object_um2 or 0.0)
     fill_holes_um2 = FILL_HOLES_UM2 if fill_holes_um2 is None else fill_holes_um2
