@@ -215,3 +215,21 @@ def test_weights_random_warn_and_missing_weights_say_where(tmp_path, monkeypatch
     hest, gq = get_segmenter("hest"), get_segmenter("grandqc")
     assert (hest.mpp, hest.input_size, hest.tissue_classes, gq.mpp, gq.tissue_classes, gq.jpeg_quality) == \
         (1.0, 512, (1,), 10.0, (0,), 80)
+
+
+def test_deep_mask_drops_pen_ink_like_otsu(shared_data, tmp_path):
+    from pathkit.pp._pen import pen_mask
+
+    # a real diagnostic thumbnail circled in red, green and blue/black ink, as a slide at 8 um/px
+    img = np.asarray(Image.open(shared_data / "patches" / "pen" / "diagnostic-slide-thumb-rgb.png").convert("RGB"))
+    slide = _slide(tmp_path / "pen.svs", img, 8.0)
+    _variant("grandqc", "grandqc_tiny_test", kwargs={"encoder_name": "timm-efficientnet-b0", **SMP_REDUCED})
+    sd = seeded_state_dict(build_segmenter(get_segmenter("grandqc_tiny_test")))
+    kw = dict(method="grandqc_tiny_test", weights=sd, threshold=0.0, progress=False, **CPU)  # threshold 0: all
+    raw = pk.pp.find_tissue(slide, pen=False, **kw)
+    clean = pk.pp.find_tissue(slide, **kw)
+    ink = pen_mask(img, ("red", "green", "blue", "black"))
+    assert raw.mask.all() and raw.pen == 0 and raw.pen_mask is None
+    np.testing.assert_array_equal(clean.pen_mask, ink)
+    np.testing.assert_array_equal(clean.mask, raw.mask & ~ink)
+    assert clean.pen == pytest.approx(ink.mean()) and clean.pen > 0.01
