@@ -10,6 +10,8 @@ from . import (  # noqa: F401  (slide encoders, image-text models, builders)
                             zoo,
 )
 from .clip import ClipModel, load_clip, register_clip_variant
+
+from . import segmenters  # noqa: F401  (tissue and artefact segmenters)
 from .registry import ModelSpec, get_spec, list_models, register, registered
 from .tile_encoders import (
                             BUILDERS,
