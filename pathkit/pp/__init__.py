@@ -1,7 +1,7 @@
 """Preprocessing: tissue detection and tiling."""
-from ._qc import tile_qc
-from ._segment import ArtifactMasks, find_artifacts
 from .tiling import tile
 from .tissue import TissueMask, find_tissue, tissue_mask_from_rgb
+from ._qc import tile_qc
+from ._segment import ArtifactMasks, find_artifacts
 
-__all__ = ["ArtifactMasks", "TissueMask", "find_artifacts", "find_tissue", "tile", "tile_qc", "tissue_mask_from_rgb"]
+__all__ = ["find_tissue", "tile", "TissueMask", "tissue_mask_from_rgb", "tile_qc", "find_artifacts", "ArtifactMasks"]
