@@ -8,6 +8,7 @@ from . import prism  # noqa: F401  (PRISM slide encoder)
 from . import mil  # noqa: F401  (MIL networks: pathkit.models.mil.MIL_MODELS)
 from . import ctranspath, chief  # noqa: F401  (CTransPath / CHIEF entries, issue 14)
 from .clip import ClipModel, load_clip, register_clip_variant
+from . import segmenters  # noqa: F401  (tissue and artefact segmenters)
 
 __all__ = ["ModelSpec", "get_spec", "list_models", "register", "registered", "TileEncoder", "BUILDERS",
            "build_tile_encoder", "load_tile_encoder", "identify_checkpoint", "n_params", "register_builder",

@@ -250,7 +250,8 @@ class TissueMask:
 
     ``mask`` (H x W bool), ``downsample`` (level-0 px per mask px), ``threshold`` (luminance cut),
     ``fraction`` (tissue share of the slide area), ``mpp`` (um per mask px), ``slide_id``,
-    ``pen`` (share of the slide area that is pen ink, removed from the mask) and ``pen_mask`` (the ink).
+    ``pen`` (share of the slide area that is pen ink, removed from the mask), ``pen_mask`` (the ink) and
+    ``method`` (what made it: "otsu" or a segmenter's name; ``threshold`` is then its probability cut).
     Mask pixel (i, j) covers level-0 ``[j*d, (j+1)*d) x [i*d, (i+1)*d)`` with ``d = downsample``.
     """
 
@@ -263,6 +264,7 @@ class TissueMask:
     slide_dimensions: tuple[int, int] | None = None
     pen: float = 0.0
     pen_mask: np.ndarray | None = field(default=None, repr=False, compare=False)
+    method: str = "otsu"
     _integral: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
@@ -316,12 +318,14 @@ class TissueMask:
         return np.clip(frac, 0.0, 1.0)
 
 
-def find_tissue(slide, mask_mpp: float = 8.0, *, threshold: float | None = None, pen=True,
-                despeckle_um: float = DESPECKLE_UM, fill_holes_um2: float = FILL_HOLES_UM2,
-                min_object_um2: float = MIN_OBJECT_UM2, foreground: str = "auto",
+def find_tissue(slide, mask_mpp: float = 8.0, *, method: str = "otsu", threshold: float | None = None, pen=True,
+                despeckle_um: float = DESPECKLE_UM, fill_holes_um2: float | None = None,
+                min_object_um2: float | None = None, foreground: str = "auto",
                 max_luminance: float = MAX_LUMINANCE, min_contrast: float = MIN_CONTRAST,
-                min_glass: float | None = MIN_GLASS) -> TissueMask:
-    """Find tissue: Otsu on the luminance of a low-resolution image of the whole slide, pen ink removed.
+                min_glass: float | None = MIN_GLASS, weights=None, device="auto", dtype="auto",
+                batch_size: int = 4, progress: bool = True) -> TissueMask:
+    """Find tissue: Otsu on the luminance of a low-resolution image of the whole slide (default), or a deep
+    segmenter of the registry (``method="hest"``, ``"grandqc"``); pen ink removed.
 
     Parameters
     ----------
@@ -330,24 +334,36 @@ def find_tissue(slide, mask_mpp: float = 8.0, *, threshold: float | None = None,
     mask_mpp
         Resolution of the mask in um per pixel (8 = 1/16 of a 0.5-mpp scan). The image is area-averaged
         from the coarsest pyramid level at least that fine.
+    method
+        "otsu" (default, offline, no weights), or a segmenter of ``pathkit.models.segmenters``: "hest"
+        (DeepLabV3 of HEST, 1 um/px) or "grandqc" (GrandQC's UNet++, 10 um/px). A deep segmenter runs on
+        512-px patches at its own resolution; a mask pixel is tissue when at least half its area is (see
+        docs/qc.md). Only `pen`, `fill_holes_um2` and `min_object_um2` apply to it, not the Otsu settings.
     threshold
-        Luminance cut (0-255); default Otsu with the guards described in the module docstring.
+        Luminance cut (0-255); default Otsu with the guards described in the module docstring. For a deep
+        method: the cut on the tissue probability (default the entry's, 0.5; TRIDENT suggests 0.4 to keep
+        more tissue).
     pen
         True (default): red, green, blue and black pen ink is not tissue (colour rules in CIELAB, see
         ``pathkit.pp._pen``; brown DAB is kept); False keeps ink; or a tuple of colours.
     despeckle_um
         Radius (um) of a closing that joins the speckle of pale tissue (rounded to mask px; 0: off).
     fill_holes_um2
-        Fill holes in the tissue smaller than this area (default 10,000 um^2, about 100 x 100 um); 0: off.
+        Fill holes in the tissue smaller than this area (Otsu default 10,000 um^2, about 100 x 100 um; deep
+        methods: 0, their masks are used as the model made them); 0: off.
     min_object_um2
-        Remove connected tissue pieces smaller than this area (default 500 um^2, about 22 x 22 um: dust,
-        ink dots); 0 keeps everything. Areas are physical, so the same values work at any `mask_mpp`.
+        Remove connected tissue pieces smaller than this area (Otsu default 500 um^2, about 22 x 22 um: dust,
+        ink dots; deep methods: 0); 0 keeps everything. Areas are physical, so the same values work at any
+        `mask_mpp`.
     foreground
         "dark" (brightfield: tissue is darker than the glass), "bright" (fluorescence read with
         ``allow_non_brightfield=True``: tissue is brighter than a dark background) or "auto" (bright when
         the median luminance is below 80).
     max_luminance, min_contrast, min_glass
         The Otsu guards (module docstring).
+    weights, device, dtype, batch_size, progress
+        Deep methods only: weights (None: the registry entry's hub file; a local file; "random" for tests),
+        device and autocast dtype ("auto", see ``pathkit._device``), patches per batch, a progress bar.
 
     Returns
     -------
@@ -357,6 +373,15 @@ def find_tissue(slide, mask_mpp: float = 8.0, *, threshold: float | None = None,
     """
     from ..slide import read_slide
 
+    if method != "otsu":
+        from ._segment import find_tissue_deep
+
+        return find_tissue_deep(slide, method, mask_mpp=mask_mpp, pen=pen, threshold=threshold, weights=weights,
+                                device=device,
+                                dtype=dtype, batch_size=batch_size, progress=progress,
+                                fill_holes_um2=fill_holes_um2 or 0.0, min_object_um2=min_object_um2 or 0.0)
+    fill_holes_um2 = FILL_HOLES_UM2 if fill_holes_um2 is None else fill_holes_um2
+    min_object_um2 = MIN_OBJECT_UM2 if min_object_um2 is None else min_object_um2
     slide = read_slide(slide)
     if mask_mpp <= 0:
         raise ValueError(f"mask_mpp must be positive, got {mask_mpp}")
