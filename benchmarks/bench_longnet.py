@@ -37,9 +37,9 @@ def _worker(L: int, method: str, threads: int, dtype: str = "float32") -> dict:
     from pathkit._device import dtype_name, resolve_dtype
     from pathkit.models.longnet import _DilatedSelfAttention, build_slide_encoder
 
-    dt = resolve_dtype(dtype, "cpu")
+    cdt = resolve_dtype(dtype, "cpu")
     torch.manual_seed(0)
-    net = build_slide_encoder("gigapath_slide", device="cpu").to(dt)  # default init: random weights
+    net = build_slide_encoder("gigapath_slide", device="cpu").to(cdt)  # default init: random weights
     if method == "dense":
         def dense_forward(self, x):
             B, n, E = x.shape
@@ -56,7 +56,7 @@ def _worker(L: int, method: str, threads: int, dtype: str = "float32") -> dict:
     g = torch.Generator().manual_seed(1)
     cells = torch.randperm(1000 * 1000, generator=g)[:L]
     coords = torch.stack([cells // 1000, cells % 1000], dim=-1).float()[None] * 256
-    x = torch.randn(1, L, 1536, generator=g).to(dt)
+    x = torch.randn(1, L, 1536, generator=g).to(cdt)
     with torch.inference_mode():
         net(x[:, :64], coords[:, :64], pool="mean")  # kernels warmed up
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -68,7 +68,7 @@ def _worker(L: int, method: str, threads: int, dtype: str = "float32") -> dict:
     # CPU seconds (all threads): on a shared machine, wall time depends on the neighbours' load, this less so
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     assert torch.isfinite(y).all()
-    return {"L": L, "method": method, "dtype": dtype, "compute_dtype": dtype_name(dt), "seconds": dt, "cpu_seconds": cpu, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    return {"L": L, "method": method, "dtype": dtype, "compute_dtype": dtype_name(cdt), "seconds": dt, "cpu_seconds": cpu, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "rss_before_forward_mb": rss0, "threads": threads}
 
 
