@@ -1,9 +1,10 @@
 """Tiling: pathkit vs hs2p 6.1 (tissue detection + tile coordinates + QC), same parameters, side by side.
 
-    python benchmarks/bench_tiling_hs2p.py [--hs2p-python /tmp/speed2-hs2p/bin/python] [--repeat 3]
+    python benchmarks/bench_tiling_hs2p.py [--hs2p-python V/bin/python] [--repeat 3] [--inner 3]
                                            [--slides CMU1 SYNTH100K] [--tile-px 256 --mpp 0.5 --min-tissue 0.1]
 
-hs2p lives in its own virtual environment (``python -m venv V && V/bin/pip install "hs2p[openslide]==6.1.0"``);
+hs2p lives in its own virtual environment (``python -m venv V && V/bin/pip install "hs2p[openslide,tifffile]==6.1.0"``,
+default V = benchmarks/.venv-hs2p);
 this script runs it there through a subprocess (``--hs2p-python``, or the ``HS2P_PYTHON`` environment
 variable). Every measurement is a fresh subprocess of this script (``--worker pathkit|hs2p``) that times, in
 process, calls from the slide path to the tile coordinates (--inner of them: the first, "cold", pays lazy
@@ -166,7 +167,8 @@ def _run(tool, python, path, args, out):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--hs2p-python", default=os.environ.get("HS2P_PYTHON", "/tmp/speed2-hs2p/bin/python"))
+    ap.add_argument("--hs2p-python", default=os.environ.get("HS2P_PYTHON", str(HERE / ".venv-hs2p" / "bin" / "python")),
+                    help="python of a venv with hs2p[openslide]==6.1.0 (default $HS2P_PYTHON or benchmarks/.venv-hs2p)")
     ap.add_argument("--slides", nargs="+", default=["CMU1", "SYNTH100K"],
                     help="CMU1, SYNTH100K or paths")
     ap.add_argument("--repeat", type=int, default=3)
@@ -195,6 +197,9 @@ def main():
 
     import numpy as np
 
+    if not Path(args.hs2p_python).exists():
+        raise SystemExit(f"no hs2p python at {args.hs2p_python}: make one with `python -m venv benchmarks/.venv-hs2p && "
+                         "benchmarks/.venv-hs2p/bin/pip install 'hs2p[openslide,tifffile]==6.1.0'`, or pass --hs2p-python")
     data = Path(os.environ.get("PATHKIT_TEST_DATA", ROOT.parent / "shared" / "data"))
     named = {"CMU1": data / "slides" / "CMU-1-Small-Region.svs",
              "SYNTH100K": HERE / "results" / "cache" / "synthetic_100k.svs"}
