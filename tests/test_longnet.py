@@ -329,3 +329,16 @@ def test_single_tile_and_bad_inputs(small):
         small(torch.randn(1, 3, 512), torch.zeros(1, 3, 2))
     with pytest.raises(ValueError, match="pool"):
         small(torch.randn(1, 3, 1536), torch.zeros(1, 3, 2), pool="max")
+
+
+def test_bf16_ffn_equals_reference_upcast():
+    """The bf16 CPU FFN skips the reference's float32 upcast around GELU: it must be bit for bit the same."""
+    from pathkit.models.longnet import _FFN
+
+    torch.manual_seed(0)
+    ffn = _FFN(64, 256, 1e-5).to(torch.bfloat16)
+    x = (torch.randn(3, 500, 64) * 3).to(torch.bfloat16)
+    with torch.inference_mode():
+        got = ffn(x)
+        want = ffn.fc2(ffn.ffn_layernorm(F.gelu(ffn.fc1(x).float()).type_as(x)))  # torchscale's formula
+    assert torch.equal(got, want)
