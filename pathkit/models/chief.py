@@ -19,13 +19,12 @@ is caught, though the embedding uses only ``attention_net``.
 """
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import nn
 
 from ..errors import WeightsError
-from .registry import ModelSpec, get_spec, register
+from ._slide_loading import start
+from .registry import ModelSpec, register
 
 # configs/anatomic_mapping.yaml of the CHIEF repository
 ANATOMIC_SITES = ("brain", "breast", "bladder", "kidney", "prostate", "testis", "lung", "pancreas", "liver", "skin",
@@ -94,13 +93,9 @@ def load_chief(model="chief", weights=None, device="cpu") -> tuple[CHIEF, dict]:
     """
     from .weights import read_state_dict, resolve, sha256_file
 
-    spec = get_spec(model, kind="slide")
-    info = {"name": spec.name, "weights": None, "weights_sha256": None}
+    spec, info, is_random = start(model, weights)
     net = CHIEF(**spec.kwargs)
-    if weights == "random":
-        warnings.warn(f"{spec.name}: using RANDOM weights: slide embeddings are meaningless except for testing",
-                      UserWarning, stacklevel=2)
-        info["weights"] = "random"
+    if is_random:
         return net.to(device).eval(), info
     if weights is None:
         raise WeightsError(f"model {spec.name!r}: {spec.extra['manual_weights']}. "

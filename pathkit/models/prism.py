@@ -24,10 +24,8 @@ The HF repository ships remote code (``trust_remote_code``), which pathkit does 
 """
 from __future__ import annotations
 
-import json
 import os
 import threading
-import warnings
 from pathlib import Path
 
 import torch
@@ -35,7 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import WeightsError
-from .registry import ModelSpec, get_spec, register
+from ._slide_loading import companion_config, start
+from .registry import ModelSpec, register
 
 # the published config.json's perceiver_config, with its `context_dim` named `in_dim` here
 RELEASED = {"in_dim": 2560, "latent_dim": 1280, "latent_seq": 512, "mhsa_heads": 8, "perceiver_depth": 8,
@@ -218,10 +217,7 @@ def _read_encoder_part(path) -> dict:
 
 def _companion(path) -> dict:
     """perceiver_config of the HF config.json beside the weights (context_dim -> in_dim), when present."""
-    cfg = Path(path).parent / "config.json"
-    if not cfg.is_file():
-        return {}
-    raw = json.loads(cfg.read_text())
+    raw, _ = companion_config(path)
     raw = raw.get("perceiver_config", raw)
     out = {("in_dim" if k == "context_dim" else k): raw[k] for k in (*RELEASED, "context_dim")
            if k in raw and k != "in_dim"}
@@ -243,12 +239,8 @@ def load_prism(model="prism", weights=None, device="cpu") -> tuple[PrismSlideEnc
     """
     from .weights import resolve, sha256_file
 
-    spec = get_spec(model, kind="slide")
-    info = {"name": spec.name, "weights": None, "weights_sha256": None, "config": "registry"}
-    if weights == "random":
-        warnings.warn(f"{spec.name}: using RANDOM weights: slide embeddings are meaningless except for testing",
-                      UserWarning, stacklevel=2)
-        info["weights"] = "random"
+    spec, info, is_random = start(model, weights)
+    if is_random:
         return PrismSlideEncoder(**spec.kwargs).eval().to(device), info
     source = weights if weights is not None else spec.weights[0]
     path = resolve(source)

@@ -23,10 +23,8 @@ for the decoder whose weights were removed from the release): the ``titan_vision
 """
 from __future__ import annotations
 
-import json
 import math
 import threading
-import warnings
 from pathlib import Path
 
 import torch
@@ -34,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import WeightsError
-from .registry import ModelSpec, get_spec, register
+from ._slide_loading import companion_config, start
+from .registry import ModelSpec, register
 
 _CACHE: dict = {}
 _CACHE_LOCK = threading.Lock()
@@ -187,10 +186,9 @@ _CONFIG_KEYS = {"mlp_patch_embed_dim": "in_chans", "embed_dim": "embed_dim", "de
 
 def _companion(path) -> dict:
     """The sizes in ``config.json`` beside the weights (the HF repository's ``vision_config``), if any."""
-    cfg = Path(path).parent / "config.json"
-    if not cfg.is_file():
+    raw, cfg = companion_config(path)
+    if cfg is None:
         return {}
-    raw = json.loads(cfg.read_text())
     vis = raw.get("vision_config", raw)
     if vis.get("pos_encode_type", "alibi") != "alibi":
         raise WeightsError(f"{cfg}: pos_encode_type={vis['pos_encode_type']!r}; pathkit's TITAN has 2D ALiBi only")
@@ -210,12 +208,8 @@ def load_titan(model="titan", weights=None, device="cpu") -> tuple[TitanSlideEnc
     """
     from .weights import read_state_dict, resolve, sha256_file
 
-    spec = get_spec(model, kind="slide")
-    info = {"name": spec.name, "weights": None, "weights_sha256": None, "config": "registry"}
-    if isinstance(weights, str) and weights == "random":
-        warnings.warn(f"{spec.name}: using RANDOM weights: slide embeddings are meaningless except for testing",
-                      UserWarning, stacklevel=2)
-        info["weights"] = "random"
+    spec, info, is_random = start(model, weights)
+    if is_random:
         return _build(spec).to(device), info
     if isinstance(weights, dict):
         info["weights"] = "state dict passed by the user"
