@@ -1,8 +1,9 @@
 """Benchmark: fit + predict time and peak memory of every MIL model on synthetic bags, CPU.
 
-    python benchmarks/bench_mil.py                       # 500 bags x 2000 tiles x 768-d, 2 epochs
+    python benchmarks/bench_mil.py                       # 500 bags x 2000 tiles x 768-d, 1 epoch
+    python benchmarks/bench_mil.py --partial transmil=100   # TransMIL's epoch timed on 100 of the 400 bags
     python benchmarks/bench_mil.py --bags 60 --tiles 2000 --epochs 1 --models abmil mean   # reduced run
-    python benchmarks/bench_mil.py --legacy /tmp/pk-old  # also today's ABMIL from an older checkout
+    python benchmarks/bench_mil.py --legacy /tmp/pk-old  # also the pre-estimator train_abmil of an older checkout
 
 The bags are written once to an .h5ad (dense X, obs["slide_id"]) chunk by chunk, so no process ever holds the
 whole cohort. Every model is then measured in its own process (so that its peak RSS is its own) on the same
@@ -11,6 +12,12 @@ patient split: ``pk.tl.MIL(model).fit`` on 80% of the patients reading the file 
 pre-estimator ``pk.tl.train_abmil`` (5-fold CV) from a checkout that still has ``pathkit/tl/abmil.py``
 (``git worktree add /tmp/pk-old 76ecde6``) and reports its mean seconds per fold (one fit + one prediction
 on the same split sizes) and peak RSS.
+
+Time per epoch is the figure: one optimiser step per bag, so fit time is linear in bags and epochs.
+``--partial MODEL=K`` trains MODEL on the first K training bags only (for a model whose full epoch would not
+fit the time at hand); its time per epoch is then extrapolated to the whole training set (stated in the
+output as such), its AUROC comes from the smaller training set. Every figure is also given as a ratio to
+ABMIL (``abmil``, the baseline, measured in the same run).
 
 Positive bags get a fixed direction added to 1% of their tiles (the MIL setting: a few informative tiles).
 Prints a table and writes JSON to benchmarks/results/bench_mil.json.
@@ -106,7 +113,7 @@ def _split(meta, seed=0):
     return tr, te
 
 
-def run_model(path, meta, model, epochs, threads, q):
+def run_model(path, meta, model, epochs, threads, max_train, q):
     import torch
 
     torch.set_num_threads(threads)
@@ -116,6 +123,9 @@ def run_model(path, meta, model, epochs, threads, q):
 
     cohort = _cohort(meta)
     tr, te = _split(meta)
+    n_train = len(tr)
+    if max_train:
+        tr = tr[:max_train]
     train, test = cohort[tr].copy(), cohort[te].copy()
     est = pk.tl.MIL(model, "binary", epochs=epochs, patience=epochs, val_fraction=0, progress=False,
                     random_state=0, device="cpu")
@@ -127,7 +137,9 @@ def run_model(path, meta, model, epochs, threads, q):
     t_pred = time.perf_counter() - t0
     auroc = float(roc_auc_score(test.obs["label"] == "pos", test.obs[f"{model}_prob_pos"]))
     q.put({"fit_s": t_fit, "predict_s": t_pred, "cpu_s": _cpu_s(), "peak_rss_mb": _peak_rss_mb(), "auroc": auroc,
-           "train_bags": len(tr), "test_bags": len(te), "torch_threads": torch.get_num_threads()})
+           "train_bags": len(tr), "test_bags": len(te), "torch_threads": torch.get_num_threads(),
+           "epoch_s": t_fit / epochs * n_train / len(tr), "extrapolated": len(tr) < n_train,
+           "full_train_bags": n_train})
 
 
 def run_legacy(root, path, meta, epochs, threads, q):
@@ -165,7 +177,9 @@ def main(argv=None):
     ap.add_argument("--bags", type=int, default=500)
     ap.add_argument("--tiles", type=int, default=2000)
     ap.add_argument("--dim", type=int, default=768)
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--partial", nargs="*", default=[], metavar="MODEL=K",
+                    help="train MODEL on the first K training bags only; its time per epoch is extrapolated")
     ap.add_argument("--models", nargs="+", default=["abmil", "clam_sb", "transmil", "dsmil", "mean", "max"])
     ap.add_argument("--threads", type=int, default=1, help="torch threads per measured process")
     ap.add_argument("--legacy", default=None, help="a checkout with pathkit/tl/abmil.py (today's ABMIL)")
@@ -191,21 +205,33 @@ def main(argv=None):
     print(f"synthetic bags: {args.bags} x {args.tiles} x {args.dim} float32 = {size_gb:.2f} GB on disk "
           + ("(reused)" if args.reuse and t_make < 1 else f"(written in {t_make:.0f} s)"), flush=True)
 
+    partial = {k: int(v) for k, v in (p.split("=") for p in args.partial)}
     rows = {}
     for m in args.models:
-        rows[m] = _in_process(run_model, path, meta, m, args.epochs, args.threads)
-        print(f"{m} done: {rows[m]}", flush=True)
+        rows[m] = _in_process(run_model, path, meta, m, args.epochs, args.threads, partial.get(m))
+        print(f"{m} done: {rows[m]} (load average {os.getloadavg()[0]:.1f})", flush=True)
     legacy = _in_process(run_legacy, args.legacy, path, meta, args.epochs, args.threads) if args.legacy else None
 
     print(f"\nfit on {rows[args.models[0]]['train_bags']} bags ({args.epochs} epochs, batch 1 bag), predict "
           f"{rows[args.models[0]]['test_bags']} bags; CPU ({args.threads} torch threads, "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f})")
-    hdr = f"{'model':28s} {'fit s':>8s} {'predict s':>10s} {'CPU s':>8s} {'peak RSS MB':>12s} {'AUROC':>7s}"
+    base = rows.get("abmil")
+    hdr = (f"{'model':28s} {'fit s':>8s} {'s/epoch':>8s} {'x abmil':>8s} {'predict s':>10s} {'x abmil':>8s} "
+           f"{'CPU s':>8s} {'peak RSS MB':>12s} {'x abmil':>8s} {'AUROC':>7s}")
     print(hdr)
     print("-" * len(hdr))
     for name, r in rows.items():
-        print(f"{name:28s} {r['fit_s']:8.1f} {r['predict_s']:10.1f} {r['cpu_s']:8.0f} {r['peak_rss_mb']:12.0f} "
-              f"{r['auroc']:7.3f}")
+        if base:
+            r["ratio_epoch"] = r["epoch_s"] / base["epoch_s"]
+            r["ratio_predict"] = r["predict_s"] / base["predict_s"]
+            r["ratio_rss"] = r["peak_rss_mb"] / base["peak_rss_mb"]
+        star = "*" if r["extrapolated"] else " "
+        print(f"{name:28s} {r['fit_s']:8.1f} {r['epoch_s']:7.1f}{star} {r.get('ratio_epoch', float('nan')):8.2f} "
+              f"{r['predict_s']:10.1f} {r.get('ratio_predict', float('nan')):8.2f} {r['cpu_s']:8.0f} "
+              f"{r['peak_rss_mb']:12.0f} {r.get('ratio_rss', float('nan')):8.2f} {r['auroc']:7.3f}")
+    for name, r in rows.items():
+        if r["extrapolated"]:
+            print(f"* {name}: trained on {r['train_bags']} of {r['full_train_bags']} bags; s/epoch extrapolated")
     if legacy:
         print(f"{'today train_abmil (per fold)':28s} {legacy['fit_predict_s_per_fold']:19.1f} {legacy['cpu_s']:8.0f}"
               f" {legacy['peak_rss_mb']:12.0f} {legacy['auroc']:7.3f}")

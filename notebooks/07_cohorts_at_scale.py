@@ -142,4 +142,4 @@ dcohort.obs[["status", "error", "n_tiles", "seconds"]]
 #                             embed_kwargs={"device": "cuda"}, client=client, resources={"GPU": 1})
 # ```
 # `print(cluster.job_script())` shows the batch script dask-jobqueue submits. The cohort then goes to
-# `pk.link` (notebook 03), ABMIL (04) and survival (05).
+# `pk.link` (notebook 03), MIL, probes and RNA associations (04) and survival (05).

@@ -1,4 +1,5 @@
 """Tile bags for MIL: slide id -> tile features read from ``obsm[use_rep]`` (``"X"`` reads ``X``), lazily.
+``use_rep=None``: the bags' single ``X_<model>`` key (see :func:`default_rep`).
 
 Accepted: a dict ``slide_id -> AnnData``; a list of tile AnnData; one AnnData with ``obs["slide_id"]``
 (in memory or backed); a path to such an ``.h5ad``; a folder or list of per-slide ``.h5ad`` files
@@ -16,7 +17,60 @@ import pandas as pd
 
 from ..errors import TableError
 
-__all__ = ["BagSet"]
+__all__ = ["BagSet", "default_rep"]
+
+_NOT_FEATURES = ("X_umap", "X_pca", "X_tsne")
+
+
+def _pick_rep(obsm_keys, n_vars: int, where: str) -> str:
+    feats = [k for k in obsm_keys if k.startswith("X_") and k not in _NOT_FEATURES]
+    if len(feats) == 1:
+        return feats[0]
+    if not feats and n_vars > 0:
+        return "X"
+    raise TableError(f"{where}: which tile features? obsm holds {list(obsm_keys) or 'nothing'}"
+                     + (f" ({len(feats)} feature keys)" if feats else "") + " and X has "
+                     f"{n_vars} columns; pass use_rep= one of {feats or list(obsm_keys)}")
+
+
+def _h5ad_rep(path: Path) -> str:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        X = f.get("X")
+        if isinstance(X, h5py.Dataset):
+            n_vars = X.shape[1] if X.ndim == 2 else 0
+        elif X is not None:  # sparse group
+            n_vars = int(X.attrs.get("shape", (0, 0))[1])
+        else:
+            n_vars = 0
+        return _pick_rep(list(f.get("obsm", {})), n_vars, str(path))
+
+
+def default_rep(bags) -> str:
+    """``use_rep=None``: the single ``obsm`` key ``X_<model>`` of the bags (UMAP / PCA keys aside), else
+    ``"X"`` when ``X`` has columns; CLAM ``.h5`` bags read their ``feats`` / ``features`` dataset (``"X"``).
+    Several feature keys: an error that lists them. The first bag decides; every bag is then read with it."""
+    import anndata as ad
+
+    first = bags
+    if isinstance(first, dict):
+        first = next(iter(first.values()), None)
+    elif isinstance(first, (list, tuple)):
+        first = first[0] if len(first) else None
+    if isinstance(first, (str, Path)):
+        p = Path(first)
+        if p.is_dir():
+            files = sorted(p.glob("*.h5ad")) or sorted(p.glob("*.h5"))
+            if not files:
+                raise TableError(f"no .h5ad or .h5 tile files in {p}")
+            p = files[0]
+        if p.suffix == ".h5" or not p.exists():
+            return "X"  # CLAM bags (or a missing file, reported by BagSet)
+        return _h5ad_rep(p)
+    if isinstance(first, ad.AnnData):
+        return _pick_rep(list(first.obsm.keys()), first.n_vars if first.X is not None else 0, "the tile bags")
+    return "X"  # not a bag: BagSet reports it
 
 
 def _dense(arr) -> np.ndarray:
@@ -52,10 +106,10 @@ def _read_rows(X, idx: np.ndarray | None) -> np.ndarray:
 class BagSet:
     """slide_id -> tile features, read when asked; writes per-tile values back where the tiles came from."""
 
-    def __init__(self, bags, use_rep: str = "X"):
+    def __init__(self, bags, use_rep: str | None = None):
         import anndata as ad
 
-        self.use_rep = use_rep
+        self.use_rep = default_rep(bags) if use_rep is None else use_rep
         self._readers: dict[str, Callable[[], np.ndarray]] = {}
         self._targets: dict[str, tuple[Any, np.ndarray | None]] = {}
         self._h5 = None

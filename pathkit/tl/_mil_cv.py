@@ -11,6 +11,7 @@ import pandas as pd
 
 from . import _mil_tasks as T
 from ._mil_bags import BagSet
+from ._mil_covariates import bag_covariates
 from ._mil_data import check_folds, cohort_obs, make_units, write_predictions
 from ._mil_estimator import MIL
 from .splits import patient_folds, read_splits
@@ -74,15 +75,16 @@ def _user_folds(splits, patients: np.ndarray):
 
 def cross_validate_mil(bags, cohort, model: str = "abmil", label=None, *, task: str = "binary",
                        time: str | None = None, event: str | None = None, folds: int = 5, splits=None,
-                       split_by: str = "patient_id", bag_by: str = "slide", use_rep: str = "X",
-                       key_added: str | None = None, n_bootstrap: int = 1000, random_state: int = 0,
+                       split_by: str = "patient_id", bag_by: str = "slide", use_rep: str | None = None,
+                       covariates=None, covariate_nan: str = "raise", key_added: str | None = None, n_bootstrap: int = 1000, random_state: int = 0,
                        **kwargs) -> MILCVResult:
     """Cross-validate a MIL model with patient-level folds; write out-of-fold predictions.
 
     Parameters
     ----------
-    bags, cohort, label, time, event, use_rep, split_by
-        As in :meth:`MIL.fit`.
+    bags, cohort, label, time, event, use_rep, split_by, covariates, covariate_nan
+        As in :meth:`MIL.fit` (``use_rep`` default: the bags' single ``X_<model>`` key). Each fold's
+        covariates are standardised with its own training bags' mean and sd.
     model, task
         As in :class:`MIL`.
     folds
@@ -126,6 +128,10 @@ def cross_validate_mil(bags, cohort, model: str = "abmil", label=None, *, task: 
     bagset = BagSet(bags, use_rep)
     try:
         units = make_units(cohort, bagset, bag_by=bag_by, split_by=split_by, need=need)
+        C = spec = None
+        if covariates is not None and len(covariates):
+            units, C, spec = bag_covariates(cohort, units, covariates, nan=covariate_nan,
+                                            where="cross_validate_mil")
         tg, classes = T.encode_targets(task, units.table, label, time, event)
         fold_sets = (_user_folds(splits, units.patient) if splits is not None else
                      patient_folds(units.patient, tg.get("strat"), folds=folds, seed=random_state))
@@ -139,9 +145,10 @@ def cross_validate_mil(bags, cohort, model: str = "abmil", label=None, *, task: 
             t0 = _time.perf_counter()
             tr, te = fold_sets[k]
             est = MIL(model, task, bag_by=bag_by, random_state=random_state, **kwargs)
-            est.label_, est.time_, est.event_, est.use_rep_, est.split_by_ = label, time, event, use_rep, split_by
-            est._fit_units(bagset, units, tg, classes, tr, fold=k)
-            out, imp = est._predict_units(bagset, units, te)
+            est.label_, est.time_, est.event_, est.use_rep_ = label, time, event, bagset.use_rep
+            est.split_by_ = split_by
+            est._fit_units(bagset, units, tg, classes, tr, fold=k, C=C, cov_spec=spec)
+            out, imp = est._predict_units(bagset, units, te, C)
             raw[te] = out
             fold_of[te] = k
             importance.update(imp)

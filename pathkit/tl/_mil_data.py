@@ -41,9 +41,22 @@ class Units:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def subset(self, keep: np.ndarray) -> Units:
+        """The units where ``keep`` (a boolean mask) is True."""
+        idx = np.flatnonzero(keep)
+        return Units(ids=self.ids[idx], bags=[self.bags[i] for i in idx], rows=[self.rows[i] for i in idx],
+                     patient=self.patient[idx], table=self.table.iloc[idx])
+
 
 def cohort_obs(cohort) -> pd.DataFrame:
-    return cohort if isinstance(cohort, pd.DataFrame) else cohort.obs
+    """The slides table of a cohort: a DataFrame, an AnnData's ``obs``, or a MuData's ``"slides"`` obs."""
+    if isinstance(cohort, pd.DataFrame):
+        return cohort
+    if hasattr(cohort, "mod"):  # MuData from pk.io.link
+        if "slides" not in cohort.mod:
+            raise TableError(f"MuData has modalities {list(cohort.mod)}; MIL needs 'slides' (pk.io.link)")
+        return cohort.mod["slides"].obs
+    return cohort.obs
 
 
 def slide_ids(obs: pd.DataFrame) -> np.ndarray:

@@ -12,6 +12,7 @@ from .._device import resolve_device
 from ..errors import TableError
 from . import _mil_tasks as T
 from ._mil_bags import BagSet
+from ._mil_covariates import CovariateSpec, bag_covariates
 from ._mil_data import Units, cohort_obs, make_units, write_predictions
 from .splits import inner_split
 
@@ -61,9 +62,11 @@ class MIL:
 
     Attributes (after ``fit``)
     --------------------------
-    module_ : the fitted ``torch.nn.Module`` (on CPU, eval mode); ``classes_``; ``in_dim_``; ``use_rep_``;
-    ``history_`` (``epoch``, ``train_loss``, ``val_loss``); ``bins_`` (survival); ``importance_`` (slide id ->
-    per-tile importance of the last ``predict``).
+    module_ : the fitted ``torch.nn.Module`` (on CPU, eval mode; a
+    :class:`~pathkit.models.mil.CovariateFusion` around the network when fit with covariates); ``classes_``;
+    ``in_dim_``; ``use_rep_``; ``history_`` (``epoch``, ``train_loss``, ``val_loss``); ``bins_`` (survival);
+    ``covariates_`` (the covariates' sources, encoding, training mean and sd; None without covariates);
+    ``importance_`` (slide id -> per-tile importance of the last ``predict``).
     """
 
     def __init__(self, model: str = "abmil", task: str = "binary", *, epochs: int = 20, lr: float = 2e-4,
@@ -83,6 +86,7 @@ class MIL:
         self.val_fraction, self.n_bins, self.alpha_surv, self.bag_by = val_fraction, n_bins, alpha_surv, bag_by
         self.device, self.random_state, self.progress = device, random_state, progress
         self.module_ = None
+        self.covariates_: CovariateSpec | None = None
         self._sizes: dict[int, list[int]] = {}
 
     def __repr__(self) -> str:
@@ -91,7 +95,8 @@ class MIL:
 
     # ================================================================ public API
     def fit(self, bags, cohort, label=None, *, time: str | None = None, event: str | None = None,
-            use_rep: str = "X", split_by: str = "patient_id") -> MIL:
+            use_rep: str | None = None, split_by: str = "patient_id", covariates=None,
+            covariate_nan: str = "raise") -> MIL:
         """Fit on every usable bag of ``cohort`` (an inner patient-level split for early stopping).
 
         Parameters
@@ -108,9 +113,22 @@ class MIL:
         time, event
             Survival columns (``event`` 1 = observed).
         use_rep
-            The tiles' ``obsm`` key holding the features (``"X"`` reads ``X``).
+            The tiles' ``obsm`` key holding the features (``"X"`` reads ``X``). Default: the bags' single
+            ``X_<model>`` key (an error lists them when there are several), else ``X`` when it has columns.
         split_by
             Patient column: the validation split and ``bag_by="patient"`` group by it.
+        covariates
+            Late fusion: names of bag-level covariates added to the pooled bag representation before the
+            head (see :class:`~pathkit.models.mil.CovariateFusion`): columns of the slides' ``obs`` (numeric,
+            or categorical: one-hot with the first category as reference), ``obsm`` keys of the slides, and,
+            when ``cohort`` is the MuData of :func:`pathkit.io.link`, RNA ``obs`` columns, RNA ``obsm`` keys
+            (e.g. ``"pathways_score_genes"``: every pathway) or genes (each slide takes its patient's row).
+            Standardised with the mean and sd of the training bags; ``bag_by="patient"`` averages a patient's
+            slides. Stored with the model; :meth:`predict` reads the same names from its cohort.
+        covariate_nan
+            A bag with a missing covariate value: ``"raise"`` (an error naming the columns), ``"mean"`` (the
+            training mean, at fit and at predict) or ``"drop"`` (left out of training, and not predicted,
+            with a warning that counts them).
 
         Returns
         -------
@@ -120,10 +138,13 @@ class MIL:
         bagset = BagSet(bags, use_rep)
         try:
             units = make_units(cohort, bagset, bag_by=self.bag_by, split_by=split_by, need=need)
+            C = spec = None
+            if covariates is not None and len(covariates):
+                units, C, spec = bag_covariates(cohort, units, covariates, nan=covariate_nan, where="fit")
             tg, classes = T.encode_targets(self.task, units.table, label, time, event)
-            self.label_, self.time_, self.event_, self.use_rep_ = label, time, event, use_rep
+            self.label_, self.time_, self.event_, self.use_rep_ = label, time, event, bagset.use_rep
             self.split_by_ = split_by
-            self._fit_units(bagset, units, tg, classes, np.arange(len(units)))
+            self._fit_units(bagset, units, tg, classes, np.arange(len(units)), C=C, cov_spec=spec)
         finally:
             bagset.close()
         return self
@@ -135,7 +156,8 @@ class MIL:
         Parameters
         ----------
         bags, cohort
-            As in :meth:`fit` (labels are not needed).
+            As in :meth:`fit` (labels are not needed). With covariates, ``cohort`` needs the columns (or RNA
+            features) named at fit; bags missing a value follow the ``covariate_nan`` of fit.
         use_rep
             Default: the key used in ``fit``. The feature width must match the fitted model's.
         key_added
@@ -164,8 +186,11 @@ class MIL:
         try:
             units = make_units(cohort, bagset, bag_by=self.bag_by, split_by=split_by or self.split_by_,
                                need=[], require_split=False)
+            C = None
+            if self.covariates_ is not None:
+                units, C, _ = bag_covariates(cohort, units, spec=self.covariates_, where="predict")
             idx = np.arange(len(units))
-            raw, imp = self._predict_units(bagset, units, idx)
+            raw, imp = self._predict_units(bagset, units, idx, C)
             pred = T.transform(self.task, raw, self.y_mean_, self.y_sd_)
             table = write_predictions(cohort_obs(cohort), units, idx, self.task, pred, self.classes_, key)
             self.importance_ = imp
@@ -205,20 +230,25 @@ class MIL:
                                  f"features of the same encoder")
         return xs[0] if len(xs) == 1 else np.concatenate(xs)
 
-    def _forward(self, module, bagset, units, idx, dev, targets=None, keep_imp=False, in_dim=None):
-        """Outputs of the units ``idx`` (stacked), their extras, and (optionally) importance per unit."""
+    def _forward(self, module, bagset, units, idx, dev, targets=None, keep_imp=False, in_dim=None, covs=None):
+        """Outputs of the units ``idx`` (stacked), their extras, and (optionally) importance per unit.
+        ``covs``: the standardised covariates of every unit (a tensor), for a fused module."""
         import torch
 
+        from ..models.mil import CovariateFusion
+
         outs, extras, imps = [], [], []
-        if hasattr(module, "forward_many"):  # ABMIL: several bags through one matmul, no extras
-            xs, n = [], 0
+        fused = isinstance(module, CovariateFusion)
+        if hasattr(module.base if fused else module, "forward_many"):  # ABMIL: one matmul, no extras
+            xs, rows, n = [], [], 0
 
             def flush():
-                o, a = module.forward_many(xs)
+                o, a = module.forward_many(xs, covs[rows]) if fused else module.forward_many(xs)
                 outs.append(o)
                 if keep_imp:
                     imps.extend(w.detach().float().cpu().numpy() for w in a)
                 xs.clear()
+                rows.clear()
 
             for i in idx:
                 x = torch.from_numpy(self._unit_x(bagset, units, i, in_dim)).to(dev)
@@ -226,6 +256,7 @@ class MIL:
                     flush()
                     n = 0
                 xs.append(x)
+                rows.append(int(i))
                 n += len(x)
             if xs:
                 flush()
@@ -233,7 +264,7 @@ class MIL:
         for j, i in enumerate(idx):
             x = torch.from_numpy(self._unit_x(bagset, units, i, in_dim)).to(dev)
             target = targets[j] if targets is not None else None
-            o, a, ex = module(x, target=target)
+            o, a, ex = module(x, target=target, cov=covs[int(i)]) if fused else module(x, target=target)
             outs.append(o)
             extras.append(ex)
             if keep_imp:
@@ -241,45 +272,29 @@ class MIL:
         return torch.stack(outs), extras, imps
 
     def _targets(self, tg: dict, idx, dev) -> dict:
-        import torch
-
-        out = {}
-        if "y" in tg:
-            y = tg["y"][idx]
-            if self.task == "regression":
-                y = (y - self.y_mean_) / self.y_sd_
-                out["y"] = torch.as_tensor(y, dtype=torch.float32, device=dev)
-            else:
-                out["y"] = torch.as_tensor(y, device=dev)
-        if "time" in tg:
-            out["time"] = torch.as_tensor(tg["time"][idx], dtype=torch.float32, device=dev)
-            out["event"] = torch.as_tensor(tg["event"][idx], dtype=torch.float32, device=dev)
-            if self.bins_ is not None:
-                out["bin"] = torch.as_tensor(T.to_bins(tg["time"][idx], self.bins_), device=dev)
-        return out
+        return T.batch_targets(self.task, tg, idx, dev, self.y_mean_, self.y_sd_, self.bins_)
 
     def _loss(self, out, extras, tg):
-        loss = T.task_loss(self.task, out, tg, self.alpha_surv)
-        if loss is None:
+        return T.bag_loss(self.task, out, extras, tg, self.alpha_surv)
+
+    def _covs(self, C, dev):
+        """The standardised covariates of every unit as a tensor on ``dev`` (None without covariates)."""
+        import torch
+
+        if self.covariates_ is None:
             return None
-        if extras and "instance_loss" in extras[0]:
-            bw = extras[0]["bag_weight"]
-            import torch
+        if C is None:
+            raise RuntimeError("this model was fit with covariates: pass their raw values")
+        return torch.from_numpy(self.covariates_.standardise(C)).to(dev)
 
-            loss = bw * loss + (1 - bw) * torch.stack([e["instance_loss"] for e in extras]).mean()
-        if extras and "max_out" in extras[0]:
-            import torch
-
-            loss = 0.5 * loss + 0.5 * T.task_loss(self.task, torch.stack([e["max_out"] for e in extras]), tg,
-                                                  self.alpha_surv)
-        return loss
-
-    def _fit_units(self, bagset: BagSet, units: Units, tg: dict, classes, train_idx: np.ndarray, fold: int = 0):
-        """Train on the units ``train_idx``; sets ``module_`` and the fitted attributes."""
+    def _fit_units(self, bagset: BagSet, units: Units, tg: dict, classes, train_idx: np.ndarray, fold: int = 0,
+                   C: np.ndarray | None = None, cov_spec: CovariateSpec | None = None):
+        """Train on the units ``train_idx``; sets ``module_`` and the fitted attributes. ``C``: the raw
+        covariates of every unit (standardised with the statistics of ``train_idx``)."""
         import torch
         from tqdm.auto import tqdm
 
-        from ..models.mil import build_mil
+        from ..models.mil import CovariateFusion, build_mil
 
         if len(train_idx) == 0:
             raise TableError("no usable bag to train on")
@@ -303,9 +318,18 @@ class MIL:
             tr, va = train_idx, train_idx[:0]
         dev = resolve_device(self.device)
         in_dim = self._unit_x(bagset, units, int(train_idx[0]), None).shape[1]
+        self.covariates_ = None if C is None else cov_spec.fitted(C[train_idx])
+        covs = self._covs(C, dev)
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
-        module = build_mil(self.model, in_dim, n_out, **self.params).to(dev)
+        module = build_mil(self.model, in_dim, n_out, **self.params)
+        if covs is not None:
+            from ._mil_covariates import warm_start
+
+            module = CovariateFusion(module, covs.shape[1], n_out)
+            module.covariates.weight.data.copy_(warm_start(self.task, covs[tr], self._targets(tg, tr, dev), n_out,
+                                                           self.alpha_surv))
+        module = module.to(dev)
         needs_label = self.model == "clam_sb" and self.task in ("binary", "multiclass")
         opt = torch.optim.Adam(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         best, best_state, best_epoch, wait, hist = float("inf"), None, 0, 0, []
@@ -318,7 +342,8 @@ class MIL:
             for s in range(0, len(order), self.batch_size):
                 idx = order[s:s + self.batch_size]
                 targets = list(tg["y"][idx]) if needs_label else None
-                out, extras, _ = self._forward(module, bagset, units, idx, dev, targets=targets, in_dim=in_dim)
+                out, extras, _ = self._forward(module, bagset, units, idx, dev, targets=targets, in_dim=in_dim,
+                                               covs=covs)
                 loss = self._loss(out, extras, self._targets(tg, idx, dev))
                 if loss is None:  # a Cox batch without events carries no partial likelihood
                     continue
@@ -331,7 +356,7 @@ class MIL:
             if len(va):
                 module.eval()
                 with torch.no_grad():
-                    vout, _, _ = self._forward(module, bagset, units, va, dev, in_dim=in_dim)
+                    vout, _, _ = self._forward(module, bagset, units, va, dev, in_dim=in_dim, covs=covs)
                     v = T.task_loss(self.task, vout, self._targets(tg, va, dev), self.alpha_surv)
                 vl = float(v) if v is not None else float("nan")
             hist.append((fold, ep, tl, vl))
@@ -358,18 +383,21 @@ class MIL:
         self.history_ = pd.DataFrame(hist, columns=["fold", "epoch", "train_loss", "val_loss"])
         return self
 
-    def _predict_units(self, bagset: BagSet, units: Units, idx: np.ndarray):
-        """(raw outputs [n, n_out], slide id -> per-tile importance) of the units ``idx``."""
+    def _predict_units(self, bagset: BagSet, units: Units, idx: np.ndarray, C: np.ndarray | None = None):
+        """(raw outputs [n, n_out], slide id -> per-tile importance) of the units ``idx`` (``C``: the raw
+        covariates of every unit, for a model fit with covariates)."""
         import torch
 
         self._check_fitted()
         dev = resolve_device(self.device)
         module = self.module_.to(dev).eval()
+        covs = self._covs(C, dev)
         outs, imps = [], {}
         with torch.no_grad():
             for s in range(0, len(idx), 64):
                 chunk = idx[s:s + 64]
-                o, _, im = self._forward(module, bagset, units, chunk, dev, keep_imp=True, in_dim=self.in_dim_)
+                o, _, im = self._forward(module, bagset, units, chunk, dev, keep_imp=True, in_dim=self.in_dim_,
+                                         covs=covs)
                 outs.append(o.float().cpu().numpy())
                 for i, w in zip(chunk, im):
                     for b, part in zip(units.bags[i], np.split(w, np.cumsum(self._sizes[i])[:-1])):

@@ -1,6 +1,6 @@
 """Saving and loading a fitted MIL estimator: ``model.safetensors`` (weights) + ``config.json`` (everything
 needed to rebuild it: network name and hyper-parameters, task, classes, survival bins, regression scaling,
-the feature key and width)."""
+the feature key and width, the covariates' sources, encoding and training mean / sd)."""
 from __future__ import annotations
 
 import json
@@ -36,6 +36,7 @@ def save_estimator(est, path) -> Path:
            "bins": None if est.bins_ is None else [float(b) for b in est.bins_[1:-1]],
            "y_mean": None if est.y_mean_ is None else np.asarray(est.y_mean_).tolist(),
            "y_sd": None if est.y_sd_ is None else np.asarray(est.y_sd_).tolist(),
+           "covariates": None if est.covariates_ is None else est.covariates_.to_json(),
            "training": {k: getattr(est, k) for k in ("epochs", "lr", "weight_decay", "patience",
                                                       "batch_size", "val_fraction", "n_bins", "alpha_surv",
                                                       "random_state")}}
@@ -47,7 +48,8 @@ def load_estimator(cls, path, *, device: str = "auto"):
     """Rebuild the estimator saved by :func:`save_estimator` in ``path``."""
     from safetensors.torch import load_file
 
-    from ..models.mil import build_mil
+    from ..models.mil import CovariateFusion, build_mil
+    from ._mil_covariates import CovariateSpec
 
     path = Path(path)
     cfg_file, w_file = path / "config.json", path / "model.safetensors"
@@ -61,6 +63,9 @@ def load_estimator(cls, path, *, device: str = "auto"):
     est = cls(cfg["model"], cfg["task"], bag_by=cfg["bag_by"], device=device, progress=False,
               **tr, **cfg["params"])
     module = build_mil(cfg["model"], cfg["in_dim"], cfg["n_out"], **cfg["params"])
+    cov = CovariateSpec.from_json(cfg["covariates"]) if cfg.get("covariates") else None
+    if cov is not None:
+        module = CovariateFusion(module, len(cov.columns), cfg["n_out"])
     try:
         module.load_state_dict(load_file(str(w_file)))
     except RuntimeError as err:
@@ -72,6 +77,7 @@ def load_estimator(cls, path, *, device: str = "auto"):
     est.bins_ = None if cfg["bins"] is None else np.r_[-np.inf, cfg["bins"], np.inf]
     est.y_mean_ = None if cfg["y_mean"] is None else np.asarray(cfg["y_mean"])
     est.y_sd_ = None if cfg["y_sd"] is None else np.asarray(cfg["y_sd"])
+    est.covariates_ = cov
     est.history_ = None
     est._sizes = {}
     return est

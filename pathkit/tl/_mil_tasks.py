@@ -69,6 +69,22 @@ def task_loss(task: str, out, tg: dict, alpha_surv: float):
     return cox_nll(out.view(-1), tg["time"], tg["event"])
 
 
+def bag_loss(task: str, out, extras: list, tg: dict, alpha_surv: float):
+    """The task loss plus the networks' own terms: CLAM's instance loss (weighted by ``bag_weight``), and the
+    mean with DSMIL's instance stream (``max_out``). None for a Cox batch without events."""
+    import torch
+
+    loss = task_loss(task, out, tg, alpha_surv)
+    if loss is None:
+        return None
+    if extras and "instance_loss" in extras[0]:
+        bw = extras[0]["bag_weight"]
+        loss = bw * loss + (1 - bw) * torch.stack([e["instance_loss"] for e in extras]).mean()
+    if extras and "max_out" in extras[0]:
+        loss = 0.5 * loss + 0.5 * task_loss(task, torch.stack([e["max_out"] for e in extras]), tg, alpha_surv)
+    return loss
+
+
 # ============================================================================================ targets
 def label_columns(task: str, label, time, event) -> list[str]:
     """The cohort columns a task needs (checked by the caller)."""
@@ -118,6 +134,26 @@ def encode_targets(task: str, df: pd.DataFrame, label, time, event, classes=None
     sf = _survival_frame(df, time, event)
     t, e = sf["time"].to_numpy(dtype=np.float64), sf["event"].to_numpy().astype(np.int64)
     return {"time": t, "event": e, "strat": e}, None
+
+
+def batch_targets(task: str, tg: dict, idx, dev, y_mean=None, y_sd=None, bins=None) -> dict:
+    """The targets of units ``idx`` as tensors on ``dev``: ``y`` (regression standardised with the training
+    ``y_mean`` / ``y_sd``), ``time`` / ``event`` and the survival ``bin`` (with ``bins``)."""
+    import torch
+
+    out = {}
+    if "y" in tg:
+        y = tg["y"][idx]
+        if task == "regression":
+            out["y"] = torch.as_tensor((y - y_mean) / y_sd, dtype=torch.float32, device=dev)
+        else:
+            out["y"] = torch.as_tensor(y, device=dev)
+    if "time" in tg:
+        out["time"] = torch.as_tensor(tg["time"][idx], dtype=torch.float32, device=dev)
+        out["event"] = torch.as_tensor(tg["event"][idx], dtype=torch.float32, device=dev)
+        if bins is not None:
+            out["bin"] = torch.as_tensor(to_bins(tg["time"][idx], bins), device=dev)
+    return out
 
 
 def quantile_bins(times: np.ndarray, events: np.ndarray, n_bins: int) -> np.ndarray:

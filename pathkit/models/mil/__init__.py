@@ -9,6 +9,7 @@ from __future__ import annotations
 from ._abmil import ABMIL, GatedAttention
 from ._clam import CLAMSB
 from ._dsmil import DSMIL
+from ._fusion import CovariateFusion
 from ._pooling import MaxMIL, MeanMIL
 from ._transmil import TransMIL
 
@@ -49,6 +50,7 @@ __all__ = [
     "CLAMSB",
     "DSMIL",
     "MIL_MODELS",
+    "CovariateFusion",
     "GatedAttention",
     "MaxMIL",
     "MeanMIL",
