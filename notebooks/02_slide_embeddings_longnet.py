@@ -10,6 +10,10 @@
 #    reference code used raw level-0 pixels (`coords="level0"`), so on a 40x scan its tiles sit two cells apart.
 # 2. **tile order**: dilated attention cuts the sequence into segments and keeps every r-th token, so the order
 #    of tiles changes the result. pathkit sorts tiles row-major before encoding.
+# 3. **which layer, which pooling**: for `gigapath_slide` the default is the hidden state after block 11 of 12,
+#    mean of the tile tokens (`layers=11, pool="mean"`): the layer the authors' fine-tuning (`--feat_layer 11`)
+#    and TRIDENT read, with TRIDENT's pooling for frozen embeddings. `pool="cls"` is the authors' fine-tuning
+#    readout, `layers="last"` the reference's plain `forward`. The table in the docs' model page lists them.
 #
 # Data: real 512-d tile embeddings of a whole TCGA colon adenocarcinoma slide (TCGA-AD-6964, MSI-high),
 # 777 tiles, coordinates stored on disk as (y, x).
@@ -154,8 +158,10 @@ print("coords='grid' fits it on the grid:", v_wide.shape)
 #
 # Two different things are both called "mean":
 # - `pool="mean"` (default for LongNet) averages the encoder's *output* tokens (after attention mixed the tiles)
-#   and applies the final layer norm — what the Prov-GigaPath authors use; `pool="cls"` reads the CLS token,
-#   which the released model never trained.
+#   and applies the final norm — how TRIDENT reads frozen Prov-GigaPath slide embeddings; `pool="cls"` reads
+#   the CLS token, the authors' fine-tuning readout (their fine-tuning trains it along with a head).
+# - `layers` picks the hidden state: the small model here has no default layer, so it reads the last one;
+#   `gigapath_slide` reads layer 11 of 12 unless told otherwise.
 # - `model="mean"` is the plain mean of the *input* tile features, no network at all — a strong, cheap
 #   baseline for slide-level tasks.
 

@@ -37,7 +37,7 @@ obs.stage.value_counts(dropna=False)
 # %%
 staged = cohort[obs.stage.isin(["I", "II", "III", "IV"]).values].copy()
 fig = pk.pl.kaplan_meier(staged, time="time_months", event="event", groupby="stage", title="TCGA COADREAD by stage")
-fig.update_layout(legend=dict(x=1.02, xanchor="left", y=1, yanchor="top"))   # legend beside, not on, the curves
+fig
 
 # %%
 km = pk.tl.kaplan_meier(staged, time="time_months", event="event", groupby="stage")
@@ -142,7 +142,7 @@ pk.tl.risk_groups(sim, "abmil_risk", method="median")
 c = pk.tl.cindex("time_months", "abmil_risk", "event", data=sim)
 fig = pk.pl.kaplan_meier(sim, time="time_months", event="event", groupby="risk_group",
                          title=f"out-of-fold ABMIL risk groups (c-index {c:.2f})")
-fig.update_layout(legend=dict(x=1.02, xanchor="left", y=1, yanchor="top"))   # legend beside, not on, the curves
+fig
 
 # %% [markdown]
 # ## With real data

@@ -108,6 +108,37 @@ def test_all_layers_level0_and_cls(bag, small_net):
     assert set(a.uns["slide_embeddings"]) == {"longnet_small_test", "small_all", "small_level0", "small_cls"}
 
 
+def test_layer_default_from_the_entry_and_tile_coords(bag, small_net):
+    """The entry's extra["layer"] is the default readout (gigapath_slide: 11, as the authors' fine-tuning and
+    TRIDENT); layers=k equals row k of layers='all'; coords='tile' (TRIDENT's coords // patch_size_level0)
+    equals 'grid' for 0.5-mpp 256-px tiles and keeps tiles adjacent when they are cut at 1 mpp."""
+    from pathkit.models import get_spec
+
+    gp = get_spec("gigapath_slide", kind="slide")
+    assert gp.extra["layer"] == 11 and gp.extra["pool"] == "mean"
+    a = bag.copy()
+    one = ModelSpec(**{**SMALL.__dict__, "name": "small_layer1", "extra": {"layer": 1}})
+    with pytest.warns(UserWarning, match="RANDOM"):
+        pk.tl.embed_slide(a, one, weights="random", dtype="float32", key_added="d")
+    with pytest.warns(UserWarning, match="RANDOM"):
+        pk.tl.embed_slide(a, one, weights="random", dtype="float32", layers="all", key_added="all")
+    allv = a.uns["slide_embeddings"]["all"]
+    np.testing.assert_allclose(a.uns["slide_embeddings"]["d"], allv[1], atol=1e-6)
+    assert a.uns["slide_embeddings_info"]["d"]["layers"] == 1
+    tile = _random(adata=a, coords="tile", key="tile")
+    np.testing.assert_allclose(tile, _random(adata=a, key="grid"), atol=1e-6)
+    np.testing.assert_array_equal(a.uns["slide_embeddings_info"]["tile"]["tile_order"],
+                                  a.uns["slide_embeddings_info"]["grid"]["tile_order"])
+    # the same tiles described as cut at 1 mpp (1024 level-0 px): 'grid' puts them 2 cells apart, 'tile' not
+    b = bag.copy()
+    b.obs["x"], b.obs["y"] = b.obs["x"] * 2, b.obs["y"] * 2
+    b.uns["tile_spec"] = {**b.uns["tile_spec"], "mpp": 1.0, "size_level0": 1024.0, "stride_level0": 1024.0}
+    np.testing.assert_allclose(_random(adata=b, coords="tile", key="t1"), tile, atol=1e-6)
+    assert np.abs(_random(adata=b, coords="grid", key="g1") - tile).max() > 1e-4
+    with pytest.raises(ValueError, match="layers="):
+        pk.tl.embed_slide(a, one, weights="random", layers="first")
+
+
 def test_model_passed_as_module(bag, small_net):
     a = bag.copy()
     v = _emb(a, small_net, key="mine")

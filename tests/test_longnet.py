@@ -90,6 +90,23 @@ def test_attention_backends_match_reference(ref, small, backend):
     assert _maxerr(gap, ref["outputs"]["case1"]["gap_all_layers"]) <= PARITY_TOL
 
 
+def test_layer_k_is_the_references_all_layer_embed_k(ref, small):
+    """layer=k (what embed_slide's default layers=11 runs for gigapath_slide) stops after k blocks and equals
+    row k of the reference's all_layer_embed output, for both poolings."""
+    x, c = ref["inputs"]["case1"]["tile_embeds"], ref["inputs"]["case1"]["coords"]
+    want = ref["outputs"]["case1"]
+    depth = len(small.encoder.layers)
+    with torch.inference_mode():
+        for k in range(depth + 1):
+            for pool, name in [("mean", "gap_all_layers"), ("cls", "cls_all_layers")]:
+                assert _maxerr(small(x, c, pool=pool, layer=k), want[name][k]) <= PARITY_TOL, (k, pool)
+    for bad in (-1, depth + 1, 1.0, True):
+        with pytest.raises(ValueError, match="layer="):
+            small(x, c, layer=bad)
+    with pytest.raises(ValueError, match="not both"):
+        small(x, c, layer=1, all_layers=True)
+
+
 # ------------------------------------------------------------------- dilated attention, literal version
 
 def _literal_dilated(q, k, v, segs, ratios, detach_weights=False):
@@ -312,3 +329,16 @@ def test_single_tile_and_bad_inputs(small):
         small(torch.randn(1, 3, 512), torch.zeros(1, 3, 2))
     with pytest.raises(ValueError, match="pool"):
         small(torch.randn(1, 3, 1536), torch.zeros(1, 3, 2), pool="max")
+
+
+def test_bf16_ffn_equals_reference_upcast():
+    """The bf16 CPU FFN skips the reference's float32 upcast around GELU: it must be bit for bit the same."""
+    from pathkit.models.longnet import _FFN
+
+    torch.manual_seed(0)
+    ffn = _FFN(64, 256, 1e-5).to(torch.bfloat16)
+    x = (torch.randn(3, 500, 64) * 3).to(torch.bfloat16)
+    with torch.inference_mode():
+        got = ffn(x)
+        want = ffn.fc2(ffn.ffn_layernorm(F.gelu(ffn.fc1(x).float()).type_as(x)))  # torchscale's formula
+    assert torch.equal(got, want)

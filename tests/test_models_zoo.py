@@ -54,6 +54,10 @@ EXPECTED = {
     "midnight12k": ("pathkit:hf_vision", 3072, 224, 224, "bilinear", HALF, "cls+mean_patch", 1_134_771_200),
     "hibou_b": ("vit_base_patch14_reg4_dinov2", 768, 224, 224, "bicubic", HIBOU, "cls", 85_739_520),
     "conch_v15": ("pathkit:conch_v15", 768, 448, 448, "bilinear", IMNET, "head", 306_109_184),
+    # issue 14, CHIEF helper (parity: tests/test_parity_chief.py, tests/test_parity_hibou_l.py)
+    "ctranspath": ("pathkit:ctranspath", 768, 224, 224, "bilinear", IMNET, "head", 27_520_038),
+    "chief_ctranspath": ("pathkit:ctranspath", 768, 224, 224, "bilinear", IMNET, "head", 27_520_038),
+    "hibou_l": ("vit_large_patch14_reg4_dinov2", 1024, 224, 224, "bicubic", HIBOU, "cls", 303_657_216),
 }
 # the authors' own (rounded) figures: count must round to them
 PUBLISHED_ROUNDED = {"uni": (303e6, 1e6), "uni2_h": (681e6, 1e6), "virchow2": (632e6, 1e6),

@@ -22,6 +22,7 @@ def _traces(fig, suffix):
 
 def test_km_figure_content(lung):
     fig = pk.pl.kaplan_meier(lung, "time", "status", "sex")
+    assert fig.layout.legend.x > 1 and fig.layout.legend.xanchor == "left"  # beside the curves, not on them
     km = pk.tl.kaplan_meier(lung, "time", "status", "sex")
     curves = [t for t in fig.data if t.mode == "lines"]
     assert [c.name for c in curves] == ["1 (n=138)", "2 (n=90)"]

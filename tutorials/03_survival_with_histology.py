@@ -72,7 +72,7 @@ pd.concat([km.counts, km.median.rename("median months")], axis=1)
 # %%
 fig = pk.pl.kaplan_meier(staged, time="time_months", event="event", groupby="stage",
                          title=f"TCGA {CANCER.upper()}: overall survival by stage")
-fig.update_layout(legend=dict(x=1.02, xanchor="left", y=1, yanchor="top"))   # legend beside, not on, the curves
+fig
 
 # %% [markdown]
 # ## 2. The log-rank test
@@ -175,7 +175,7 @@ p = pk.tl.logrank(sub, time="time_months", event="event", groupby="risk_group").
 fig = pk.pl.kaplan_meier(sub, time="time_months", event="event", groupby="risk_group",
                          title=f"out-of-fold histology + molecular score: c-index {cidx['histology + molecular']:.2f},"
                                f" log-rank p = {p:.1g}")
-fig.update_layout(legend=dict(x=1.02, xanchor="left", y=1, yanchor="top"))   # legend beside, not on, the curves
+fig
 
 # %% [markdown]
 # **Exercise.** Split patients at the median `age` with `pk.tl.risk_groups` and test the two groups with the

@@ -119,8 +119,15 @@ def _branch_geometry(L: int, seg: int, r: int):
     return g, gp, n_full, tail, tail_w, n_full * gp + tail_w
 
 
-def _merge_(A, M, S, o, l):
-    """Fold one branch's (out, lse) into the running softmax-over-branches (in place, on views)."""
+def _merge_(A, M, S, o, l, first: bool = False):
+    """Fold one branch's (out, lse) into the running softmax-over-branches (in place, on views).
+    `first`: nothing was merged into these rows yet (M = -inf, S = 0, A = 0), so the merge is a copy,
+    bit for bit what the general formula gives there (exp(-inf) = 0, exp(0) = 1), without its exps."""
+    if first:
+        A.copy_(o)
+        S.fill_(1.0)
+        M.copy_(l)
+        return
     new = torch.maximum(M, l)
     a, w = torch.exp(M - new), torch.exp(l - new)
     A.mul_(a[..., None]).add_(o.to(A.dtype) * w[..., None])
@@ -152,7 +159,7 @@ def _dilated_attention_packed(qkv, L: int, seg_lengths, ratios, backend: str = "
     A = torch.zeros(B, Lacc, H, d, dtype=ad, device=qkv.device)
     M = torch.full((B, Lacc, H), -math.inf, dtype=ad, device=qkv.device)
     S = torch.zeros(B, Lacc, H, dtype=ad, device=qkv.device)
-    for g, gp, n_full, tail, tail_w, extent, r in geo:
+    for i_branch, (g, gp, n_full, tail, tail_w, extent, r) in enumerate(geo):
         m = gp // r
         hg = -(-H // r)
         if gp == g or (n_full == 1 and tail == 0):
@@ -190,7 +197,7 @@ def _dilated_attention_packed(qkv, L: int, seg_lengths, ratios, backend: str = "
                         l = lf
                     l = l.masked_fill(l == 0, UNCOVERED_LSE).detach()  # as the reference's masked_fill
                     _merge_(acc[:, :, t, h0:h1], mx[:, :, t, h0:h1], sm[:, :, t, h0:h1],
-                            o.transpose(1, 2), l.transpose(1, 2))
+                            o.transpose(1, 2), l.transpose(1, 2), first=i_branch == 0)
     A, S = A[:, :L], S[:, :L]
     out = torch.where(S[..., None] > 0, A / S.clamp_min(1e-38)[..., None], 0.0)  # never covered: 0
     return out.to(qkv.dtype)

@@ -104,6 +104,51 @@ def _dinov2_original(sd: dict) -> dict:
     return out
 
 
+def _dinov2_hf(sd: dict) -> dict:
+    """Hugging Face transformers 4.x DINOv2 naming (`Dinov2Model`, with `embeddings.register_tokens`: Hibou-L's
+    hub repository, read there by remote code) -> timm `*_reg4_dinov2`, through the original DINOv2 names:
+    query/key/value are concatenated into `qkv`, `weights_in`/`weights_out` are SwiGLU's `w12`/`w3`,
+    `layer_scaleN.lambda1` the layer scales. A file already in DINOv2 naming is passed on as it is."""
+    import torch
+
+    cls = next((k for k in sd if k.endswith("embeddings.cls_token")), None)
+    if cls is None:
+        return _dinov2_original(sd)
+    pre = cls[: -len("embeddings.cls_token")]  # a wrapper's prefix ("model.", "dinov2."), if any
+    if pre:
+        sd = {k.removeprefix(pre): v for k, v in sd.items()}
+    out: dict = {}
+    head = {"embeddings.cls_token": "cls_token", "embeddings.mask_token": "mask_token",
+            "embeddings.register_tokens": "register_tokens", "embeddings.position_embeddings": "pos_embed",
+            "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+            "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+            "layernorm.weight": "norm.weight", "layernorm.bias": "norm.bias"}
+    qkv: dict = {}
+    for k, v in sd.items():
+        if k in head:
+            out[head[k]] = v
+            continue
+        m = re.match(r"^encoder\.layer\.(\d+)\.(.+)$", k)
+        if not m:
+            out[k] = v  # unknown: left for the strict load to report
+            continue
+        i, rest = m.groups()
+        a = re.match(r"^attention\.attention\.(query|key|value)\.(weight|bias)$", rest)
+        if a:
+            qkv.setdefault((i, a.group(2)), {})[a.group(1)] = v
+            continue
+        for old, new in (("attention.output.dense.", "attn.proj."), ("layer_scale1.lambda1", "ls1.gamma"),
+                         ("layer_scale2.lambda1", "ls2.gamma"), ("mlp.weights_in.", "mlp.w12."),
+                         ("mlp.weights_out.", "mlp.w3.")):
+            rest = rest.replace(old, new)
+        out[f"blocks.{i}.{rest}"] = v
+    for (i, kind), parts in qkv.items():
+        if set(parts) != {"query", "key", "value"}:
+            raise WeightsError(f"layer {i}: attention {kind} has only {sorted(parts)} of query/key/value")
+        out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]], dim=0)
+    return _dinov2_original(out)
+
+
 def _resnet50_trunc(sd: dict) -> dict:
     """A full ImageNet ResNet-50 (torchvision or timm naming: identical) -> the CLAM trunk (layer4, fc dropped)."""
     return {k: v for k, v in sd.items() if not k.startswith(("layer4.", "fc."))}
@@ -123,6 +168,7 @@ KEY_MAPS = {
     "beph_clam": _beph_clam,
     "beph_mmcls": _beph_mmcls,
     "conch_visual": _conch_visual,
+    "dinov2_hf": _dinov2_hf,
     "dinov2_original": _dinov2_original,
     "resnet50_trunc": _resnet50_trunc,
 }

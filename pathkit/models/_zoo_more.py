@@ -24,7 +24,7 @@ register(ModelSpec(
     embed_dim=1536, input_size=224, resize=224, interpolation="bicubic",
     mean=HOPTIMUS_MEAN, std=HOPTIMUS_STD, pool="cls",
     weights=("hf_hub:bioptimus/H-optimus-1/pytorch_model.bin",), n_params=1_134_774_272,
-    license="H-optimus-1 licence (non-commercial); gated on the HF hub", gated=True,
+    license="CC BY-NC-ND 4.0 (HF card, cross-checked with LazySlide 0.13's registry); gated on the HF hub", gated=True,
     source="https://huggingface.co/bioptimus/H-optimus-1 (card: timm kwargs, mean/std); " + _TRIDENT,
     description="H-optimus-1 (Bioptimus): ViT-g/14 with 4 registers, 1536-d CLS; 224 px tiles at 0.5 mpp",
     extra={"published_params": "1.1B", "mpp": 0.5, "parity": "timm per the card"},
@@ -86,7 +86,7 @@ register(ModelSpec(
     embed_dim=1024, input_size=224, resize=224, interpolation="bicubic",
     mean=IMAGENET_MEAN, std=IMAGENET_STD, pool="cls",
     weights=("hf_hub:majiabo/GPFM/GPFM.pth",), n_params=303_227_904,
-    license="see https://github.com/birkhoffkiki/GPFM (not verified here)", gated=False,
+    license="CC BY-NC-ND 4.0 (cross-checked with LazySlide 0.13's registry); weights on GitHub releases, not gated", gated=False,
     source=_TRIDENT + " (GPFMInferenceEncoder: vit_large_patch14_dinov2, img_size 224, strict load of GPFM.pth)",
     description="GPFM: DINOv2 ViT-L/14 (expert-distilled), 1024-d CLS",
     extra={"mpp": 0.5},
@@ -130,7 +130,7 @@ register(ModelSpec(
     embed_dim=3072, input_size=224, resize=224, interpolation="bilinear",
     mean=HALF, std=HALF, pool="cls+mean_patch",
     weights=("hf_hub:kaiko-ai/midnight",), n_params=1_134_771_200,
-    license="MIT (HF card); not gated", gated=False,
+    license="MIT (HF card, cross-checked with LazySlide 0.13's registry); accept the terms on the HF hub (gated)", gated=True,
     source="https://huggingface.co/kaiko-ai/midnight (card: Dinov2Model, CLS || mean of patch tokens, mean=std=0.5); "
            + _TRIDENT,
     description="kaiko.ai Midnight-12k: DINOv2 ViT-g/14 as transformers Dinov2Model; CLS || mean patch, 3072-d",
@@ -147,7 +147,7 @@ register(ModelSpec(
     embed_dim=768, input_size=224, resize=224, interpolation="bicubic",
     mean=HIBOU_MEAN, std=HIBOU_STD, pool="cls",
     weights=(), key_map="dinov2_original", n_params=85_739_520,
-    license="Apache-2.0 (repository and weights)", gated=False,
+    license="Apache-2.0 (the repository's LICENSE; its README: Hibou-B and Hibou-L under Apache 2.0)", gated=False,
     source=("https://github.com/HistAI/hibou (hibou/models/__init__.py build_model: DINOv2 vit_base, patch 14, "
             "4 registers, SwiGLU fused, layer scale 1e-5; forward = normed CLS)"),
     description="Hibou-B (HistAI): DINOv2 ViT-B/14 with 4 registers and SwiGLU, 768-d CLS",
@@ -155,6 +155,28 @@ register(ModelSpec(
         "Hibou-B's DINOv2-format weights are on Google Drive (file 12ICd_-yJWMYYo5OskMmc9SHJAQivAtS7, linked from "
         "https://github.com/HistAI/hibou): download them and pass weights=PATH. The HF hub copy (histai/hibou-b) "
         "needs trust_remote_code and is not read by pathkit")},
+))
+
+register(ModelSpec(
+    name="hibou_l", arch="vit_large_patch14_reg4_dinov2",
+    kwargs={"img_size": 224, "init_values": 1e-5, "dynamic_img_size": True, "mlp_layer": SWIGLU,
+            "act_layer": SILU, "mlp_ratio": 5.34375},  # DINOv2 fused SwiGLU: 2 x 2736 = 5472 = 1024 x 5.34375
+    embed_dim=1024, input_size=224, resize=224, interpolation="bicubic",
+    mean=HIBOU_MEAN, std=HIBOU_STD, pool="cls",
+    weights=("hf_hub:histai/hibou-L",), key_map="dinov2_hf", n_params=303_657_216,
+    license="Apache-2.0 (github.com/HistAI/hibou README: 'Hibou-L under the Apache 2.0 license')", gated=False,
+    source=("https://github.com/HistAI/hibou (hibou/models: build_model(arch='vit_large'): DINOv2 ViT-L/14, "
+            "4 registers, SwiGLU fused, layer scale 1e-5; forward = normed CLS = the hub model's pooler_output; "
+            "example.ipynb: Resize 224 bicubic, CenterCrop 224, Hibou mean/std)"),
+    description="Hibou-L (HistAI): DINOv2 ViT-L/14 with 4 registers and SwiGLU, 1024-d CLS",
+    extra={"mpp": 0.5, "weights_format": (
+        "histai/hibou-L ships transformers-format safetensors read there by remote code (trust_remote_code), "
+        "which pathkit never runs: the tensors are read and renamed by the key map 'dinov2_hf'; a DINOv2-format "
+        "file (as Hibou-B's) also loads with weights=PATH"),
+        "unverified": ("the hub repository's tensor names (transformers 4.x DINOv2 naming with "
+                       "embeddings.register_tokens is assumed, as HistAI's README describes its customised "
+                       "transformers DINOv2), whether it asks users to accept conditions, and the mean/std "
+                       "(HistAI's example.ipynb shows them for Hibou-B)")},
 ))
 
 # ------------------------------------------------------------------------------------------ pathkit modules

@@ -103,7 +103,7 @@ def _register_entries():
             name="plip", kind="clip", arch="transformers:CLIPModel", embed_dim=512, input_size=224, resize=224,
             interpolation="bicubic", mean=OPENAI_MEAN, std=OPENAI_STD, pool="head",
             weights=("hf_hub:vinid/plip",), n_params=151_277_313,
-            license="see the model card at huggingface.co/vinid/plip (not verified here)",
+            license="non-commercial research (HF card vinid/plip, cross-checked with LazySlide 0.13's registry); not gated",
             source="https://huggingface.co/vinid/plip",
             description="PLIP: CLIP ViT-B/32 fine-tuned on OpenPath (transformers CLIPModel)",
             extra={"backend": "hf_clip", "config": PLIP_CONFIG, "tokenizer": "clip_bpe", "context_length": 77,

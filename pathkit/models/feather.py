@@ -14,15 +14,14 @@ sets in_dim / num_classes.
 """
 from __future__ import annotations
 
-import json
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..errors import WeightsError
-from .registry import ModelSpec, get_spec, register
+from ._slide_loading import companion_config, start
+from .registry import ModelSpec, register
 
 
 class FeatherABMIL(nn.Module):
@@ -57,10 +56,7 @@ def _build(spec: ModelSpec, config: dict | None = None) -> FeatherABMIL:
 
 
 def _companion(path) -> dict:
-    cfg = Path(path).parent / "config.json"
-    if not cfg.is_file():
-        return {}
-    raw = json.loads(cfg.read_text())
+    raw, _ = companion_config(path)
     return {k: raw[k] for k in ("in_dim", "embed_dim", "attn_dim", "num_classes") if k in raw}
 
 
@@ -73,12 +69,8 @@ def load_slide_abmil(model="feather_conch_v15", weights=None, device="cpu") -> t
     """
     from .weights import read_state_dict, resolve, sha256_file
 
-    spec = get_spec(model, kind="slide")
-    info = {"name": spec.name, "weights": None, "weights_sha256": None, "config": "registry"}
-    if weights == "random":
-        warnings.warn(f"{spec.name}: using RANDOM weights: slide embeddings are meaningless except for testing",
-                      UserWarning, stacklevel=2)
-        info["weights"] = "random"
+    spec, info, is_random = start(model, weights)
+    if is_random:
         return _build(spec).to(device), info
     source = weights if weights is not None else spec.weights[0]
     path = resolve(source)

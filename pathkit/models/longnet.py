@@ -120,7 +120,14 @@ class _FFN(nn.Module):
         self.ffn_layernorm = nn.LayerNorm(hidden, eps=eps)
 
     def forward(self, x):
-        return self.fc2(self.ffn_layernorm(F.gelu(self.fc1(x).float()).type_as(x)))
+        h = self.fc1(x)
+        if h.dtype == torch.bfloat16 and h.device.type == "cpu" and h.is_contiguous():
+            # PyTorch's CPU kernel computes bf16 GELU in float32 and rounds once: bit for bit the reference's
+            # upcast (checked in tests/test_longnet.py), without the 4x-wide float32 copy (~4x faster)
+            h = F.gelu(h)
+        else:
+            h = F.gelu(h.float()).type_as(h)
+        return self.fc2(self.ffn_layernorm(h))
 
 
 class _EncoderLayer(nn.Module):
@@ -293,9 +300,13 @@ class LongNetSlideEncoder(nn.Module):
         raise ValueError(f"pool={pool!r}: use 'cls' or 'mean'")
 
     def forward(self, tile_embeds, coords, pool: str = "cls", all_layers: bool = False,
-                progress: bool = False) -> torch.Tensor:
+                progress: bool = False, layer: int | None = None) -> torch.Tensor:
         """tile_embeds [B, L, in_chans], coords [B, L, 2] (x, y) -> [B, E], or [depth+1, B, E] with
         all_layers (each hidden state pooled and `norm`ed, without encoder.layer_norm, as the reference).
+
+        layer=k: only row k of the all_layers output (the hidden state after k blocks, pooled and `norm`ed,
+        without encoder.layer_norm), computed without running the blocks after k. The authors' fine-tuning
+        (``--feat_layer 11``) and TRIDENT read row 11 of the 12-block encoder.
 
         pool="cls" is the reference's default, but its CLS token was never trained; the authors pool with
         the mean of the tile tokens (pool="mean"). Rows of a batch are independent, yet padding a slide to
@@ -305,14 +316,23 @@ class LongNetSlideEncoder(nn.Module):
             raise ValueError(f"pool={pool!r}: use 'cls' or 'mean'")
         from tqdm.auto import tqdm
 
+        depth = len(self.encoder.layers)
+        if layer is not None:
+            if all_layers:
+                raise ValueError("pass either all_layers=True or layer=k, not both")
+            if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= depth:
+                raise ValueError(f"layer={layer!r}: use an int in 0..{depth} (the hidden state after k blocks)")
         h, _ = self._tokens(tile_embeds, coords)
         pooled = [self._pool(h, pool)] if all_layers else None
-        for layer in tqdm(self.encoder.layers, desc=f"LongNet ({h.shape[1] - 1} tiles)", unit="layer",
+        blocks = self.encoder.layers if layer is None else self.encoder.layers[:layer]
+        for block in tqdm(blocks, desc=f"LongNet ({h.shape[1] - 1} tiles)", unit="layer",
                           disable=not progress, leave=False):
-            h = layer(h)
+            h = block(h)
             if all_layers:
                 pooled.append(self._pool(h, pool))
-        return torch.stack(pooled) if all_layers else self._pool(self.encoder.layer_norm(h), pool)
+        if all_layers:
+            return torch.stack(pooled)
+        return self._pool(h if layer is not None else self.encoder.layer_norm(h), pool)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -324,11 +344,14 @@ GIGAPATH_SLIDE = register(ModelSpec(
             "slide_ngrids": 1000, "tile_size": 256, "max_wsi_size": 262144},
     embed_dim=768, input_size=0, resize=None, pool="mean",
     weights=("hf_hub:prov-gigapath/prov-gigapath/slide_encoder.pth",), n_params=86_330_880,
-    license="Apache-2.0 (the Prov-GigaPath repository since 2025); weights gated on the HF hub", gated=True,
+    license="Apache-2.0 (the Prov-GigaPath repository's LICENSE since 2025; its README limits use to research, "
+            "no deployed use); weights gated on the HF hub", gated=True,
     source="https://github.com/prov-gigapath/prov-gigapath (gigapath/slide_encoder.py @ 09d8e876)",
     description="Prov-GigaPath slide encoder: LongNet (12 layers, 768-d, dilated attention) over 1536-d "
                 "gigapath_tile embeddings on a 256-px / 0.5-mpp grid; the checkpoint's ['model']",
-    extra={"tile_model": "gigapath_tile", "checkpoint_key": "model"},
+    # layer 11 of 12 and the mean of the tile tokens: what TRIDENT reads from this encoder (the authors'
+    # fine-tuning reads layer 11 too, from the CLS token, which it trains); see docs/models.md
+    extra={"tile_model": "gigapath_tile", "checkpoint_key": "model", "layer": 11, "pool": "mean"},
 ), overwrite=True)
 
 SLIDE_BUILDERS = {"longnet": LongNetSlideEncoder.from_config}

@@ -36,8 +36,8 @@ register(ModelSpec(
     embed_dim=1536, input_size=224, resize=256, interpolation="bicubic",
     mean=IMAGENET_MEAN, std=IMAGENET_STD, pool="cls",
     weights=("hf_hub:prov-gigapath/prov-gigapath/pytorch_model.bin",), n_params=1_134_953_984,
-    license="Apache-2.0 (repository and model card since 2025; earlier releases: non-commercial research); "
-            "gated on the HF hub", gated=True,
+    license="Apache-2.0 (the repository's LICENSE since 2025; its README limits use to research, no deployed "
+            "use; earlier releases: non-commercial research); gated on the HF hub", gated=True,
     source="https://huggingface.co/prov-gigapath/prov-gigapath",
     description="Prov-GigaPath tile encoder (ViT-g/14 DINOv2 recipe, patch 16, 1536-d CLS)",
     extra={"published_params": "1,134,953,984", "tile": "256 px at 0.5 mpp"},
@@ -126,7 +126,7 @@ register(ModelSpec(
     embed_dim=768, input_size=224, resize=None, interpolation="bilinear",
     mean=IMAGENET_MEAN, std=IMAGENET_STD, pool="head",
     weights=(), key_map="beph_clam", n_params=85_761_984,
-    license="see https://github.com/Zhcyoung/BEPH (weights on Google Drive / Baidu, no hub mirror)",
+    license="GPL-3.0 (the repository's LICENSE, which ships the weights' links); weights on Google Drive / Baidu, no hub mirror",
     gated=False,
     source=(f"{_BEPH_SRC} (CLAM_Feature/extract_features_fp_BEPH.py: CLAM Whole_Slide_Bag_FP(pretrained=True), "
             "model.extract_feat(batch, stage='backbone')[0]; mmselfsup/configs/tsne/beitv2_base.py)"),
@@ -148,7 +148,7 @@ register(ModelSpec(
     embed_dim=768, input_size=224, resize=256, interpolation="bilinear",
     mean=BEPH_MEAN, std=BEPH_STD, pool="head",
     weights=(), key_map="beph_mmcls", n_params=85_761_984,
-    license="see https://github.com/Zhcyoung/BEPH (weights on Google Drive / Baidu, no hub mirror)",
+    license="GPL-3.0 (the repository's LICENSE, which ships the weights' links); weights on Google Drive / Baidu, no hub mirror",
     gated=False,
     source=f"{_BEPH_SRC} (mmselfsup/configs/tsne/beitv2_base.py data_preprocessor + extract_pipeline; mmcls BEiT)",
     description=("BEPH, pre-training recipe: BEPH mean/std, ResizeEdge 256 -> CenterCrop 224, the shared "
@@ -165,7 +165,7 @@ register(ModelSpec(
     embed_dim=1024, input_size=224, resize=224, interpolation="bilinear",
     mean=IMAGENET_MEAN, std=IMAGENET_STD, pool="cls",
     weights=("hf_hub:Wangyh/mSTAR",), n_params=303_350_784,
-    license="research use; see https://github.com/Innse/mSTAR and the HF card (not verified here)", gated=True,
+    license="CC BY-NC-ND 4.0 (HF card Wangyh/mSTAR, cross-checked with LazySlide 0.13's registry); gated on the HF hub", gated=True,
     source="https://github.com/Innse/mSTAR (get_mSTAR_model: timm kwargs, strict load of mSTAR.pth; Resize(224))",
     description="mSTAR patch extractor: ViT-L/16, 1024-d CLS; mSTAR.pth loads into timm names as is",
     extra={"published_params": "ViT-L/16 (~303M)"},

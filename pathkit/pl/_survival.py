@@ -157,7 +157,8 @@ def kaplan_meier(data, time, event, groupby=None, *, ci: bool = True, at_risk: b
         fig.update_xaxes(title_text=time_label, row=1, col=1)
     fig.update_layout(title={"text": full_title, "x": 0.5}, template="plotly_white", width=width,
                       height=height or (560 if at_risk else 440), hovermode="closest",
-                      legend={"yanchor": "top", "y": 0.99, "xanchor": "right", "x": 0.99, "bgcolor": "rgba(255,255,255,0.6)"})
+                      # beside the curves, not on them: survival curves fill the top right corner where legends sit
+                      legend={"yanchor": "top", "y": 1, "xanchor": "left", "x": 1.02})
     if save is not None:
         _atomic_save(fig, Path(save), scale)
     return fig

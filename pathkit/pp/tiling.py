@@ -129,7 +129,7 @@ def tiles_anndata(slide, xs, ys, tissue, tile_spec: dict):
 
     n = len(xs)
     obs = pd.DataFrame({
-        "slide_id": pd.Categorical([slide.slide_id] * n, categories=[slide.slide_id]),
+        "slide_id": pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), categories=[slide.slide_id]),
         "x": np.asarray(xs, dtype=np.int64), "y": np.asarray(ys, dtype=np.int64),
         "tissue": np.asarray(tissue, dtype=np.float64),
     }, index=pd.Index([str(i) for i in range(n)]))

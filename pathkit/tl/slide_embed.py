@@ -15,7 +15,7 @@ _CACHE_LOCK = threading.Lock()
 
 
 def embed_slide(tiles, model="gigapath_slide", *, use_rep: str | None = None, key_added: str | None = None,
-                weights=None, pool: str = "mean", layers: str = "last", coords: str = "grid", device="auto",
+                weights=None, pool: str = "mean", layers: str | int | None = None, coords: str = "grid", device="auto",
                 dtype="auto", progress: bool = True, copy: bool = False):
     """Embed one slide from its tile features.
 
@@ -28,7 +28,9 @@ def embed_slide(tiles, model="gigapath_slide", *, use_rep: str | None = None, ke
     model
         ``"gigapath_slide"`` (Prov-GigaPath's LongNet on ``gigapath_tile`` features), another registered
         slide model (name or ModelSpec), a ``LongNetSlideEncoder`` instance, or ``"mean"``: the plain mean of
-        the tile features (no network).
+        the tile features (no network). ``"titan"`` takes ``conch_v15`` features of 512-px tiles at 0.5 mpp
+        (``pk.pp.tile(slide, tile_px=512, mpp=0.5)``) and builds its own grid from obs x / y (one cell per tile);
+        `pool`, `layers` and `coords` are LongNet's and keep their defaults for it.
     use_rep
         The ``obsm`` key of the tile features (``"X"`` reads ``X``). None: the features of the tile model the
         slide model expects (``"X_gigapath_tile"`` for ``gigapath_slide``), or the only ``X_<model>`` key.
@@ -41,17 +43,23 @@ def embed_slide(tiles, model="gigapath_slide", *, use_rep: str | None = None, ke
         accept its terms); a local path / ``"hf_hub:..."``; or ``"random"`` (random weights, with a warning:
         for tests only).
     pool
-        ``"mean"`` (mean of the tile tokens, what the authors use: the CLS token was never trained) or
-        ``"cls"``.
+        ``"mean"`` (default: the mean of the tile tokens, as TRIDENT reads frozen Prov-GigaPath slide
+        embeddings) or ``"cls"`` (the CLS token, the authors' fine-tuning readout, which trains it).
     layers
-        ``"last"`` -> a vector [E]; ``"all"`` -> [depth + 1, E] (input tokens and each layer, pooled, without
-        the encoder's final layer norm, as the reference's ``all_layer_embed``).
+        Which hidden state: None (default) -> the registry entry's choice (``gigapath_slide``: 11, the layer
+        the authors' fine-tuning ``--feat_layer 11`` and TRIDENT read); an int k -> the state after k blocks
+        (pooled, without the encoder's final layer norm, as the reference's ``all_layer_embed[k]``); ``"last"``
+        -> after all blocks and the final layer norm (the reference's ``forward`` without
+        ``all_layer_embed``); ``"all"`` -> [depth + 1, E], every row of ``all_layer_embed``. See
+        docs/models.md, "Prov-GigaPath slide encoder: conventions".
     coords
-        ``"grid"`` (default): tiles are placed on the grid the model was trained on, 256-px cells at 0.5 mpp.
-        Coordinates are converted to 0.5-mpp pixels, ``x_0.5 = x_level0 * slide_mpp / 0.5``, and each tile
-        goes to the 256-px cell that holds its centre. ``"level0"``: the reference's raw behaviour, obs x / y
-        passed as they are (a 40x slide's tiles then sit two cells apart). Coordinates off the 1000 x 1000
-        grid raise GridError.
+        How obs x / y (level-0 px) become positions on the model's 1000 x 1000 grid of 256-px cells:
+        ``"grid"`` (default): physical, the grid the model was trained on (256-px cells at 0.5 mpp): each tile
+        goes to the cell holding its centre, ``x_0.5 = x_level0 * slide_mpp / 0.5``. ``"tile"``: one cell per
+        tile, ``floor(x_level0 / tile size at level 0)`` (TRIDENT's convention; the same as ``"grid"`` for
+        256-px tiles at 0.5 mpp, adjacent cells for tiles cut at another size or mpp). ``"level0"``: the
+        reference pipeline's raw behaviour, level-0 px divided by 256 (a 40x slide's 0.5-mpp tiles then sit
+        two cells apart). Coordinates off the grid raise GridError.
     device, dtype
         ``"auto"``: see :func:`pathkit._device.resolve_device` / ``resolve_dtype`` (bfloat16 on CUDA and on
         CPUs with native bf16); ``dtype="float32"`` reproduces the reference within 1e-5.
@@ -71,7 +79,8 @@ def embed_slide(tiles, model="gigapath_slide", *, use_rep: str | None = None, ke
         The slide embedding; :func:`pathkit.tl.embed_cohort` collects these into ``obsm["X_<key>"]``.
     ``uns["slide_embeddings_info"][key_added]`` : dict
         model, weights (+ sha256), use_rep, pool, layers, coords, n_tiles, dtype, device, pathkit version,
-        and ``tile_order`` (obs positions in the order they were encoded).
+        and ``tile_order`` (obs positions in the order they were encoded); for ``"titan"``, ``grid_step_level0``
+        and ``n_cells`` (its grid) instead of coords / layers / tile_order.
     """
     adata = tiles.copy() if copy else tiles
     _embed(adata, model, use_rep, key_added, weights, pool, layers, coords, device, dtype, progress)
@@ -91,7 +100,7 @@ def _embed(tile_adata, model, use_rep, key, weights, pool, layers, coords, devic
     X = _features(tile_adata, use_rep)
     info = {"pathkit_version": __version__, "n_tiles": int(X.shape[0]), "use_rep": use_rep}
     if isinstance(model, str) and model == "mean":
-        if layers != "last":
+        if layers not in (None, "last"):
             raise ValueError("model='mean' has no layers: use layers='last'")
         if pool != "mean":
             raise ValueError("model='mean' is the plain mean of tile features: use pool='mean'")
@@ -105,13 +114,22 @@ def _embed(tile_adata, model, use_rep, key, weights, pool, layers, coords, devic
 
     if spec is not None and spec.arch in SET_ENCODERS:
         return _embed_set(tile_adata, X, spec, use_rep, key, weights, layers, device, dtype, info)
+    if spec is not None and spec.arch in GRID_ENCODERS:
+        from ._slide_grid import embed_grid
+
+        return embed_grid(tile_adata, X, spec, GRID_ENCODERS[spec.arch], use_rep, key, weights, pool, layers,
+                          coords, device, dtype, info)
 
     if pool not in ("mean", "cls"):
         raise ValueError(f"pool={pool!r}: use 'mean' or 'cls'")
-    if layers not in ("last", "all"):
-        raise ValueError(f"layers={layers!r}: use 'last' or 'all'")
-    if coords not in ("grid", "level0"):
-        raise ValueError(f"coords={coords!r}: use 'grid' (0.5-mpp grid, default) or 'level0' (raw)")
+    if layers is None:
+        layers = (spec.extra or {}).get("layer", "last") if spec is not None else "last"
+    if layers not in ("last", "all") and (isinstance(layers, bool) or not isinstance(layers, (int, np.integer))):
+        raise ValueError(f"layers={layers!r}: use None (the model's default), an int (the state after that many "
+                         "blocks), 'last' or 'all'")
+    if coords not in ("grid", "tile", "level0"):
+        raise ValueError(f"coords={coords!r}: use 'grid' (0.5-mpp grid, default), 'tile' (one cell per tile) "
+                         "or 'level0' (raw)")
     if isinstance(model, LongNetSlideEncoder):
         # a module the user passed keeps its own device and dtype unless asked otherwise (.to() is in place)
         p = next(model.parameters())
@@ -136,7 +154,8 @@ def _embed(tile_adata, model, use_rep, key, weights, pool, layers, coords, devic
     _check_dim(tile_adata, X, net.in_chans, name)
 
     raw = _level0_xy(tile_adata)
-    xy = raw if coords == "level0" else _grid_xy(tile_adata, raw, net.tile_size, grid_mpp)
+    xy = {"level0": lambda: raw, "grid": lambda: _grid_xy(tile_adata, raw, net.tile_size, grid_mpp),
+          "tile": lambda: _tile_xy(tile_adata, raw, net.tile_size)}[coords]()
     cell = np.floor(xy / net.tile_size)
     n = net.slide_ngrids
     if (cell < 0).any() or (cell >= n).any():
@@ -157,7 +176,8 @@ def _embed(tile_adata, model, use_rep, key, weights, pool, layers, coords, devic
     with torch.inference_mode():
         feats = torch.from_numpy(np.ascontiguousarray(X[order], dtype=np.float32))[None].to(dev, dt)
         c = torch.from_numpy(np.ascontiguousarray(xy[order], dtype=np.float64))[None]
-        out = net(feats, c, pool=pool, all_layers=(layers == "all"), progress=progress)
+        k = None if layers in ("last", "all") else int(layers)
+        out = net(feats, c, pool=pool, all_layers=(layers == "all"), progress=progress, layer=k)
     vec = out[:, 0].float().cpu().numpy() if layers == "all" else out[0].float().cpu().numpy()
     info.update(pool=pool, layers=layers, coords=coords, dtype=str(dt).replace("torch.", ""), device=str(dev),
                 tile_order=order.astype(np.int64))
@@ -172,9 +192,37 @@ def _load_feather(spec, weights, device):
     return load_slide_abmil(spec.name, weights=weights, device=device)
 
 
+def _load_chief(spec, weights, device):
+    from ..models.chief import load_chief
+
+    return load_chief(spec.name, weights=weights, device=device)
+
+
 # coordinate-free slide encoders (the tile order does not matter): registry arch -> loader returning
 # (net, info) with net(features [N, D]) -> the slide vector
 SET_ENCODERS = {"pathkit:feather_abmil": _load_feather}
+SET_ENCODERS["pathkit:chief"] = _load_chief
+
+
+def _load_prism(spec, weights, device):
+    from ..models.prism import load_prism
+
+    return load_prism(spec, weights=weights, device=device)
+
+
+SET_ENCODERS["pathkit:prism_perceiver"] = _load_prism
+
+
+def _load_titan(spec, weights, device):
+    from ..models.titan import load_titan
+
+    return load_titan(spec, weights=weights, device=device)
+
+
+# slide encoders on a grid of whole tiles (each tile one cell, from its level-0 coordinates; the entry's
+# extra["tile_px"] / extra["mpp"] are enforced): arch -> loader returning (net, info) with
+# net(features [N, D], cells [N, 2] int64 (x, y)) -> the slide vector. See _slide_grid.embed_grid.
+GRID_ENCODERS = {"pathkit:titan": _load_titan}
 
 
 def _embed_set(tile_adata, X, spec, use_rep, key, weights, layers, device, dtype, info):
@@ -182,7 +230,7 @@ def _embed_set(tile_adata, X, spec, use_rep, key, weights, layers, device, dtype
 
     from .._device import autocast, dtype_name, resolve_device, resolve_dtype
 
-    if layers != "last":
+    if layers not in (None, "last"):
         raise ValueError(f"{spec.name} returns one vector: use layers='last'")
     _check_dim(tile_adata, X, spec.kwargs.get("in_dim"), spec.name)
     _check_tile_model(tile_adata, use_rep, (spec.extra or {}).get("tile_model"))
@@ -289,6 +337,19 @@ def _grid_xy(adata, xy, tile_size: int, grid_mpp: float) -> np.ndarray:
         size0 = tile_size * grid_mpp / slide_mpp
     centre = (xy + float(size0) / 2) * slide_mpp / grid_mpp
     return np.floor(centre / tile_size) * tile_size
+
+
+def _tile_xy(adata, xy, tile_size: int) -> np.ndarray:
+    """Level-0 px -> one grid cell per tile (TRIDENT: coords // patch_size_level0), in grid px."""
+    spec = dict(adata.uns.get("tile_spec") or {})
+    size0 = spec.get("size_level0")
+    if size0 is None and spec.get("tile_px") is not None and spec.get("slide_mpp") and spec.get("mpp"):
+        size0 = float(spec["tile_px"]) * float(spec["mpp"]) / float(spec["slide_mpp"])
+    if size0 is None or not float(size0) > 0:
+        raise GridError(f"coords='tile' needs the tile size at level 0 (uns['tile_spec']['size_level0'], or "
+                        f"tile_px, mpp and slide_mpp); slide {_slide_id(adata)!r} has none. Tile it with "
+                        "pk.pp.tile, or pass coords='grid'.")
+    return np.floor((xy + 0.5) / float(size0)) * tile_size
 
 
 def _load_cached(spec, weights, device, dtype):
