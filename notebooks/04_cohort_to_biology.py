@@ -188,10 +188,10 @@ pred.head()
 # of the slides (here age and stage; stage is one-hot encoded), or RNA features of the MuData (a gene, or
 # `"pathways_score_genes"`). They are standardised with the training bags' mean and sd, saved with the model,
 # and read again by `predict`; a missing value is imputed with the training mean here (`covariate_nan="mean"`;
-# the default `"raise"` names the columns). Age and stage say nothing about this simulated label: with the whole
-# cohort fusion gives them small weights and the held-out AUROC barely moves (150 patients: 0.95 without,
-# 0.97 with); with a few dozen patients (the quick CI run) their chance associations in the training bags can
-# cost accuracy. Fusion pays with covariates that carry signal the tiles do not, and enough bags to learn it
+# the default `"raise"` names the columns). The fusion is fit after the tile network (stacking): a regression of
+# the labels on the network's output and the covariates, so the covariates explain what the tiles do not. Age
+# and stage say nothing about this simulated label: they get small weights and the held-out AUROC stays where
+# the tiles put it. Fusion pays with covariates that carry signal the tiles do not
 # (`tests/test_mil_covariates.py`: a label driven by a real gene and the tiles, AUROC 0.87 from either alone,
 # 0.97 fused).
 

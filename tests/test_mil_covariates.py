@@ -86,7 +86,7 @@ def test_fusion_beats_the_bag_and_the_covariates_alone(planted, tmp_path):
     auc_bag = roc_auc_score(truth["y"], obs["bag_prob_pos"])
     auc_gene = roc_auc_score(truth["y"], truth["gene"])  # the best ranking from the gene alone: itself
     auc_fused = roc_auc_score(truth["y"], obs["fused_prob_pos"])
-    print(f"AUROC bag {auc_bag:.3f}, gene {auc_gene:.3f}, fused {auc_fused:.3f}")  # seeded: 0.873, 0.876, 0.965
+    print(f"AUROC bag {auc_bag:.3f}, gene {auc_gene:.3f}, fused {auc_fused:.3f}")  # seeded: 0.873, 0.876, 0.967
     assert 0.8 <= auc_bag <= 0.92 and 0.8 <= auc_gene <= 0.92, (auc_bag, auc_gene)
     assert auc_fused >= 0.94 and auc_fused >= max(auc_bag, auc_gene) + 0.05, (auc_bag, auc_gene, auc_fused)
     # the gene carries weight, the random stage little

@@ -223,24 +223,29 @@ def bag_covariates(cohort, units, names=None, *, spec: CovariateSpec | None = No
     return units, C, spec
 
 
-def warm_start(task: str, covs, targets: dict, n_out: int, alpha_surv: float):
-    """Weights ``[n_out, n_cov]`` of the covariates-only linear model (the task's mean loss over the training
-    bags plus ``0.5 |W|^2 / n``, i.e. a standard normal prior on the standardised covariates' weights; L-BFGS),
-    where the fused network's covariate weights start: the bag network then
-    learns what the covariates do not explain (a covariate's weight would otherwise climb from zero at the
-    network's learning rate, far slower than a head over hundreds of hidden units)."""
+def stack_fit(task: str, base_out, covs, targets: dict, alpha_surv: float):
+    """Late fusion by stacking: ``(scale, shift [n_out], W [n_out, n_cov])`` minimising the task's mean loss of
+    ``scale * base_out + shift + covs @ W.T`` over the training bags plus ``0.5 |W|^2 / n`` (a standard normal
+    prior on the standardised covariates' weights; L-BFGS). ``base_out`` is the trained bag network's output:
+    the covariates explain what the tiles do not, and ``scale`` puts the tiles' output on the scale the labels
+    support, so covariates that carry nothing get weights that matter little next to it, however briefly the
+    bag network was trained (a joint fit from a covariates-only start let chance associations of a few dozen
+    bags outweigh an under-trained bag network's small logits)."""
     import torch
 
     from . import _mil_tasks as T
 
+    base_out = base_out.detach()
+    n_out = base_out.shape[1]
     l2 = 0.5 / max(len(covs), 1)
+    scale = torch.ones((), dtype=covs.dtype, device=covs.device, requires_grad=True)
+    shift = torch.zeros(n_out, dtype=covs.dtype, device=covs.device, requires_grad=True)
     W = torch.zeros(n_out, covs.shape[1], dtype=covs.dtype, device=covs.device, requires_grad=True)
-    b = torch.zeros(n_out, dtype=covs.dtype, device=covs.device, requires_grad=True)
-    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS([scale, shift, W], lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        loss = T.task_loss(task, covs @ W.T + b, targets, alpha_surv)
+        loss = T.task_loss(task, scale * base_out + shift + covs @ W.T, targets, alpha_surv)
         if loss is None:  # cox without events
             loss = (W ** 2).sum() * 0
         loss = loss + l2 * (W ** 2).sum()
@@ -249,4 +254,4 @@ def warm_start(task: str, covs, targets: dict, n_out: int, alpha_surv: float):
 
     with torch.enable_grad():
         opt.step(closure)
-    return W.detach()
+    return scale.detach(), shift.detach(), W.detach()

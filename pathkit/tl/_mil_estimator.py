@@ -124,7 +124,10 @@ class MIL:
             when ``cohort`` is the MuData of :func:`pathkit.io.link`, RNA ``obs`` columns, RNA ``obsm`` keys
             (e.g. ``"pathways_score_genes"``: every pathway) or genes (each slide takes its patient's row).
             Standardised with the mean and sd of the training bags; ``bag_by="patient"`` averages a patient's
-            slides. Stored with the model; :meth:`predict` reads the same names from its cohort.
+            slides. Stored with the model; :meth:`predict` reads the same names from its cohort. The tile
+            network is trained first; then the labels are regressed on its output and the covariates
+            (stacking, a standard normal prior on the standardised covariates' weights), so covariates
+            explain what the tiles do not.
         covariate_nan
             A bag with a missing covariate value: ``"raise"`` (an error naming the columns), ``"mean"`` (the
             training mean, at fit and at predict) or ``"drop"`` (left out of training, and not predicted,
@@ -323,12 +326,10 @@ class MIL:
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
         module = build_mil(self.model, in_dim, n_out, **self.params)
-        if covs is not None:
-            from ._mil_covariates import warm_start
-
+        if covs is not None:  # the bag network trains alone (scale 1, shift 0, W 0); the fusion is fit after
             module = CovariateFusion(module, covs.shape[1], n_out)
-            module.covariates.weight.data.copy_(warm_start(self.task, covs[tr], self._targets(tg, tr, dev), n_out,
-                                                           self.alpha_surv))
+            for p in (module.scale, module.shift, module.covariates.weight):
+                p.requires_grad_(False)
         module = module.to(dev)
         needs_label = self.model == "clam_sb" and self.task in ("binary", "multiclass")
         opt = torch.optim.Adam(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
@@ -377,11 +378,30 @@ class MIL:
         _release_memory()
         if best_state is not None:
             module.load_state_dict(best_state)
+        if covs is not None:
+            self._fit_fusion(module, bagset, units, tg, train_idx, dev, in_dim, covs)
         self.module_ = module.cpu().eval()
         self.in_dim_, self.n_out_ = in_dim, n_out
         self.best_epoch_ = best_epoch + 1 if len(va) else len(hist)
         self.history_ = pd.DataFrame(hist, columns=["fold", "epoch", "train_loss", "val_loss"])
         return self
+
+    def _fit_fusion(self, module, bagset, units, tg, idx, dev, in_dim, covs):
+        """Stacking: fit the fused module's scale, shift and covariate weights on the training units ``idx``
+        with the trained bag network's outputs held fixed (:func:`._mil_covariates.stack_fit`)."""
+        import torch
+
+        from ._mil_covariates import stack_fit
+
+        module.eval()
+        with torch.no_grad():
+            base, _, _ = self._forward(module.base, bagset, units, idx, dev, in_dim=in_dim)
+        scale, shift, W = stack_fit(self.task, base.to(covs.dtype), covs[idx], self._targets(tg, idx, dev),
+                                    self.alpha_surv)
+        with torch.no_grad():
+            module.scale.copy_(scale)
+            module.shift.copy_(shift)
+            module.covariates.weight.copy_(W)
 
     def _predict_units(self, bagset: BagSet, units: Units, idx: np.ndarray, C: np.ndarray | None = None):
         """(raw outputs [n, n_out], slide id -> per-tile importance) of the units ``idx`` (``C``: the raw
