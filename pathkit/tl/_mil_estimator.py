@@ -60,13 +60,21 @@ class MIL:
     **params
         The network's hyper-parameters (defaults in ``MIL_MODELS[model][1]``), e.g. ``hidden=256``.
 
-    Attributes (after ``fit``)
-    --------------------------
-    module_ : the fitted ``torch.nn.Module`` (on CPU, eval mode; a
-    :class:`~pathkit.models.mil.CovariateFusion` around the network when fit with covariates); ``classes_``;
-    ``in_dim_``; ``use_rep_``; ``history_`` (``epoch``, ``train_loss``, ``val_loss``); ``bins_`` (survival);
-    ``covariates_`` (the covariates' sources, encoding, training mean and sd; None without covariates);
-    ``importance_`` (slide id -> per-tile importance of the last ``predict``).
+    Attributes
+    ----------
+    module_
+        After ``fit``: the fitted ``torch.nn.Module`` (on CPU, eval mode; a
+        :class:`~pathkit.models.mil.CovariateFusion` around the network when fit with covariates).
+    classes_, in_dim_, use_rep_
+        The classes, the feature width and the ``obsm`` key the model was fit on.
+    history_
+        ``epoch``, ``train_loss``, ``val_loss`` per epoch.
+    bins_
+        The survival time bins (task ``"survival"``).
+    covariates_
+        The covariates' sources, encoding, training mean and sd; None without covariates.
+    importance_
+        Slide id -> per-tile importance of the last ``predict``.
     """
 
     def __init__(self, model: str = "abmil", task: str = "binary", *, epochs: int = 20, lr: float = 2e-4,
