@@ -144,7 +144,8 @@ table[table["metric"].isin(["auroc", "balanced_accuracy"])]
 # `HELD_OUT` of the patients are set aside. On the others, `pk.tl.cross_validate_mil` trains one model per
 # patient-level fold and scores each slide with the model that never saw its patient (out-of-fold), with
 # bootstrap 95% CIs. The features are the bags' single `obsm` key `X_<model>` (here `X_real`), found without
-# `use_rep=`.
+# `use_rep=`. `fold_mean` / `fold_sd` summarise the folds' own scores: after a short training the fold models'
+# probabilities are not on one scale, and the pooled value can sit below every fold's.
 
 # %%
 pats = np.array(sorted(cohort.obs["patient_id"].unique()))

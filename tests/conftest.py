@@ -100,3 +100,11 @@ def real_tile_bag(shared_data):
 
     with h5py.File(shared_data / "embeddings" / "TCGA-AD-6964-01Z-00-DX1.features.h5", "r") as f:
         return f["feats"][:], f["coords"][:]
+
+
+@pytest.fixture(scope="session")
+def real_feats(real_tile_bag):
+    """The real bag's 777 x 512 tile features (the MIL tests plant signals in them)."""
+    feats, coords = real_tile_bag
+    assert feats.shape == (777, 512) and coords.shape == (777, 2)
+    return feats

@@ -24,13 +24,6 @@ FAST = {"use_rep": "X_uni", "hidden": 64, "attn_hidden": 32, "epochs": 8, "patie
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def real_feats(real_tile_bag):
-    feats, coords = real_tile_bag
-    assert feats.shape == (777, 512) and coords.shape == (777, 2)
-    return feats
-
-
 def _bags(feats, n_bags, n_tiles, shift, seed=0, n_planted=6, directions=1):
     """Bags resampled from the real bag (+ noise); ``shift(b)`` -> (direction index or None, magnitude)."""
     rng = np.random.default_rng(seed)
@@ -285,3 +278,6 @@ def test_metrics_are_sklearns_on_the_written_predictions(binary_run):
     for k in range(5):
         held = obs["abmil_fold"] == k
         assert res.metrics.loc[k, "auroc"] == pytest.approx(roc_auc_score(y[held], s[held]), abs=1e-12)
+    folds = res.metrics.drop(index="pooled")["auroc"].astype(float)
+    assert res.summary.loc["auroc", "fold_mean"] == pytest.approx(folds.mean(), abs=1e-12)
+    assert res.summary.loc["auroc", "fold_sd"] == pytest.approx(folds.std(ddof=1), abs=1e-12)

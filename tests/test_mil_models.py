@@ -27,13 +27,6 @@ TRAIN = {"epochs": 8, "patience": 3, "lr": 1e-3, "progress": False}
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def real_feats(real_tile_bag):
-    feats, coords = real_tile_bag
-    assert feats.shape == (777, 512) and coords.shape == (777, 2)
-    return feats
-
-
 def planted(feats, n_bags, n_tiles, level, seed, n_planted=6, prefix="S"):
     """Bags resampled from the real bag (+ noise); bag b gets ``level(b)`` x a fixed direction added to
     ``n_planted`` tiles. Returns tiles (dict), a cohort AnnData (2 slides per patient) and the planted masks."""

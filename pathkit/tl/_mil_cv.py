@@ -28,7 +28,10 @@ class MILCVResult:
         (``auroc``, ``auprc``, ``balanced_accuracy``; ``pearson_r``, ``spearman_r``, ``r2``, ``mae``;
         ``c_index``), ``epochs`` (best epoch), ``seconds``.
     summary : pd.DataFrame
-        Pooled out-of-fold metrics with bootstrap 95% CIs (``value``, ``ci_lower``, ``ci_upper``).
+        Pooled out-of-fold metrics with bootstrap 95% CIs (``value``, ``ci_lower``, ``ci_upper``), and the
+        mean and sd of the per-fold values (``fold_mean``, ``fold_sd``: what CLAM-style papers report). With
+        few epochs or few bags the fold models' outputs are not on one scale, so the pooled value can sit
+        below every fold's; ``fold_mean`` does not mix models.
     predictions : pd.DataFrame
         Out-of-fold predictions per slide (index slide_id): ``unit``, ``patient``, ``fold`` + the task's columns.
     importance : dict
@@ -189,10 +192,14 @@ def cross_validate_mil(bags, cohort, model: str = "abmil", label=None, *, task: 
         v = T.safe(f, pooled_t)
         lo, hi = T.bootstrap_ci(f, pooled_t, n_bootstrap, random_state)
         pooled[m] = v
-        summ.append((m, v, lo, hi))
+        per_fold = np.array([r[m] for r in recs], dtype=float)
+        ok = per_fold[np.isfinite(per_fold)]
+        summ.append((m, v, lo, hi, float(ok.mean()) if len(ok) else np.nan,
+                     float(ok.std(ddof=1)) if len(ok) > 1 else np.nan))
     pooled.update(epochs=np.nan, seconds=float(sum(r[1] for r in fold_rows)))
     metrics = pd.DataFrame(recs + [pooled]).set_index("fold")
-    summary = pd.DataFrame(summ, columns=["metric", "value", "ci_lower", "ci_upper"]).set_index("metric")
+    summary = pd.DataFrame(summ, columns=["metric", "value", "ci_lower", "ci_upper", "fold_mean", "fold_sd"]
+                           ).set_index("metric")
     return MILCVResult(task=task, metrics=metrics, summary=summary, predictions=table, importance=importance,
                        estimators=estimators, history=pd.concat(hist, ignore_index=True), classes=classes,
                        bins=bins or None)
