@@ -186,43 +186,28 @@ def _embed(tile_adata, model, use_rep, key, weights, pool, layers, coords, devic
 
 # ----------------------------------------------------------------------------------------------------
 
-def _load_feather(spec, weights, device):
-    from ..models.feather import load_slide_abmil
+def _lazy_loader(module: str, name: str):
+    """A slide-encoder loader ``(spec, weights, device) -> (net, info)`` imported on first use (torch and the
+    model modules stay out of ``import pathkit``)."""
+    def load(spec, weights, device):
+        import importlib
 
-    return load_slide_abmil(spec.name, weights=weights, device=device)
-
-
-def _load_chief(spec, weights, device):
-    from ..models.chief import load_chief
-
-    return load_chief(spec.name, weights=weights, device=device)
+        return getattr(importlib.import_module(module, __package__), name)(spec, weights=weights, device=device)
+    return load
 
 
 # coordinate-free slide encoders (the tile order does not matter): registry arch -> loader returning
 # (net, info) with net(features [N, D]) -> the slide vector
-SET_ENCODERS = {"pathkit:feather_abmil": _load_feather}
-SET_ENCODERS["pathkit:chief"] = _load_chief
-
-
-def _load_prism(spec, weights, device):
-    from ..models.prism import load_prism
-
-    return load_prism(spec, weights=weights, device=device)
-
-
-SET_ENCODERS["pathkit:prism_perceiver"] = _load_prism
-
-
-def _load_titan(spec, weights, device):
-    from ..models.titan import load_titan
-
-    return load_titan(spec, weights=weights, device=device)
-
+SET_ENCODERS = {
+    "pathkit:feather_abmil": _lazy_loader("..models.feather", "load_slide_abmil"),
+    "pathkit:chief": _lazy_loader("..models.chief", "load_chief"),
+    "pathkit:prism_perceiver": _lazy_loader("..models.prism", "load_prism"),
+}
 
 # slide encoders on a grid of whole tiles (each tile one cell, from its level-0 coordinates; the entry's
 # extra["tile_px"] / extra["mpp"] are enforced): arch -> loader returning (net, info) with
 # net(features [N, D], cells [N, 2] int64 (x, y)) -> the slide vector. See _slide_grid.embed_grid.
-GRID_ENCODERS = {"pathkit:titan": _load_titan}
+GRID_ENCODERS = {"pathkit:titan": _lazy_loader("..models.titan", "load_titan")}
 
 
 def _embed_set(tile_adata, X, spec, use_rep, key, weights, layers, device, dtype, info):
@@ -319,6 +304,17 @@ def _level0_xy(adata) -> np.ndarray:
     return xy
 
 
+def tile_size_level0(tile_spec: dict, slide_mpp: float | None = None) -> float | None:
+    """A tile's side in level-0 px from ``uns["tile_spec"]``: ``size_level0``, else ``tile_px * mpp /
+    slide_mpp`` (``slide_mpp`` from the spec, else the argument); None when the spec cannot tell."""
+    if tile_spec.get("size_level0") is not None:
+        return float(tile_spec["size_level0"])
+    slide_mpp = tile_spec.get("slide_mpp") or slide_mpp
+    if tile_spec.get("tile_px") is not None and tile_spec.get("mpp") and slide_mpp:
+        return float(tile_spec["tile_px"]) * float(tile_spec["mpp"]) / float(slide_mpp)
+    return None
+
+
 def _grid_xy(adata, xy, tile_size: int, grid_mpp: float) -> np.ndarray:
     """Level-0 px -> the top-left of the grid cell holding each tile's centre, in grid_mpp pixels."""
     spec = dict(adata.uns.get("tile_spec") or {})
@@ -330,9 +326,7 @@ def _grid_xy(adata, xy, tile_size: int, grid_mpp: float) -> np.ndarray:
             f"{_slide_id(adata)!r} has none. Set it (e.g. adata.uns['slide']['mpp'] = 0.25), or pass "
             "coords='level0' to use the raw coordinates as the reference does.")
     slide_mpp = float(slide_mpp)
-    size0 = spec.get("size_level0")
-    if size0 is None and spec.get("tile_px") is not None:
-        size0 = float(spec["tile_px"]) * float(spec.get("mpp", slide_mpp)) / slide_mpp
+    size0 = tile_size_level0({"mpp": slide_mpp, **spec}, slide_mpp)  # no tile mpp: tiles cut at level 0
     if size0 is None:  # unknown tile size: assume tiles of one grid cell
         size0 = tile_size * grid_mpp / slide_mpp
     centre = (xy + float(size0) / 2) * slide_mpp / grid_mpp
@@ -341,11 +335,8 @@ def _grid_xy(adata, xy, tile_size: int, grid_mpp: float) -> np.ndarray:
 
 def _tile_xy(adata, xy, tile_size: int) -> np.ndarray:
     """Level-0 px -> one grid cell per tile (TRIDENT: coords // patch_size_level0), in grid px."""
-    spec = dict(adata.uns.get("tile_spec") or {})
-    size0 = spec.get("size_level0")
-    if size0 is None and spec.get("tile_px") is not None and spec.get("slide_mpp") and spec.get("mpp"):
-        size0 = float(spec["tile_px"]) * float(spec["mpp"]) / float(spec["slide_mpp"])
-    if size0 is None or not float(size0) > 0:
+    size0 = tile_size_level0(dict(adata.uns.get("tile_spec") or {}))
+    if size0 is None or not size0 > 0:
         raise GridError(f"coords='tile' needs the tile size at level 0 (uns['tile_spec']['size_level0'], or "
                         f"tile_px, mpp and slide_mpp); slide {_slide_id(adata)!r} has none. Tile it with "
                         "pk.pp.tile, or pass coords='grid'.")
