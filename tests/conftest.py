@@ -103,6 +103,22 @@ def real_tile_bag(shared_data):
 
 
 @pytest.fixture(scope="session")
+def clustered_bag(shared_data):
+    """The real bag's features (float64) and a 2-cluster KMeans label per tile (planted-signal tests)."""
+    from _planted import real_bag
+
+    return real_bag(shared_data)
+
+
+@pytest.fixture(scope="session")
+def rna(shared_data):
+    """The real TCGA COADREAD RNA table (log2, patients x genes, duplicated rows dropped)."""
+    from _planted import real_rna
+
+    return real_rna(shared_data)
+
+
+@pytest.fixture(scope="session")
 def real_feats(real_tile_bag):
     """The real bag's 777 x 512 tile features (the MIL tests plant signals in them)."""
     feats, coords = real_tile_bag

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from _planted import planted_cohort, real_bag, real_rna
+from _planted import planted_cohort
 from scipy import stats
 
 import pathkit as pk
@@ -17,20 +17,10 @@ HALLMARKS = "hallmarks_signatures.csv"
 
 
 @pytest.fixture(scope="module")
-def bag(shared_data):
-    return real_bag(shared_data)
-
-
-@pytest.fixture(scope="module")
-def rna(shared_data):
-    return real_rna(shared_data)
-
-
-@pytest.fixture(scope="module")
-def egfr_cohort(shared_data, bag, rna):
+def egfr_cohort(shared_data, clustered_bag, rna):
     """120 real patients; the share of cluster-A tiles on their slides follows their real EGFR expression."""
     pats = rna.index[:120]
-    md, tiles, share = planted_cohort(shared_data, rna.loc[pats, "EGFR"], bag=bag)
+    md, tiles, share = planted_cohort(shared_data, rna.loc[pats, "EGFR"], bag=clustered_bag)
     return md, tiles, share
 
 
@@ -71,7 +61,7 @@ def test_planted_gene_found(egfr_cohort):
     assert set(lin.columns) >= {"r", "coef"} and abs(lin.iloc[0]["r"]) > 0.9
 
 
-def test_planted_pathway_found(shared_data, bag, rna):
+def test_planted_pathway_found(shared_data, clustered_bag, rna):
     import anndata as ad
 
     pats = rna.index[120:240]
@@ -81,7 +71,7 @@ def test_planted_pathway_found(shared_data, bag, rna):
     with pytest.warns(UserWarning, match="1 of 12 gene set"):
         pk.tl.pathway_scores(scored, sets)
     hyp = scored.obsm["pathways_score_genes"]["HALLMARK_HYPOXIA"]
-    md, tiles, _ = planted_cohort(shared_data, hyp, bag=bag, seed=1)
+    md, tiles, _ = planted_cohort(shared_data, hyp, bag=clustered_bag, seed=1)
     with pytest.warns(UserWarning):
         pk.tl.pathway_scores(md, sets)
     pk.tl.tile_composition(tiles, cohort=md)

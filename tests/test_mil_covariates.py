@@ -25,12 +25,6 @@ SMALL = {"abmil": {"hidden": 64, "attn_hidden": 32}, "clam_sb": {"hidden": 64, "
 GENE = "FMO2"  # a real COADREAD gene: its expression is half of the planted label
 
 
-@pytest.fixture(scope="module")
-def rna(shared_data):
-    r = pd.read_csv(shared_data / "tcga" / "coadread" / "rna_xena_log2.csv", index_col=0)
-    return r[~r.index.duplicated()]
-
-
 def bags_and_cohort(feats, rna, pats, seed, *, n_tiles=30):
     """Real TCGA patients and their real RNA; per patient one slide resampled from the real tile bag, with a
     fixed direction added to 6 tiles at strength 8 u (u ~ U(0, 1), the bag's part of the label). Label:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from _planted import planted_cohort, real_bag, real_rna
+from _planted import planted_cohort
 
 import pathkit as pk
 from pathkit.errors import TableError
@@ -12,23 +12,13 @@ from pathkit.tl._probe import patient_folds
 
 
 @pytest.fixture(scope="module")
-def bag(shared_data):
-    return real_bag(shared_data)
-
-
-@pytest.fixture(scope="module")
-def rna(shared_data):
-    return real_rna(shared_data)
-
-
-@pytest.fixture(scope="module")
-def labelled(shared_data, bag, rna):
+def labelled(shared_data, clustered_bag, rna):
     """100 real patients with a planted binary label (their slides' tissue mix follows it), 20 with 2 slides;
     ``noisy`` flips the label of exactly 20 patients, so the best reachable accuracy is 0.8."""
     pats = rna.index[:100]
     rng = np.random.default_rng(3)
     lab = pd.Series(rng.permutation(np.repeat([0, 1], 50)), index=pats)
-    md, _tiles, _share = planted_cohort(shared_data, lab.astype(float), bag=bag, seed=2)
+    md, _tiles, _share = planted_cohort(shared_data, lab.astype(float), bag=clustered_bag, seed=2)
     s = md["slides"]
     s.obs["label"] = s.obs["patient_id"].map(lab.map({0: "MSS", 1: "MSI"}))
     flip = pd.Series(False, index=pats)
@@ -105,9 +95,9 @@ def test_compare_encoders_table_and_figure(labelled):
     assert {"probe_label_linear_X_mean", "probe_label_linear_X_noise"} <= set(md["slides"].obs.columns)
 
 
-def test_ridge_recovers_planted_expression(shared_data, bag, rna):
+def test_ridge_recovers_planted_expression(shared_data, clustered_bag, rna):
     pats = rna.index[100:220]
-    md, _, _ = planted_cohort(shared_data, rna.loc[pats, "EGFR"], bag=bag, seed=4)
+    md, _, _ = planted_cohort(shared_data, rna.loc[pats, "EGFR"], bag=clustered_bag, seed=4)
     with pytest.warns(UserWarning, match="constant across"):
         res = pk.tl.predict_expression(md, "X_mean", n_permutations=19)
     eg = res.set_index("gene").loc["EGFR"]

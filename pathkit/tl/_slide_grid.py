@@ -15,7 +15,7 @@ MPP_TOLERANCE = 0.1  # relative: "0.5 mpp" accepts 0.45..0.55 (scanners' 20x var
 def check_geometry(adata, spec) -> float:
     """Refuse tiles of another size / mpp than the entry's ``extra["tile_px"]`` / ``extra["mpp"]`` (or
     overlapping tiles); return the step between neighbouring tiles in level-0 px."""
-    from .slide_embed import _slide_id, tile_size_level0
+    from .slide_embed import _slide_id, _tile_size_level0
 
     want_px, want_mpp = spec.extra.get("tile_px"), spec.extra.get("mpp")
     ts = dict(adata.uns.get("tile_spec") or {})
@@ -37,7 +37,7 @@ def check_geometry(adata, spec) -> float:
     if float(ts.get("overlap") or 0):
         raise GridError(f"{spec.name} places each tile in its own grid cell: slide {sid!r} has overlapping tiles "
                         f"(overlap={ts['overlap']}). {redo.replace(')', ', overlap=0)', 1)}")
-    step = ts.get("stride_level0") or tile_size_level0(ts)
+    step = ts.get("stride_level0") or _tile_size_level0(ts)
     if step is None or not float(step) > 0:
         raise GridError(f"slide {sid!r}: the step between neighbouring tiles in level-0 px is unknown "
                         "(uns['tile_spec'] lacks stride_level0, size_level0 and slide_mpp). Set "

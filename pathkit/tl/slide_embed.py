@@ -304,7 +304,7 @@ def _level0_xy(adata) -> np.ndarray:
     return xy
 
 
-def tile_size_level0(tile_spec: dict, slide_mpp: float | None = None) -> float | None:
+def _tile_size_level0(tile_spec: dict, slide_mpp: float | None = None) -> float | None:
     """A tile's side in level-0 px from ``uns["tile_spec"]``: ``size_level0``, else ``tile_px * mpp /
     slide_mpp`` (``slide_mpp`` from the spec, else the argument); None when the spec cannot tell."""
     if tile_spec.get("size_level0") is not None:
@@ -326,7 +326,7 @@ def _grid_xy(adata, xy, tile_size: int, grid_mpp: float) -> np.ndarray:
             f"{_slide_id(adata)!r} has none. Set it (e.g. adata.uns['slide']['mpp'] = 0.25), or pass "
             "coords='level0' to use the raw coordinates as the reference does.")
     slide_mpp = float(slide_mpp)
-    size0 = tile_size_level0({"mpp": slide_mpp, **spec}, slide_mpp)  # no tile mpp: tiles cut at level 0
+    size0 = _tile_size_level0({"mpp": slide_mpp, **spec}, slide_mpp)  # no tile mpp: tiles cut at level 0
     if size0 is None:  # unknown tile size: assume tiles of one grid cell
         size0 = tile_size * grid_mpp / slide_mpp
     centre = (xy + float(size0) / 2) * slide_mpp / grid_mpp
@@ -335,7 +335,7 @@ def _grid_xy(adata, xy, tile_size: int, grid_mpp: float) -> np.ndarray:
 
 def _tile_xy(adata, xy, tile_size: int) -> np.ndarray:
     """Level-0 px -> one grid cell per tile (TRIDENT: coords // patch_size_level0), in grid px."""
-    size0 = tile_size_level0(dict(adata.uns.get("tile_spec") or {}))
+    size0 = _tile_size_level0(dict(adata.uns.get("tile_spec") or {}))
     if size0 is None or not size0 > 0:
         raise GridError(f"coords='tile' needs the tile size at level 0 (uns['tile_spec']['size_level0'], or "
                         f"tile_px, mpp and slide_mpp); slide {_slide_id(adata)!r} has none. Tile it with "
