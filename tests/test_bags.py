@@ -53,7 +53,7 @@ def test_features_under_an_obsm_key(shared_data):
 
 def test_folder_of_h5_bags_is_a_bag_source(shared_data, tmp_path):
     """CLAM-style .h5 bags, one per slide, read lazily by the MIL bag reader (slide id from the file name)."""
-    from pathkit.tl._mil_bags import BagSet
+    from pathkit.tl._mil.bags import BagSet
 
     with h5py.File(shared_data / BAG) as f:
         feats, coords = f["feats"][:], f["coords"][:]

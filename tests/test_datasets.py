@@ -157,7 +157,7 @@ def test_registry_matches_every_shared_file(shared_data):
     reg = datasets.registry.set_index("name")
     files = sorted(str(p.relative_to(shared_data)) for p in shared_data.rglob("*")
                    if p.is_file() and p.name != "README.md")
-    assert sorted(reg.index) == files and len(files) == 45
+    assert sorted(reg.index) == files and len(files) == 71
     for name in files:
         p = shared_data / name
         assert reg.loc[name, "size"] == p.stat().st_size, name
@@ -171,7 +171,7 @@ def test_registry_entries_are_pinned_and_licensed():
     reg = datasets.registry
     assert reg.license.str.len().gt(0).all() and reg.citation.str.len().gt(0).all()
     gh = reg[reg.url.str.startswith("https://raw.githubusercontent.com/")]
-    assert len(gh) == 40
+    assert len(gh) == 66
     # raw.githubusercontent.com/<owner>/<repo>/<40-hex commit>/<path>: never a branch
     assert gh.url.str.match(r"https://raw\.githubusercontent\.com/[^/]+/[^/]+/[0-9a-f]{40}/.+").all()
     no_url = reg[reg.url == ""]

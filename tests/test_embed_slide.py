@@ -257,3 +257,18 @@ def test_feather_through_embed_slide(tmp_path):
     a.uns["models"] = {"X_uni": {"name": "conch_v15"}}
     with pytest.raises(ValueError, match="'conch_v15' features.*'uni'"):
         pk.tl.embed_slide(a, "feather_uni", weights=w)
+
+
+@pytest.mark.filterwarnings("ignore:.*RANDOM")
+def test_grid_coords_use_the_corner_like_trident(bag):
+    """coords='grid' places a tile by its top-left corner (TRIDENT, the Prov-GigaPath maintainers): on a grid
+    whose origin is off by half a tile, 'grid' equals TRIDENT's 'tile' and the raw 'level0' rule on a 0.5-mpp
+    slide; the tile's centre moved every tile into the next cell (cos 0.99945 against the corner's vector)."""
+    a = bag.copy()
+    a.uns["tile_spec"] = {**a.uns["tile_spec"], "slide_mpp": 0.5, "size_level0": 256.0, "stride_level0": 256.0}
+    a.uns["slide"] = {**a.uns["slide"], "mpp": 0.5}
+    a.obs["x"] = a.obs["x"] // 2 + 128  # half a tile off the 256-px cells
+    a.obs["y"] = a.obs["y"] // 2 + 128
+    grid = _random(adata=a, coords="grid", key="g")
+    np.testing.assert_allclose(grid, _random(adata=a, coords="tile", key="t"), atol=1e-6)
+    np.testing.assert_allclose(grid, _random(adata=a, coords="level0", key="l"), atol=1e-6)

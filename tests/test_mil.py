@@ -8,9 +8,9 @@ import pytest
 
 import pathkit as pk
 from pathkit.errors import TableError
-from pathkit.tl._mil_bags import BagSet
-from pathkit.tl._mil_tasks import cox_nll as _cox_nll
-from pathkit.tl._mil_tasks import nll_surv as _nll_surv
+from pathkit.tl._mil.bags import BagSet
+from pathkit.tl._mil.tasks import cox_nll as _cox_nll
+from pathkit.tl._mil.tasks import nll_surv as _nll_surv
 from pathkit.tl.splits import patient_folds
 
 ad = pytest.importorskip("anndata")

@@ -209,7 +209,7 @@ def test_default_use_rep(real_tile_bag, tmp_path):
     a = ad.AnnData(obs=pd.DataFrame({"slide_id": ["S1"] * 20 + ["S2"] * 20}, index=[str(i) for i in range(40)]))
     a.obsm["X_uni"] = feats
     a.obsm["X_umap"] = feats[:, :2]
-    from pathkit.tl._mil_bags import default_rep
+    from pathkit.tl._mil.bags import default_rep
 
     assert default_rep(a) == "X_uni" and default_rep({"S1": a}) == "X_uni"  # X_umap is not a feature key
     a.write_h5ad(tmp_path / "bags.h5ad")

@@ -44,7 +44,8 @@ EXPECTED = {
     "resnet50_trunc": ("pathkit:resnet50_trunc", 1024, 224, 224, "bilinear", IMNET, "head", 8_543_296),
     # issue 14 (parity: tests/test_parity_tile_encoders.py)
     "h_optimus_1": ("vit_giant_patch14_reg4_dinov2", 1536, 224, 224, "bicubic", HOPT, "cls", 1_134_774_272),
-    "h0_mini": ("vit_base_patch14_reg4_dinov2", 768, 224, 224, "bicubic", HOPT, "cls", 85_739_520),
+    "h0_mini": ("vit_base_patch14_reg4_dinov2", 1536, 224, 224, "bicubic", HOPT, "cls+mean_patch", 85_739_520),
+    "h0_mini_cls": ("vit_base_patch14_reg4_dinov2", 768, 224, 224, "bicubic", HOPT, "cls", 85_739_520),
     "virchow": ("vit_huge_patch14_224", 2560, 224, 224, "bicubic", IMNET, "cls+mean_patch", 631_229_184),
     "lunit_vits8": ("vit_small_patch8_224", 384, 224, 224, "bicubic", LUNIT, "cls", 21_670_272),
     "lunit_vits16": ("vit_small_patch16_224", 384, 224, 224, "bicubic", LUNIT, "cls", 21_665_664),

@@ -122,6 +122,12 @@ def test_chief_through_embed_slide(tmp_path):
     a.uns["models"] = {"X_chief_ctranspath": {"name": "ctranspath"}}
     with pytest.raises(ValueError, match="'ctranspath' features.*'chief_ctranspath'"):
         pk.tl.embed_slide(a, "chief", weights=path)
+    # the tiling mpp (1.0, as TransPath recommends) is not in CHIEF's code: another mpp warns, never refuses
+    a.uns["models"] = {"X_chief_ctranspath": {"name": "chief_ctranspath"}}
+    a.uns["tile_spec"] = {"tile_px": 224, "mpp": 0.5, "slide_mpp": 0.25}
+    with pytest.warns(UserWarning, match=r"tiles at 1.0 mpp.*0.5 mpp.*not stated in the authors' code"):
+        pk.tl.embed_slide(a, "chief", weights=path, dtype="float32", key_added="c05")
+    np.testing.assert_allclose(a.uns["slide_embeddings"]["c05"], got, atol=1e-5)
 
 
 def test_chief_entry_and_weights(tmp_path):

@@ -104,6 +104,28 @@ def test_prism_through_embed_slide_on_virchow_features(tmp_path):
         pk.tl.embed_slide(a, "prism", weights=w)
 
 
+def test_prism_checks_the_tile_geometry(tmp_path):
+    """PRISM takes Virchow features of 224-px tiles at 0.5 mpp (as TITAN checks its own): tiles cut at another
+    size or mpp are refused with the pk.pp.tile call that fixes it; features without a tile_spec warn."""
+    from pathkit.errors import GridError
+
+    ref = REF["released"]
+    w = _write_hf(tmp_path / "hf", ref)
+    X = ref["h"][0].numpy()
+    a = ad.AnnData(obs=pd.DataFrame({"slide_id": "s1"}, index=[str(i) for i in range(len(X))]))
+    a.obsm["X_virchow"] = X
+    a.uns["models"] = {"X_virchow": {"name": "virchow"}}
+    with pytest.warns(UserWarning, match="no tile size / mpp.*not checked"):
+        pk.tl.embed_slide(a, "prism", weights=w, dtype="float32")
+    a.uns["tile_spec"] = {"tile_px": 256, "mpp": 1.0, "slide_mpp": 0.25}
+    with pytest.raises(GridError, match=r"224-px tiles at 0.5 mpp.*256-px tiles at 1 mpp.*tile_px=224, mpp=0.5"):
+        pk.tl.embed_slide(a, "prism", weights=w, dtype="float32")
+    a.uns["tile_spec"] = {"tile_px": 224, "mpp": 0.52, "slide_mpp": 0.26}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pk.tl.embed_slide(a, "prism", weights=w, dtype="float32", key_added="ok")
+
+
 def test_prism_from_the_hub_cache_offline(tmp_path, monkeypatch):
     """weights=None: hf_hub:paige-ai/Prism/model.safetensors through huggingface_hub's cache, config.json
     beside it sets the sizes."""

@@ -79,6 +79,11 @@ def _cls_mean(ref, x):  # Virchow card: torch.cat([output[:, 0], output[:, 1:].m
     return torch.cat([out[:, 0], out[:, 1:].mean(1)], dim=-1)
 
 
+def _cls_mean_patch(ref, x):  # H0-mini card / Bioptimus SDK: CLS || mean of output[:, num_prefix_tokens:]
+    out = ref.forward_features(x)
+    return torch.cat([out[:, 0], out[:, ref.num_prefix_tokens:].mean(1)], dim=-1)
+
+
 def _first(ref, x):  # H0-mini card: output[:, 0] of forward (global_pool "") / forward_features
     return ref.forward_features(x)[:, 0]
 
@@ -93,8 +98,10 @@ TIMM_CASES = {
     "h_optimus_1": ("vit_giant_patch14_reg4_dinov2", {"img_size": 224, "init_values": 1e-5,
                                                       "dynamic_img_size": False}, _head,
                     {"img_size": 56, "embed_dim": 32, "depth": 2, "num_heads": 2}),
-    "h0_mini": ("vit_base_patch14_reg4_dinov2", {**_SWIGLU, "img_size": 224, "dynamic_img_size": True}, _first,
-                {"img_size": 56, "embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 5.33334}),
+    "h0_mini": ("vit_base_patch14_reg4_dinov2", {**_SWIGLU, "img_size": 224, "dynamic_img_size": True},
+                _cls_mean_patch, {"img_size": 56, "embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 5.33334}),
+    "h0_mini_cls": ("vit_base_patch14_reg4_dinov2", {**_SWIGLU, "img_size": 224, "dynamic_img_size": True}, _first,
+                    {"img_size": 56, "embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 5.33334}),
     "virchow": ("vit_huge_patch14_224", {"img_size": 224, "init_values": 1e-5, "mlp_ratio": 5.3375,
                                          "global_pool": "", "dynamic_img_size": True, **_SWIGLU}, _cls_mean,
                 {"img_size": 56, "embed_dim": 32, "depth": 2, "num_heads": 2}),
@@ -218,7 +225,7 @@ def test_h0_mini_reads_the_timm_hub_config_like_timm(tmp_path):
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "model.safetensors"))
     (tmp_path / "config.json").write_text(json.dumps({"architecture": "vit_base_patch14_reg4_dinov2",
                                                       "model_args": model_args}))
-    spec = dataclasses.replace(get_spec("h0_mini"), kwargs={**get_spec("h0_mini").kwargs, "img_size": 56},
+    spec = dataclasses.replace(get_spec("h0_mini_cls"), kwargs={**get_spec("h0_mini_cls").kwargs, "img_size": 56},
                                n_params=None, input_size=56)
     enc, info = _load(spec, tmp_path / "model.safetensors")
     assert info["config"] == str(tmp_path / "config.json")

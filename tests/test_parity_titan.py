@@ -184,7 +184,7 @@ def test_titan_from_the_hub_cache(ref, tmp_path, monkeypatch):
 
 def test_grid_cells_absorb_rounded_corners():
     """pk.pp.tile rounds level-0 corners of a non-integer step (a 0.2527-mpp scan: 1013.06 px per 512-px tile
-    at 0.5 mpp): rounding to the nearest cell keeps every tile in its own cell, where the reference's floor
+    at 0.5 mpp): the one-pixel guard keeps every tile in its own cell, where the reference's bare floor
     division (exact on TRIDENT's integer steps) would misplace about half of them."""
     from pathkit.pp.tiling import grid_positions
     from pathkit.tl._slide_grid import grid_cells
@@ -195,3 +195,39 @@ def test_grid_cells_absorb_rounded_corners():
     np.testing.assert_array_equal(cells, np.stack([np.arange(len(xs)), np.arange(len(xs))[::-1]], axis=1))
     floor = level0_cells(torch.as_tensor(np.stack([xs, xs], axis=1)), step)[:, 0].numpy()
     assert (floor != np.arange(len(xs))).sum() > 10
+
+
+def test_grid_cells_floor_like_the_reference_off_grid():
+    """A tile off the regular grid goes to the cell holding its corner (the reference floors), not the nearest
+    cell: 2.6 steps from the origin is cell 2 (rounding gave 3); integer steps are untouched."""
+    from pathkit.tl._slide_grid import grid_cells
+
+    step = 512.0
+    xy = np.array([[0.0, 0.0], [512.0, 1024.0], [2.6 * step, 0.0], [3 * step - 1, 0.0]])
+    with pytest.warns(UserWarning, match="floor"):
+        cells = grid_cells(xy, step)
+    np.testing.assert_array_equal(cells, [[0, 0], [1, 2], [2, 0], [3, 0]])
+    ref = torch.floor(torch.as_tensor(xy[:3]) / step).numpy().astype(np.int64)  # the reference's rule
+    np.testing.assert_array_equal(cells[:3], ref)
+
+
+def test_grid_step_error_names_a_function_that_exists():
+    """The unknown-step error names pk.io.read_h5_bag (it once named a pk.io.read_bag that does not exist)."""
+    import re
+
+    import anndata as ad
+    import pandas as pd
+
+    import pathkit as pk
+    from pathkit.errors import GridError
+    from pathkit.models.registry import get_spec
+    from pathkit.tl._slide_grid import check_geometry
+
+    spec = get_spec("titan", kind="slide")
+    a = ad.AnnData(obs=pd.DataFrame({"x": [0, 512], "y": [0, 0]}, index=["0", "1"]))
+    a.uns["tile_spec"] = {"tile_px": spec.extra["tile_px"], "mpp": spec.extra["mpp"]}
+    with pytest.raises(GridError) as exc:
+        check_geometry(a, spec)
+    for name in re.findall(r"pk\.io\.(\w+)\(", str(exc.value)):
+        assert hasattr(pk.io, name), name
+    assert "pk.io.read_h5_bag(" in str(exc.value)

@@ -20,6 +20,7 @@ import pandas as pd
 from .._hashing import sha256_file
 from .._io import atomic_write
 from ..errors import ChecksumError, PathkitError
+from ._convert import _convert
 
 ENV_DIR = "PATHKIT_DATA_DIR"
 ENV_MIRROR = "PATHKIT_DATA_MIRROR"
@@ -97,8 +98,6 @@ def _get(e: pd.Series, target: Path, timeout: float, progress: bool) -> None:
     """Put the entry's bytes at target from its URL(s): a plain file, a zip member, or a conversion."""
     if e["derived_from"] and not os.environ.get(ENV_MIRROR):
         src = fetch(e["derived_from"], timeout=timeout, progress=progress)
-        from ._loaders import _convert
-
         _convert(e["name"], src, target)
         return
     urls = _urls(e)

@@ -30,22 +30,31 @@ register(ModelSpec(
     extra={"published_params": "1.1B", "mpp": 0.5, "parity": "timm per the card"},
 ))
 
-register(ModelSpec(
-    name="h0_mini", arch="vit_base_patch14_reg4_dinov2",
+# H0-mini: one network, two read-outs. The authors' (Bioptimus's SDK example, lazyslide-models) joins the CLS
+# token with the mean of the patch tokens (registers excluded: output[:, num_prefix_tokens:]), 1536-d: the
+# default. TRIDENT reads the CLS token alone (768-d): h0_mini_cls.
+_H0_MINI = dict(
+    arch="vit_base_patch14_reg4_dinov2",
     kwargs={"img_size": 224, "init_values": 1e-5, "dynamic_img_size": True, "mlp_layer": SWIGLU,
             "act_layer": SILU, "mlp_ratio": 5.33334},
-    embed_dim=768, input_size=224, resize=224, interpolation="bicubic",
-    mean=HOPTIMUS_MEAN, std=HOPTIMUS_STD, pool="cls",
-    weights=("hf_hub:bioptimus/H0-mini/pytorch_model.bin",), n_params=85_739_520,
+    input_size=224, resize=224, interpolation="bicubic",
+    mean=HOPTIMUS_MEAN, std=HOPTIMUS_STD,
+    weights=("hf_hub:bioptimus/H0-mini/pytorch_model.bin",), n_params=85_739_520,  # 86M: the card's count
     license="CC BY-NC-ND 4.0; gated on the HF hub", gated=True,
     source="https://huggingface.co/bioptimus/H0-mini (card: SwiGLUPacked + SiLU, CLS or CLS||mean); " + _TRIDENT,
-    description="H0-mini (Bioptimus, distilled from H-optimus-1): ViT-B/14 with 4 registers, SwiGLU; 768-d CLS",
-    extra={"mpp": 0.5, "alternatives": "CLS || mean of patch tokens (1536-d), as the card also shows",
-           "published_params": "86M", "timm_hub_config": True,
-           "card_kwargs": ["mlp_layer", "act_layer", "img_size", "dynamic_img_size"],
-           "unverified": ("mlp_ratio 5.33334 (SwiGLU hidden 2048, as H-optimus-1's, 86M parameters) is not stated "
-                          "in the card; when the hub config.json is readable its model_args replace it, as "
-                          "timm.create_model('hf-hub:bioptimus/H0-mini') does")},
+)
+_H0_EXTRA = {"mpp": 0.5, "published_params": "86M", "timm_hub_config": True,
+             "card_kwargs": ["mlp_layer", "act_layer", "img_size", "dynamic_img_size"]}
+register(ModelSpec(
+    name="h0_mini", embed_dim=1536, pool="cls+mean_patch", **_H0_MINI,
+    description=("H0-mini (Bioptimus, distilled from H-optimus-1): ViT-B/14 with 4 registers, SwiGLU; CLS joined "
+                 "with the mean patch token, 1536-d (the authors' read-out)"),
+    extra={**_H0_EXTRA, "alternatives": "h0_mini_cls: the CLS token alone (768-d), as TRIDENT reads it"},
+))
+register(ModelSpec(
+    name="h0_mini_cls", embed_dim=768, pool="cls", **_H0_MINI,
+    description="H0-mini with TRIDENT's read-out: the CLS token alone, 768-d",
+    extra={**_H0_EXTRA, "alternatives": "h0_mini: CLS joined with the mean patch token (1536-d), the authors'"},
 ))
 
 register(ModelSpec(
@@ -75,9 +84,10 @@ for _name, _arch, _p, _file, _n in [
         source=("https://github.com/lunit-io/benchmark-ssl-pathology (README: timm VisionTransformer(img_size=224, "
                 f"patch_size={_p}, embed_dim=384, num_heads=6, num_classes=0), strict load); " + _TRIDENT),
         description=f"Lunit DINO ViT-S/{_p} (TCGA, 200 epochs), 384-d CLS",
-        extra={"mpp": "0.5 / 0.25 (paper: 20x and 40x)", "unverified": (
-            "mean/std are Lunit's TCGA statistics as in the 1aurent/vit_small_patch*_224.lunit_dino timm config; "
-            "the README itself shows none")},
+        extra={"mpp": "0.5 / 0.25 (paper: 20x and 40x)", "normalisation": (
+            "Lunit's TCGA training statistics, as kaiko-ai/eva documents them for these weights; the README shows "
+            "none. TRIDENT and LazySlide normalise with the hub config's stock ImageNet values (and a 0.9 crop), "
+            "so their Lunit features differ from pathkit's")},
     ))
 
 register(ModelSpec(
@@ -86,7 +96,7 @@ register(ModelSpec(
     embed_dim=1024, input_size=224, resize=224, interpolation="bicubic",
     mean=IMAGENET_MEAN, std=IMAGENET_STD, pool="cls",
     weights=("hf_hub:majiabo/GPFM/GPFM.pth",), n_params=303_227_904,
-    license="CC BY-NC-ND 4.0 (cross-checked with LazySlide 0.13's registry); weights on GitHub releases, not gated", gated=False,
+    license="CC BY-NC-ND 4.0 (cross-checked with LazySlide 0.13's registry); weights on the HF hub (majiabo/GPFM), not gated", gated=False,
     source=_TRIDENT + " (GPFMInferenceEncoder: vit_large_patch14_dinov2, img_size 224, strict load of GPFM.pth)",
     description="GPFM: DINOv2 ViT-L/14 (expert-distilled), 1024-d CLS",
     extra={"mpp": 0.5},

@@ -120,7 +120,7 @@ register(ModelSpec(
     source=("https://github.com/hms-dbmi/CHIEF (models/CHIEF.py in Downstream/*/models, size 'small'; "
             "Get_CHIEF_WSI_level_feature.py: result['WSI_feature']); TRIDENT CHIEFSlideEncoder"),
     description="CHIEF slide encoder: gated-attention pooling of CHIEF_CTransPath tile features, 768-d",
-    extra={"tile_model": "chief_ctranspath", "coords": False, "in_chans": 768,
+    extra={"tile_model": "chief_ctranspath", "coords": False, "in_chans": 768, "mpp": 1.0, "geometry": "warn",
            "anatomic_site": "not part of the slide embedding (only of the pretraining logits: CHIEF.bag_logits)",
            "call": "pathkit.models.chief.load_chief(weights=PATH) -> net; net(features [N, 768]) -> [768]",
            "manual_weights": (

@@ -2,6 +2,6 @@
 from .tiling import tile
 from .tissue import TissueMask, find_tissue, tissue_mask_from_rgb
 from ._qc import tile_qc
-from ._segment import ArtifactMasks, find_artifacts
+from ._artifacts import ArtifactMasks, find_artifacts
 
 __all__ = ["find_tissue", "tile", "TissueMask", "tissue_mask_from_rgb", "tile_qc", "find_artifacts", "ArtifactMasks"]

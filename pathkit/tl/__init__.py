@@ -2,8 +2,8 @@
 from .embed import embed_tiles
 from .slide_embed import embed_slide
 from .cohort import embed_cohort
-from ._mil_estimator import MIL
-from ._mil_cv import MILCVResult, cross_validate_mil
+from ._mil.estimator import MIL
+from ._mil.cv import MILCVResult, cross_validate_mil
 from .survival import cindex, cox, kaplan_meier, logrank, risk_groups
 from .zeroshot import text_embeddings, topk_pool, zero_shot, zero_shot_eval
 from . import prompts

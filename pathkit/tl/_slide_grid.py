@@ -8,32 +8,58 @@ import warnings
 import numpy as np
 
 from ..errors import GridError
+from ._slide_common import _check_dim, _check_tile_model, _level0_xy, _slide_id, _store, _tile_size_level0
 
 MPP_TOLERANCE = 0.1  # relative: "0.5 mpp" accepts 0.45..0.55 (scanners' 20x vary around 0.5)
+
+
+def check_tile_geometry(adata, spec, *, missing: str = "error", stacklevel: int = 6) -> str:
+    """Refuse tiles of another size / mpp than the entry's ``extra["tile_px"]`` / ``extra["mpp"]`` (each
+    checked when the entry names it); ``extra["geometry"] == "warn"`` (a tiling the authors' code does not
+    state) warns instead. Tiles without ``uns["tile_spec"]`` raise (``missing="error"``) or warn
+    (``"warn"``: coordinate-free encoders). Returns the how-to-redo sentence for further messages."""
+    extra = spec.extra or {}
+    want_px, want_mpp = extra.get("tile_px"), extra.get("mpp")
+    ts = dict(adata.uns.get("tile_spec") or {})
+    tile_model = extra.get("tile_model") or "the tile model"
+    args = ", ".join(f"{k}={v}" for k, v in (("tile_px", want_px), ("mpp", want_mpp)) if v is not None)
+    redo = (f"Tile the slide with pk.pp.tile(slide, {args}) and embed the tiles with "
+            f"pk.tl.embed_tiles(tiles, slide, {tile_model!r}).")
+    if want_px is None and want_mpp is None:
+        return redo
+    sid = _slide_id(adata)
+    wants = " ".join(s for s in (f"{want_px}-px tiles" if want_px else "tiles",
+                                 f"at {want_mpp} mpp" if want_mpp else "") if s)
+    have_px, have_mpp = ts.get("tile_px"), ts.get("mpp")
+    want = "".join(f"'{k}': {v}, " for k, v in (("tile_px", want_px), ("mpp", want_mpp)) if v is not None)
+    if (want_px is not None and have_px is None) or (want_mpp is not None and have_mpp is None):
+        msg = (f"{spec.name} takes {wants}; slide {sid!r} has no tile size / mpp in uns['tile_spec'] "
+               f"({ts or 'missing'}). {redo} For features made elsewhere at that geometry, set "
+               f"tiles.uns['tile_spec'] = {{{want}'slide_mpp': <level-0 mpp>}}.")
+        if missing == "error":
+            raise GridError(msg)
+        warnings.warn(msg + " The geometry is not checked.", UserWarning, stacklevel=stacklevel)
+        return redo
+    bad_px = want_px is not None and int(have_px) != int(want_px)
+    bad_mpp = want_mpp is not None and abs(float(have_mpp) / float(want_mpp) - 1) > MPP_TOLERANCE
+    if bad_px or bad_mpp:
+        msg = (f"{spec.name} was trained on {wants}; slide {sid!r} has {int(have_px) if have_px else '?'}-px "
+               f"tiles at {float(have_mpp):g} mpp (uns['tile_spec']). {redo}" if have_mpp is not None else
+               f"{spec.name} was trained on {wants}; slide {sid!r} has {have_px}-px tiles. {redo}")
+        if extra.get("geometry") == "warn":
+            warnings.warn(msg + f" ({spec.name}'s tiling is not stated in the authors' code: used anyway.)",
+                          UserWarning, stacklevel=stacklevel)
+        else:
+            raise GridError(msg)
+    return redo
 
 
 def check_geometry(adata, spec) -> float:
     """Refuse tiles of another size / mpp than the entry's ``extra["tile_px"]`` / ``extra["mpp"]`` (or
     overlapping tiles); return the step between neighbouring tiles in level-0 px."""
-    from .slide_embed import _slide_id, _tile_size_level0
-
-    want_px, want_mpp = spec.extra.get("tile_px"), spec.extra.get("mpp")
     ts = dict(adata.uns.get("tile_spec") or {})
-    tile_model = spec.extra.get("tile_model") or "the tile model"
-    redo = (f"Tile the slide with pk.pp.tile(slide, tile_px={want_px}, mpp={want_mpp}) and embed the tiles with "
-            f"pk.tl.embed_tiles(tiles, slide, {tile_model!r}).")
+    redo = check_tile_geometry(adata, spec)
     sid = _slide_id(adata)
-    if want_px is not None and want_mpp is not None:
-        if ts.get("tile_px") is None or ts.get("mpp") is None:
-            raise GridError(
-                f"{spec.name} takes {want_px}-px tiles at {want_mpp} mpp; slide {sid!r} has no tile size / mpp in "
-                f"uns['tile_spec'] ({ts or 'missing'}). {redo} For features made elsewhere at that geometry, set "
-                f"tiles.uns['tile_spec'] = {{'tile_px': {want_px}, 'mpp': {want_mpp}, 'slide_mpp': <level-0 mpp>}}.")
-        px, mpp = int(ts["tile_px"]), float(ts["mpp"])
-        if px != int(want_px) or abs(mpp / float(want_mpp) - 1) > MPP_TOLERANCE:
-            raise GridError(
-                f"{spec.name} was trained on {want_px}-px tiles at {want_mpp} mpp (20x); slide {sid!r} has {px}-px "
-                f"tiles at {mpp:g} mpp (uns['tile_spec']). {redo}")
     if float(ts.get("overlap") or 0):
         raise GridError(f"{spec.name} places each tile in its own grid cell: slide {sid!r} has overlapping tiles "
                         f"(overlap={ts['overlap']}). {redo.replace(')', ', overlap=0)', 1)}")
@@ -41,23 +67,26 @@ def check_geometry(adata, spec) -> float:
     if step is None or not float(step) > 0:
         raise GridError(f"slide {sid!r}: the step between neighbouring tiles in level-0 px is unknown "
                         "(uns['tile_spec'] lacks stride_level0, size_level0 and slide_mpp). Set "
-                        "tiles.uns['tile_spec']['slide_mpp'] (pk.io.read_bag(..., slide_mpp=)) or "
+                        "tiles.uns['tile_spec']['slide_mpp'] (pk.io.read_h5_bag(..., slide_mpp=)) or "
                         "['stride_level0'] (TRIDENT's patch_size_level0), or: " + redo)
     return float(step)
 
 
 def grid_cells(xy: np.ndarray, step: float) -> np.ndarray:
-    """Level-0 top-left corners -> integer cells ``(xy - xy.min()) / step``, rounded.
+    """Level-0 top-left corners -> integer cells ``floor((xy - xy.min()) / step)``, the reference's floor
+    division, after adding one level-0 pixel's worth of a cell.
 
-    On tiles of a regular grid this is the reference's floor division; rounding also absorbs the +-1 px of
-    level-0 corners that pk.pp.tile rounds from a non-integer step (0.25 mpp * 2.02 ...)."""
+    The guard absorbs the +-1 px of level-0 corners that pk.pp.tile rounds from a non-integer step (0.25 mpp
+    * 2.02 ...), which a bare floor would drop into the cell before; on the reference's integer steps the two
+    are the same, and a tile off the grid goes to the cell holding its corner, as in the reference."""
     rel = (xy - xy.min(axis=0)) / step
-    cells = np.rint(rel)
-    off = float(np.abs(rel - cells).max()) if len(rel) else 0.0
+    cells = np.floor(rel + 1.0 / step)
+    near = np.rint(rel)
+    off = float(np.abs(rel - near).max()) if len(rel) else 0.0
     if off > 0.25:
         warnings.warn(f"tile coordinates are off a grid of {step:g} level-0 px by up to {off:.2f} of a tile: "
-                      "the tiles are not the regular grid of pk.pp.tile; each goes to the nearest cell",
-                      UserWarning, stacklevel=4)
+                      "the tiles are not the regular grid of pk.pp.tile; each goes to the cell holding its "
+                      "top-left corner (floor, as the reference)", UserWarning, stacklevel=4)
     return cells.astype(np.int64)
 
 
@@ -65,7 +94,6 @@ def embed_grid(tile_adata, X, spec, loader, use_rep, key, weights, pool, layers,
     import torch
 
     from .._device import autocast, dtype_name, resolve_device, resolve_dtype
-    from .slide_embed import _check_dim, _check_tile_model, _level0_xy, _store
 
     if layers not in (None, "last"):
         raise ValueError(f"{spec.name} returns one vector: use layers='last'")

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import TableError
-from .zeroshot import _cohort_ids, _slides, softmax
+from ._zeroshot_common import _cohort_ids, _slides, softmax
 
 __all__ = ["zero_shot_eval"]
 

@@ -7,6 +7,16 @@ import warnings
 import numpy as np
 
 from ..errors import GridError
+from ._slide_common import (
+    _check_dim,
+    _check_tile_model,
+    _features,
+    _level0_xy,
+    _resolve_rep,
+    _slide_id,
+    _store,
+    _tile_size_level0,
+)
 
 GRID_MPP = 0.5  # the released slide encoder's grid: 256-px tiles at 0.5 um/px
 
@@ -55,7 +65,8 @@ def embed_slide(tiles, model="gigapath_slide", *, use_rep: str | None = None, ke
     coords
         How obs x / y (level-0 px) become positions on the model's 1000 x 1000 grid of 256-px cells:
         ``"grid"`` (default): physical, the grid the model was trained on (256-px cells at 0.5 mpp): each tile
-        goes to the cell holding its centre, ``x_0.5 = x_level0 * slide_mpp / 0.5``. ``"tile"``: one cell per
+        goes to the cell holding its top-left corner (TRIDENT's and the authors' convention),
+        ``x_0.5 = x_level0 * slide_mpp / 0.5``. ``"tile"``: one cell per
         tile, ``floor(x_level0 / tile size at level 0)`` (TRIDENT's convention; the same as ``"grid"`` for
         256-px tiles at 0.5 mpp, adjacent cells for tiles cut at another size or mpp). ``"level0"``: the
         reference pipeline's raw behaviour, level-0 px divided by 256 (a 40x slide's 0.5-mpp tiles then sit
@@ -219,6 +230,9 @@ def _embed_set(tile_adata, X, spec, use_rep, key, weights, layers, device, dtype
         raise ValueError(f"{spec.name} returns one vector: use layers='last'")
     _check_dim(tile_adata, X, spec.kwargs.get("in_dim"), spec.name)
     _check_tile_model(tile_adata, use_rep, (spec.extra or {}).get("tile_model"))
+    from ._slide_grid import check_tile_geometry
+
+    check_tile_geometry(tile_adata, spec, missing="warn", stacklevel=5)  # coordinate-free: features made elsewhere still run
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     net, minfo = SET_ENCODERS[spec.arch](spec, weights, dev)
@@ -229,94 +243,13 @@ def _embed_set(tile_adata, X, spec, use_rep, key, weights, layers, device, dtype
     return _store(tile_adata, key or spec.name, vec.float().cpu().numpy().reshape(-1), info)
 
 
-def _resolve_rep(adata, use_rep, tile_model) -> str:
-    """The obsm key of the tile features (see embed_slide's `use_rep`); refuses another tile model's."""
-    from .embed import feature_key
-
-    feats = [k for k in adata.obsm if k.startswith("X_") and k not in ("X_umap", "X_pca", "X_tsne")]
-    if use_rep is None:
-        want = feature_key(tile_model) if tile_model else None
-        if want and want in adata.obsm:
-            use_rep = want
-        elif len(feats) == 1 and not tile_model:
-            use_rep = feats[0]
-        elif adata.n_vars and not feats:
-            use_rep = "X"
-        else:
-            raise KeyError(f"slide {_slide_id(adata)!r}: which tile features? "
-                           + (f"the slide model expects {want!r}, " if want else "")
-                           + f"obsm holds {feats or 'none'}. Embed the tiles with pk.tl.embed_tiles(tiles, slide, "
-                           f"{tile_model or 'model'!r}) or pass use_rep=")
-    if use_rep != "X" and use_rep not in adata.obsm:
-        raise KeyError(f"slide {_slide_id(adata)!r}: obsm[{use_rep!r}] does not exist (obsm holds {feats}); "
-                       "embed the tiles first with pk.tl.embed_tiles")
-    return use_rep
-
-
-def _check_tile_model(adata, use_rep, tile_model) -> None:
-    made_by = ((adata.uns.get("models") or {}).get(use_rep) or {}).get("name")
-    if tile_model and made_by and made_by not in (tile_model, "external"):
-        raise ValueError(f"slide {_slide_id(adata)!r}: obsm[{use_rep!r}] holds {made_by!r} features, but the slide "
-                         f"model expects {tile_model!r} features: embed the tiles with {tile_model!r}")
-
-
-def _features(adata, use_rep: str = "X") -> np.ndarray:
-    X = adata.X if use_rep == "X" else adata.obsm[use_rep]
-    if X is None or X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
-        raise ValueError(f"slide {_slide_id(adata)!r} has no tile features in {use_rep!r} (expected n_tiles x dim, "
-                         "n_tiles > 0)")
-    if hasattr(X, "toarray"):
-        X = X.toarray()
-    X = np.asarray(X)
-    if not np.isfinite(X).all():
-        raise ValueError(f"tile_adata.X of slide {_slide_id(adata)!r} holds NaN or inf values")
-    return X
-
-
-def _check_dim(adata, X, in_chans, name):
-    if in_chans is None or X.shape[1] == int(in_chans):
-        return
-    models = getattr(adata, "uns", {}).get("models") or {}
-    tile_model = ", ".join(sorted({str(v.get("name")) for v in models.values()})) or "unknown"
-    raise ValueError(
-        f"{name} expects {in_chans}-d tile features; slide {_slide_id(adata)!r} has {X.shape[1]}-d features from "
-        f"tile model {tile_model!r} (uns['models']). Embed the tiles with the matching tile encoder"
-        + (" (gigapath_tile)" if int(in_chans) == 1536 else "") + ", or use model='mean'.")
-
-
-def _slide_id(adata):
-    try:
-        return (adata.uns.get("slide") or {}).get("slide_id") or str(adata.obs["slide_id"].iloc[0])
-    except (KeyError, IndexError, AttributeError, TypeError):
-        return "?"
-
-
-def _level0_xy(adata) -> np.ndarray:
-    obs = adata.obs
-    if "x" in obs and "y" in obs:
-        xy = np.stack([obs["x"].to_numpy(), obs["y"].to_numpy()], axis=1).astype(np.float64)
-    elif "spatial" in adata.obsm:
-        xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2]
-    else:
-        raise ValueError("tile_adata has no tile coordinates: expected obs 'x', 'y' (level-0 px) or obsm['spatial']")
-    if not np.isfinite(xy).all():
-        raise ValueError(f"tile coordinates of slide {_slide_id(adata)!r} hold NaN or inf values")
-    return xy
-
-
-def _tile_size_level0(tile_spec: dict, slide_mpp: float | None = None) -> float | None:
-    """A tile's side in level-0 px from ``uns["tile_spec"]``: ``size_level0``, else ``tile_px * mpp /
-    slide_mpp`` (``slide_mpp`` from the spec, else the argument); None when the spec cannot tell."""
-    if tile_spec.get("size_level0") is not None:
-        return float(tile_spec["size_level0"])
-    slide_mpp = tile_spec.get("slide_mpp") or slide_mpp
-    if tile_spec.get("tile_px") is not None and tile_spec.get("mpp") and slide_mpp:
-        return float(tile_spec["tile_px"]) * float(tile_spec["mpp"]) / float(slide_mpp)
-    return None
-
-
 def _grid_xy(adata, xy, tile_size: int, grid_mpp: float) -> np.ndarray:
-    """Level-0 px -> the top-left of the grid cell holding each tile's centre, in grid_mpp pixels."""
+    """Level-0 px -> the top-left of the grid cell holding each tile's top-left corner, in grid_mpp pixels.
+
+    The corner, as TRIDENT and the Prov-GigaPath maintainers place tiles (a tile's centre would move every tile
+    of a grid whose origin is off by half a tile into the next cell). Half a level-0 pixel is added before the
+    floor: pk.pp.tile rounds the corners of a non-integer step, which must not drop a tile into the cell before.
+    """
     spec = dict(adata.uns.get("tile_spec") or {})
     slide = dict(adata.uns.get("slide") or {})
     slide_mpp = spec.get("slide_mpp", slide.get("mpp"))
@@ -326,11 +259,8 @@ def _grid_xy(adata, xy, tile_size: int, grid_mpp: float) -> np.ndarray:
             f"{_slide_id(adata)!r} has none. Set it (e.g. adata.uns['slide']['mpp'] = 0.25), or pass "
             "coords='level0' to use the raw coordinates as the reference does.")
     slide_mpp = float(slide_mpp)
-    size0 = _tile_size_level0({"mpp": slide_mpp, **spec}, slide_mpp)  # no tile mpp: tiles cut at level 0
-    if size0 is None:  # unknown tile size: assume tiles of one grid cell
-        size0 = tile_size * grid_mpp / slide_mpp
-    centre = (xy + float(size0) / 2) * slide_mpp / grid_mpp
-    return np.floor(centre / tile_size) * tile_size
+    corner = (xy + 0.5) * slide_mpp / grid_mpp
+    return np.floor(corner / tile_size) * tile_size
 
 
 def _tile_xy(adata, xy, tile_size: int) -> np.ndarray:
@@ -360,10 +290,3 @@ def _load_cached(spec, weights, device, dtype):
         return _CACHE[ck]
 
 
-def _store(adata, key, vec, info):
-    info = {k: v for k, v in info.items() if v is not None}  # h5ad cannot hold None
-    embs = adata.uns.get("slide_embeddings")
-    adata.uns["slide_embeddings"] = {**(dict(embs) if embs else {}), key: vec}
-    infos = adata.uns.get("slide_embeddings_info")
-    adata.uns["slide_embeddings_info"] = {**(dict(infos) if infos else {}), key: info}
-    return vec

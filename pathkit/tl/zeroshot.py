@@ -9,12 +9,13 @@ ensemble and the median over the sets) and one-vs-rest AUROC.
 """
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 
 from ..errors import TableError
 from . import prompts as _prompts
+from ._zeroshot_common import _cohort_ids, _slides, softmax
+from ._zeroshot_eval import zero_shot_eval  # re-exported: one public module
 
 __all__ = ["class_embeddings", "encode_prompts", "text_embeddings", "topk_pool", "zero_shot", "zero_shot_eval"]
 
@@ -51,13 +52,6 @@ def _topk_pool_many(sims: np.ndarray, ks) -> np.ndarray:
         kk = min(int(k), sims.shape[0])
         out.append(csum[kk - 1] / kk)
     return np.stack(out)
-
-
-def softmax(scores: np.ndarray, logit_scale: float) -> np.ndarray:
-    z = np.asarray(scores, dtype=np.float64) * float(logit_scale)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def _l2n(x: np.ndarray) -> np.ndarray:
@@ -114,32 +108,6 @@ def text_embeddings(encoder, classes, templates=None) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ inputs
-def _slides(tiles) -> list[tuple[str, object]]:
-    from anndata import AnnData
-
-    if isinstance(tiles, AnnData):
-        items = [(None, tiles)]
-    elif isinstance(tiles, dict):
-        items = list(tiles.items())
-    elif isinstance(tiles, (list, tuple)):
-        items = [(None, a) for a in tiles]
-    else:
-        raise TypeError(f"tiles must be a tile AnnData, or a list / dict of them (got {type(tiles).__name__})")
-    out = []
-    for sid, a in items:
-        if not isinstance(a, AnnData):
-            raise TypeError(f"tiles: expected AnnData, got {type(a).__name__}")
-        if sid is None:
-            sid = (a.uns.get("slide", {}) or {}).get("slide_id")
-        if sid is None and "slide_id" in a.obs and a.n_obs:
-            sid = str(a.obs["slide_id"].iloc[0])
-        out.append((str(sid) if sid is not None else f"slide_{len(out)}", a))
-    ids = [s for s, _ in out]
-    if len(set(ids)) != len(ids):
-        dup = sorted({s for s in ids if ids.count(s) > 1})
-        raise TableError(f"tiles: duplicate slide ids {dup}; pass a dict {{slide_id: adata}}")
-    return out
-
 
 def _features(adata, sid, clip_name, tower, use_rep, image_features):
     """The slide's tile image embeddings [N, E] from the clip model's image tower: given, or read from
@@ -302,12 +270,6 @@ def zero_shot(tiles, classes="nsclc", templates=None, model="conch", *, use_rep=
     return result
 
 
-def _cohort_ids(cohort) -> pd.Index:
-    if "slide_id" in cohort.obs:
-        return pd.Index(cohort.obs["slide_id"].astype(str))
-    return pd.Index(cohort.obs_names.astype(str))
-
-
 def _write_cohort(cohort, result, set_scores, cls, ks, logit_scale, templates, key, clip_name, seed):
     ids = _cohort_ids(cohort)
     unknown = [s for s in result.index if s not in set(ids)]
@@ -325,6 +287,3 @@ def _write_cohort(cohort, result, set_scores, cls, ks, logit_scale, templates, k
             arr[i] = set_scores[s]
     cohort.uns[key] = {"model": clip_name, "classes": list(cls), "ks": np.asarray(ks), "logit_scale": logit_scale,
                        "templates": list(templates), "prompt_set_scores": arr, "seed": seed}
-
-
-from ._zeroshot_eval import zero_shot_eval  # noqa: E402  (re-exported: one public module)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from ..errors import TableError
+from ...errors import TableError
 
 TASKS = ("binary", "multiclass", "multilabel", "regression", "survival", "cox")
 CLASSIFICATION = ("binary", "multiclass", "multilabel")
@@ -129,7 +129,7 @@ def encode_targets(task: str, df: pd.DataFrame, label, time, event, classes=None
             raise TableError(f"task='regression' needs numeric columns {cols}: {err}") from None
         strat = pd.qcut(Y[:, 0], q=min(4, len(Y)), labels=False, duplicates="drop") if len(Y) > 1 else None
         return {"y": Y.astype(np.float32), "strat": strat}, cols
-    from .survival import _survival_frame
+    from ..survival._data import _survival_frame
 
     sf = _survival_frame(df, time, event)
     t, e = sf["time"].to_numpy(dtype=np.float64), sf["event"].to_numpy().astype(np.int64)
@@ -205,7 +205,7 @@ def metric_fns(task: str, n_classes: int) -> dict[str, Callable]:
     )
 
     if task in ("survival", "cox"):
-        from .survival import cindex
+        from ..survival import cindex
 
         return {"c_index": lambda t: cindex(t["time"], t["risk"], t["event"])}
     if task == "binary":

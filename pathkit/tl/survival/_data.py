@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import TableError
+from ...errors import TableError
 
 
 # --------------------------------------------------------------------------------------------- inputs

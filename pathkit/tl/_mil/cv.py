@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from . import _mil_tasks as T
-from ._mil_bags import BagSet
-from ._mil_covariates import bag_covariates
-from ._mil_data import check_folds, cohort_obs, make_units, write_predictions
-from ._mil_estimator import MIL
-from .splits import patient_folds, read_splits
+from ..splits import patient_folds, read_splits
+from . import tasks as T
+from .bags import BagSet
+from .covariates import bag_covariates
+from .data import check_folds, cohort_obs, make_units, write_predictions
+from .estimator import MIL
 
 
 @dataclass

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ._survival_data import _survival_frame
+from ._data import _survival_frame
 
 
 # --------------------------------------------------------------------------------------------- Kaplan-Meier

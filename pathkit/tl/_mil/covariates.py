@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ..errors import TableError
+from ...errors import TableError
 
 NAN_POLICIES = ("raise", "mean", "drop")
 
@@ -233,7 +233,7 @@ def stack_fit(task: str, base_out, covs, targets: dict, alpha_surv: float):
     bags outweigh an under-trained bag network's small logits)."""
     import torch
 
-    from . import _mil_tasks as T
+    from . import tasks as T
 
     base_out = base_out.detach()
     n_out = base_out.shape[1]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .._io import write_text_atomic
-from ..errors import WeightsError
+from ..._io import write_text_atomic
+from ...errors import WeightsError
 
 _FORMAT = 1
 
@@ -23,7 +23,7 @@ def save_estimator(est, path) -> Path:
     """Write ``path/model.safetensors`` and ``path/config.json``; returns the folder."""
     from safetensors.torch import save_file
 
-    from .._version import __version__
+    from ..._version import __version__
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -48,8 +48,8 @@ def load_estimator(cls, path, *, device: str = "auto"):
     """Rebuild the estimator saved by :func:`save_estimator` in ``path``."""
     from safetensors.torch import load_file
 
-    from ..models.mil import CovariateFusion, build_mil
-    from ._mil_covariates import CovariateSpec
+    from ...models.mil import CovariateFusion, build_mil
+    from .covariates import CovariateSpec
 
     path = Path(path)
     cfg_file, w_file = path / "config.json", path / "model.safetensors"

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .._device import resolve_device
-from ..errors import TableError
-from . import _mil_tasks as T
-from ._mil_bags import BagSet
-from ._mil_covariates import CovariateSpec, bag_covariates
-from ._mil_data import Units, cohort_obs, make_units, write_predictions
-from .splits import inner_split
+from ..._device import resolve_device
+from ...errors import TableError
+from ..splits import inner_split
+from . import tasks as T
+from .bags import BagSet
+from .covariates import CovariateSpec, bag_covariates
+from .data import Units, cohort_obs, make_units, write_predictions
 
 _EVAL_TILES = 8192  # tiles per evaluation chunk of the batched (ABMIL) path
 
@@ -23,7 +23,7 @@ def _release_memory():
     """Collect, then hand freed heap pages back to the OS (the many few-MB bag buffers)."""
     import gc
 
-    from .._io import malloc_trim
+    from ..._io import malloc_trim
 
     gc.collect()
     malloc_trim()
@@ -81,7 +81,7 @@ class MIL:
                  weight_decay: float = 1e-5, patience: int = 5, batch_size: int | None = None,
                  val_fraction: float = 0.2, n_bins: int = 4, alpha_surv: float = 0.15, bag_by: str = "slide",
                  device: str = "auto", random_state: int = 0, progress: bool = True, **params):
-        from ..models.mil import mil_params
+        from ...models.mil import mil_params
 
         if task not in T.TASKS:
             raise ValueError(f"task must be one of {T.TASKS}, not {task!r}")
@@ -212,7 +212,7 @@ class MIL:
 
     def save(self, path) -> Path:
         """Write ``path/model.safetensors`` and ``path/config.json`` (a folder); returns the folder."""
-        from ._mil_io import save_estimator
+        from .io import save_estimator
 
         self._check_fitted()
         return save_estimator(self, path)
@@ -220,7 +220,7 @@ class MIL:
     @classmethod
     def load(cls, path, *, device: str = "auto") -> MIL:
         """Rebuild a saved estimator (see :meth:`save`)."""
-        from ._mil_io import load_estimator
+        from .io import load_estimator
 
         return load_estimator(cls, path, device=device)
 
@@ -246,7 +246,7 @@ class MIL:
         ``covs``: the standardised covariates of every unit (a tensor), for a fused module."""
         import torch
 
-        from ..models.mil import CovariateFusion
+        from ...models.mil import CovariateFusion
 
         outs, extras, imps = [], [], []
         fused = isinstance(module, CovariateFusion)
@@ -305,7 +305,7 @@ class MIL:
         import torch
         from tqdm.auto import tqdm
 
-        from ..models.mil import CovariateFusion, build_mil
+        from ...models.mil import CovariateFusion, build_mil
 
         if len(train_idx) == 0:
             raise TableError("no usable bag to train on")
@@ -396,10 +396,10 @@ class MIL:
 
     def _fit_fusion(self, module, bagset, units, tg, idx, dev, in_dim, covs):
         """Stacking: fit the fused module's scale, shift and covariate weights on the training units ``idx``
-        with the trained bag network's outputs held fixed (:func:`._mil_covariates.stack_fit`)."""
+        with the trained bag network's outputs held fixed (:func:`.covariates.stack_fit`)."""
         import torch
 
-        from ._mil_covariates import stack_fit
+        from .covariates import stack_fit
 
         module.eval()
         with torch.no_grad():

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..errors import TableError
+from ...errors import TableError
 from ._cox import CoxResult, cox
+from ._data import _column, _obs, _survival_frame
 from ._kaplan_meier import KaplanMeierResult, _groups, kaplan_meier
-from ._survival_data import _column, _obs, _survival_frame  # _survival_frame: tl/abmil.py imports it here
 
 __all__ = [
     "CoxResult",

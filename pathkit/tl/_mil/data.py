@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .._ids import slide_id_from_path
-from ..errors import TableError
+from ..._ids import slide_id_from_path
+from ...errors import TableError
 
 
 def match_slides(cohort_ids: list[str], bag_ids: list[str]) -> dict[str, str]:

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import TableError
-from ._survival_data import _obs, _survival_frame
+from ...errors import TableError
+from ._data import _obs, _survival_frame
 
 
 # --------------------------------------------------------------------------------------------- Cox

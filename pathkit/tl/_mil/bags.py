@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import TableError
+from ...errors import TableError
 
 __all__ = ["BagSet", "default_rep"]
 
@@ -209,7 +209,7 @@ class BagSet:
         if not f.exists():
             raise FileNotFoundError(f"tile features file {f} does not exist")
         if f.suffix == ".h5":
-            from ..io.bags import h5_bag_slide_id, read_h5_features
+            from ...io.bags import h5_bag_slide_id, read_h5_features
 
             sid = h5_bag_slide_id(f)
             dataset = None if self.use_rep == "X" else self.use_rep
