@@ -227,6 +227,9 @@ def embed_tiles(tiles, slide=None, model=None, *, key_added: str | None = None, 
         feats, read_path = _run_encoder(encoder, spec, slide, xs, ys, tile_spec, dev, amp_dtype, batch_size, num_workers,
                              progress)
         del encoder
+        from ._cohort_record import check_finite
+
+        check_finite(feats, f"{slide.path}: tile model {spec.name!r}", f"weights={winfo.get('source')}")
     adata.obsm[key] = feats
     models = dict(adata.uns.get("models") or {})
     models[key] = _model_info(spec, winfo, amp_dtype, dev, int(feats.shape[1]), read_path)
