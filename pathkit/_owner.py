@@ -58,8 +58,6 @@ def is_dead(owner: dict) -> bool:
     if owner.get("host") != host():
         return False
     pid = int(owner.get("pid", -1))
-    if pid == os.getpid():
-        return False
     now = process_start(pid)
     if now is None:
         return True

@@ -60,6 +60,11 @@ def check_tiles(tiles, slide=None) -> dict:
             raise TableError(f"the tiles were made for {info.get('path', 'another slide')} "
                              f"({tuple(dims)}), not {slide.path} {tuple(slide.dimensions)}: pass the slide "
                              "the tiles came from, or tile this one with pk.pp.tile(slide)")
+        want = info.get("sha256")
+        if want and hasattr(slide, "sha256") and slide.sha256() != want:
+            raise TableError(f"the tiles were cut from {info.get('path', 'another file')} (sha256 {want[:12]}…), "
+                             f"but {slide.path} has sha256 {slide.sha256()[:12]}… (same size, other content): pass "
+                             "the slide the tiles came from, or tile this one with pk.pp.tile(slide)")
     return dict(spec)
 
 
