@@ -69,6 +69,31 @@ def _slides_table(slides, slide_dir) -> pd.DataFrame:
     return df
 
 
+def check_embed_kwargs(embed_kwargs: dict) -> None:
+    """What can be checked on the driver before any slide: batch size, reader count, the device's spelling
+    (whether it exists is the workers' business: a login node without a GPU may drive GPU workers)."""
+    import numpy as np
+
+    from ..errors import ParameterError
+
+    bs = embed_kwargs.get("batch_size", 64)
+    if isinstance(bs, bool) or not isinstance(bs, (int, np.integer)) or bs < 1:
+        raise ParameterError(f"embed_kwargs batch_size={bs!r}: the number of tiles per forward pass, an integer >= 1")
+    nw = embed_kwargs.get("num_workers")
+    if nw is not None and (isinstance(nw, bool) or not isinstance(nw, (int, np.integer)) or nw < 0):
+        raise ParameterError(f"embed_kwargs num_workers={nw!r}: an integer >= 0, or None for the default")
+    dev = embed_kwargs.get("device", "auto")
+    if isinstance(dev, str) and dev != "auto":
+        import torch
+
+        try:
+            torch.device(dev)
+        except (RuntimeError, ValueError) as e:
+            hint = " did you mean 'cuda'?" if dev.strip().lower() == "gpu" else ""
+            raise ParameterError(f"embed_kwargs device={dev!r} is not a torch device name ('auto', 'cpu', 'cuda', "
+                                 f"'cuda:<index>', 'mps'):{hint} {e}") from None
+
+
 def _load_state(out_dir: Path) -> dict:
     try:
         st = json.loads((out_dir / STATE_FILE).read_text())

@@ -23,7 +23,8 @@ from .._hashing import sha256_file
 from .._io import h5ad_safe, write_h5ad_atomic
 from ..errors import ChecksumError, CohortError, TableError
 from . import _cohort_record as _rec
-from ._cohort_inputs import STATE_FILE, OutDirLock, _clean_stale_tmp, _load_state, _save_state, _slides_table
+from ._cohort_inputs import (STATE_FILE, OutDirLock, _clean_stale_tmp, _load_state, _save_state, _slides_table,
+                             check_embed_kwargs)
 from .embed import feature_key
 
 COHORT_FILE = "cohort.h5ad"
@@ -57,6 +58,7 @@ class SlideJob:
     legacy_hash: str = ""                # the single hash of files written before models sat side by side
     feature_key: str = ""                # obsm key of the tile model's features
     slide_key: str = ""                  # uns["slide_embeddings"] key of the slide model
+    read_kwargs: dict = field(default_factory=dict)  # pk.read_slide's allow_* opt-ins
 
 
 def _stat(path: Path) -> tuple:
@@ -89,7 +91,7 @@ def _embed_slide_tiles(job: SlideJob, tiles=None):
     from ..slide import read_slide
     from . import embed as _embed
 
-    slide = read_slide(job.path, mpp=job.mpp)
+    slide = read_slide(job.path, mpp=job.mpp, **job.read_kwargs)
     try:
         if tiles is None:
             tiles = pp.tile(slide, **job.tile_kwargs)
@@ -232,7 +234,7 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
                  weights=None, tile_kwargs: dict | None = None, embed_kwargs: dict | None = None,
                  slide_weights=None, slide_kwargs: dict | None = None, slide_dir=None, executor=None,
                  client=None, resources: dict | None = None, progress: bool = True, write: bool = True,
-                 resume: bool = True):
+                 resume: bool = True, read_kwargs: dict | None = None):
     """Embed many slides into one cohort AnnData (one row per slide), resuming where a run stopped.
 
     Parameters
@@ -262,8 +264,11 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
     write
         Also write ``out_dir/cohort.h5ad``.
     resume
-        Reuse a slide's h5ad when it was made from the same file (sha256) with the same parameters (the
-        default); False recomputes every slide.
+        Reuse a slide's h5ad when it was made from the same file (sha256) with the same parameters and its
+        features still have their recorded checksum (the default); False recomputes every slide.
+    read_kwargs
+        Opt-ins of :func:`pathkit.read_slide` for every slide: ``allow_non_brightfield``,
+        ``allow_implausible_mpp``.
 
     Returns
     -------
@@ -283,6 +288,13 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
     for bad in ("tiles", "weights", "model", "slide", "key_added"):
         if bad in embed_kwargs:
             raise TypeError(f"embed_kwargs must not contain {bad!r}: embed_cohort sets it")
+    check_embed_kwargs(embed_kwargs)
+    unknown = set(read_kwargs or {}) - {"allow_non_brightfield", "allow_implausible_mpp"}
+    if unknown:
+        from ..errors import ParameterError
+
+        raise ParameterError(f"read_kwargs {sorted(unknown)}: only allow_non_brightfield and allow_implausible_mpp "
+                             "(the slide's mpp goes into an 'mpp' column of the slide table)")
     # everything a slide needs is checked here, before any slide is read: a typo must not cost a cohort's
     # tile embedding, and workers started in another folder (SLURM) must get absolute paths
     tile_model = get_spec(tile_model, kind="tile").name
@@ -298,7 +310,8 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
     lock = OutDirLock(out_dir).acquire()
     try:
         return _run_cohort(table, out_dir, tile_model, fkey, skey, weights, slide_model, slide_weights, tile_kwargs,
-                           embed_kwargs, slide_kwargs, executor, client, resources, progress, write, resume)
+                           embed_kwargs, slide_kwargs, executor, client, resources, progress, write, resume,
+                           dict(read_kwargs or {}))
     finally:
         lock.release()
 
@@ -360,7 +373,7 @@ def _reusable(job: SlideJob, entry: dict, cur, out_path: Path):
 
 
 def _run_cohort(table, out_dir, tile_model, fkey, skey, weights, slide_model, slide_weights, tile_kwargs,
-                embed_kwargs, slide_kwargs, executor, client, resources, progress, write, resume):
+                embed_kwargs, slide_kwargs, executor, client, resources, progress, write, resume, read_kwargs):
     import anndata as ad
     from tqdm.auto import tqdm
 
@@ -378,7 +391,7 @@ def _run_cohort(table, out_dir, tile_model, fkey, skey, weights, slide_model, sl
     for _, row in table.iterrows():
         mpp = row.get("mpp") if "mpp" in table.columns else None
         mpp = None if mpp is None or (isinstance(mpp, float) and np.isnan(mpp)) else float(mpp)
-        th = _rec.stable_hash({"mpp": mpp, "tile_kwargs": tile_kwargs})
+        th = _rec.stable_hash({"mpp": mpp, "tile_kwargs": tile_kwargs, **({"read": read_kwargs} if read_kwargs else {})})
         legacy = _rec.stable_hash({"tile_model": tile_model, "weights": w, "mpp": mpp, "tile_kwargs": tile_kwargs,
                                    "embed_kwargs": model_params["embed_kwargs"]})
         sph = _rec.stable_hash({"slide_model": slide_model, "weights": None if slide_weights is None
@@ -397,7 +410,8 @@ def _run_cohort(table, out_dir, tile_model, fkey, skey, weights, slide_model, sl
                        mpp=mpp, tile_kwargs=tile_kwargs, embed_kwargs=embed_kwargs, slide_model=slide_model,
                        slide_weights=None if slide_weights is None else str(slide_weights),
                        slide_kwargs=slide_kwargs, params_hash=ph, slide_params_hash=sph, expected_sha256=exp,
-                       resume=resume, tiling_hash=th, legacy_hash=legacy, feature_key=fkey, slide_key=skey)
+                       resume=resume, tiling_hash=th, legacy_hash=legacy, feature_key=fkey, slide_key=skey,
+                       read_kwargs=read_kwargs)
         if resume and entry and cur and entry.get("path") == str(src) and tuple(entry.get("stat") or ()) == cur:
             # the slide file is unchanged since the state was written: its sha256 need not be computed again
             job.known_sha256, job.known_stat = entry.get("sha256"), cur

@@ -208,6 +208,15 @@ def embed_tiles(tiles, slide=None, model=None, *, key_added: str | None = None, 
 
     if model is None:
         raise TypeError("embed_tiles needs a model: pk.tl.embed_tiles(tiles, slide, 'uni'); see pk.list_models()")
+    from ..errors import ParameterError
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ParameterError(f"batch_size={batch_size!r}: it is the number of tiles per forward pass, an integer "
+                             ">= 1 (e.g. 64; lower it if the GPU runs out of memory)")
+    if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, (int, np.integer))
+                                    or num_workers < 0):
+        raise ParameterError(f"num_workers={num_workers!r}: the number of tile reader processes, an integer >= 0 "
+                             "(0 reads in this process), or None for the default")
     check_tiles(tiles)  # before the slide is looked up in tiles.uns
     slide = slide_of_tiles(tiles, slide)
     tile_spec = check_tiles(tiles, slide)
