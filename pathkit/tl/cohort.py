@@ -23,8 +23,15 @@ from .._hashing import sha256_file
 from .._io import h5ad_safe, write_h5ad_atomic
 from ..errors import ChecksumError, CohortError, TableError
 from . import _cohort_record as _rec
-from ._cohort_inputs import STATE_FILE, OutDirLock, _clean_stale_tmp, _load_state, _save_state, _slides_table
-from ._cohort_inputs import check_embed_kwargs
+from ._cohort_inputs import (
+    STATE_FILE,
+    OutDirLock,
+    _clean_stale_tmp,
+    _load_state,
+    _save_state,
+    _slides_table,
+    check_embed_kwargs,
+)
 from .embed import feature_key
 
 COHORT_FILE = "cohort.h5ad"
