@@ -3,8 +3,8 @@ LocalCluster), the worker in another working directory, two cohorts with the sam
 sharing the scheduler, and the worker SIGKILLed in the middle of the run, then started again.
 
 Truth: each slide embedded in this process with the same weights file (float32 on CPU: bit-reproducible).
-Every slide of both cohorts must come out ``ok`` with exactly its own file's features. Measured: 170 s at a load average of 17 (eight
-sessions sharing 2 cores); the slide work itself is a few seconds, the rest is process start-up."""
+Every slide of both cohorts must come out ``ok`` with exactly its own file's features. Measured: 170 s at a
+load average of 17 (eight sessions sharing 2 cores); most of it is process start-up and torch imports."""
 from __future__ import annotations
 
 import json
