@@ -28,7 +28,27 @@ def resolve_device(device="auto") -> torch.device:
         if mps is not None and mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    return torch.device(device)
+    from .errors import ParameterError
+
+    hint = "use 'auto', 'cpu', 'cuda', 'cuda:<index>' or 'mps'"
+    if isinstance(device, str) and device.strip().lower() in ("gpu", "cuda:gpu", "nvidia"):
+        raise ParameterError(f"device {device!r} is not a torch device name: did you mean 'cuda'? ({hint})")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ParameterError(f"device {device!r} is not a torch device ({hint}): {e}") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ParameterError(f"device {device!r}: no CUDA GPU is usable here (torch.cuda.is_available() is "
+                                 "False); use device='cpu', or 'auto' to take a GPU when there is one")
+        if dev.index is not None and dev.index >= n:
+            raise ParameterError(f"device {device!r}: this machine has {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ParameterError(f"device {device!r}: Apple's MPS is not available here; use 'cpu' or 'auto'")
+    return dev
 
 
 @functools.lru_cache(maxsize=1)

@@ -18,7 +18,10 @@ def atomic_write(path, suffix: str = ""):
     format from it (``path.suffix`` for plotly's ``write_image``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
+    from ._owner import tag
+
+    # the owner tag (host, pid, start time) lets a clean-up tell a dead writer's file from a live one's
+    tmp = path.with_name(f".{path.name}.{tag()}.tmp{suffix}")
     try:
         yield tmp
         os.replace(tmp, path)

@@ -1,26 +1,72 @@
 """The `pathkit` command line: info, tile, embed, cohort, demo, fetch, list-models.
 
-Errors pathkit raises on purpose (bad file, missing mpp, unknown model, ...) print one line and exit with
-code 2; anything else is a bug and keeps its traceback.
+A user's mistake (a bad value, a file that cannot be read or written, missing mpp, unknown model...) prints
+one line and exits with code 2, argparse's convention; anything else is a bug: one line, exit 1. ``--debug``
+shows the traceback of either.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 from .errors import PathkitError
 
 
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 1")
+    return v
+
+
+def _count(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a number > 0 (microns per pixel, e.g. 0.5)")
+    return v
+
+
+def _share(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v) or not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"{text} must be a share between 0 and 1 (e.g. 0.1)")
+    return v
+
+
 def _add_slide_mpp(p):
-    p.add_argument("--mpp", type=float, default=None,
+    p.add_argument("--mpp", type=_positive_float, default=None,
                    help="the slide's microns per pixel, when its metadata lacks it or is wrong")
+    p.add_argument("--allow-implausible-mpp", action="store_true",
+                   help="use an mpp outside 0.05..5 um/px (e.g. from a 96-dpi resolution tag) anyway")
+    p.add_argument("--allow-non-brightfield", action="store_true",
+                   help="read a fluorescence / multiplex image anyway (H&E models give meaningless features)")
 
 
 def _add_tiling(p):
-    p.add_argument("--tile-px", type=int, default=256, help="tile side in pixels at the target mpp (256)")
-    p.add_argument("--target-mpp", type=float, default=0.5, help="tile resolution in um/px (0.5)")
-    p.add_argument("--min-tissue", type=float, default=0.1, help="keep tiles with at least this tissue share")
+    p.add_argument("--tile-px", type=_positive_int, default=256, help="tile side in pixels at the target mpp (256)")
+    p.add_argument("--target-mpp", type=_positive_float, default=0.5, help="tile resolution in um/px (0.5)")
+    p.add_argument("--min-tissue", type=_share, default=0.1, help="keep tiles with at least this tissue share")
 
 
 def _add_embedding(p):
@@ -30,8 +76,8 @@ def _add_embedding(p):
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1 ...")
     p.add_argument("--dtype", default="auto",
                    help="auto (bfloat16 on CUDA and on CPUs with native bf16, else float32) or float32 (exact)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--num-workers", type=int, default=None, help="tile reader processes (default min(4, CPUs))")
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--num-workers", type=_count, default=None, help="tile reader processes (default min(4, CPUs))")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -40,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="pathkit", description="Computational pathology toolkit.")
     parser.add_argument("--version", action="version", version=f"pathkit {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -72,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slide-dir", default=None, help="folder holding a manifest's files")
     p.add_argument("--dask-workers", type=int, default=0,
                    help="run slides on a local Dask cluster with this many worker processes (0: in-process)")
+    p.add_argument("--dashboard", default="127.0.0.1:8787", metavar="HOST:PORT",
+                   help="where the local Dask cluster serves its dashboard (127.0.0.1:8787, this machine only; "
+                        "0.0.0.0:8787 to open it to the network; 'none' for no dashboard)")
     _add_embedding(p)
 
     p = sub.add_parser("demo", help="offline end-to-end demo: sample slide -> tiles -> embeddings")
@@ -88,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_info(args) -> int:
     from .slide import read_slide
 
-    with read_slide(args.slide, mpp=args.mpp) as s:
+    _stat_inputs(args.slide)
+    with read_slide(args.slide, mpp=args.mpp, **_read_args(args)) as s:
         w, h = s.dimensions
         print(f"file         {s.path}")
         print(f"slide_id     {s.slide_id}")
@@ -115,7 +166,10 @@ def _cmd_tile(args) -> int:
 
     if args.out and not str(args.out).endswith(".h5ad"):
         raise PathkitError(f"--out {args.out}: the tiles are an AnnData; name an .h5ad file")
-    with read_slide(args.slide, mpp=args.mpp) as s:
+    if args.out and Path(args.out).is_dir():
+        raise PathkitError(f"--out {args.out} is a folder; name an .h5ad file")
+    _stat_inputs(args.slide)
+    with read_slide(args.slide, mpp=args.mpp, **_read_args(args)) as s:
         tiles = _tiles(s, args)
     spec = tiles.uns["tile_spec"]
     print(f"{s.slide_id}: {tiles.n_obs} tiles of {args.tile_px} px at {args.target_mpp} um/px "
@@ -128,8 +182,20 @@ def _cmd_tile(args) -> int:
     return 0
 
 
+def _stat_inputs(*paths) -> None:
+    """A missing file, a symlink loop or an unreadable folder as an OSError naming the path (exit 2)."""
+    import os
+
+    for p in paths:
+        os.stat(p)
+
+
+def _read_args(args) -> dict:
+    return {k: True for k in ("allow_non_brightfield", "allow_implausible_mpp") if getattr(args, k, False)}
+
+
 def _cohort_args(args) -> dict:
-    return {"weights": args.weights,
+    return {"weights": args.weights, "read_kwargs": _read_args(args),
             "tile_kwargs": {"tile_px": args.tile_px, "mpp": args.target_mpp, "min_tissue": args.min_tissue},
             "embed_kwargs": {"device": args.device, "dtype": args.dtype, "batch_size": args.batch_size,
                              "num_workers": args.num_workers},
@@ -154,6 +220,7 @@ def _cmd_embed(args) -> int:
 
     from .tl.cohort import embed_cohort
 
+    _stat_inputs(*args.slides)
     table = pd.DataFrame({"path": [str(p) for p in args.slides]})
     if args.mpp is not None:
         table["mpp"] = args.mpp
@@ -172,7 +239,10 @@ def _cmd_cohort(args) -> int:
     if args.dask_workers > 0:
         from dask.distributed import Client, LocalCluster
 
-        cluster = LocalCluster(n_workers=args.dask_workers, threads_per_worker=1, processes=True)
+        dash = None if str(args.dashboard).lower() in ("none", "off", "") else args.dashboard
+        # the scheduler and the dashboard listen on this machine only unless asked (--dashboard 0.0.0.0:8787)
+        cluster = LocalCluster(n_workers=args.dask_workers, threads_per_worker=1, processes=True,
+                               host="127.0.0.1", dashboard_address=dash)
         client = Client(cluster)
     try:
         cohort = embed_cohort(args.slides, args.out, tile_model=args.tile_model, slide_model=args.slide_model, slide_dir=args.slide_dir,
@@ -223,6 +293,19 @@ _COMMANDS = {"info": _cmd_info, "tile": _cmd_tile, "embed": _cmd_embed, "cohort"
              "fetch": _cmd_fetch, "list-models": _cmd_list_models}
 
 
+_CLI_FLAGS = {"allow_non_brightfield=True": "--allow-non-brightfield",
+              "allow_implausible_mpp=True": "--allow-implausible-mpp", "mpp=": "--mpp"}
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = " ".join(str(exc).split())  # one line, whatever the message's layout
+    for api, flag in _CLI_FLAGS.items():
+        if api in msg and flag not in msg:
+            msg += f" (command line: {flag})"
+            break
+    return msg
+
+
 def main(argv=None) -> int:
     """Entry point of the `pathkit` console script; returns the exit code."""
     try:
@@ -231,7 +314,18 @@ def main(argv=None) -> int:
         return int(e.code or 0)
     try:
         return _COMMANDS[args.command](args)
-    except PathkitError as e:
-        msg = " ".join(str(e).split())  # one line, whatever the message's layout
-        print(f"pathkit: error: {msg}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("pathkit: interrupted", file=sys.stderr)
+        return 130
+    except (PathkitError, OSError) as e:  # the user's input or the file system: say what, no traceback
+        if args.debug:
+            raise
+        what = "" if isinstance(e, PathkitError) else f"{type(e).__name__}: "
+        print(f"pathkit: error: {what}{_one_line(e)}", file=sys.stderr)
         return 2
+    except Exception as e:  # a bug: one line unless --debug
+        if args.debug:
+            raise
+        print(f"pathkit: internal error: {type(e).__name__}: {_one_line(e)} (a bug; run again with --debug for "
+              "the traceback and report it)", file=sys.stderr)
+        return 1

@@ -46,3 +46,7 @@ class ModelNotFoundError(PathkitError, KeyError):
 
 class CohortError(PathkitError, RuntimeError):
     """Every slide of a cohort run failed (the first errors are in the message, all in the state file)."""
+
+
+class ParameterError(PathkitError, ValueError):
+    """An argument has a value that cannot work (batch_size=0, an unknown device, a tile size <= 0 ...)."""

@@ -19,7 +19,7 @@ from pathkit.tl import cohort as cohort_mod
 TCGA = "TCGA-AD-6964-01Z-00-DX1.83AF88B9-C59B-48C6-A739-85ACB8F8ECA9"
 
 
-def fake_tiles(job):
+def fake_tiles(job, tiles=None):
     """Deterministic stand-in for read -> tile -> embed: n tiles and values from the file's bytes."""
     data = open(job.path, "rb").read()
     if data.startswith(b"BAD"):
@@ -31,13 +31,14 @@ def fake_tiles(job):
     obs = pd.DataFrame({"slide_id": job.slide_id, "x": np.arange(n) * 256, "y": 0},
                        index=[str(i) for i in range(n)])
     a = ad.AnnData(X=X, obs=obs)
+    a.obsm[job.feature_key] = X
     a.uns["tile_spec"] = dict(job.tile_kwargs)
     return a
 
 
-def fake_embed_slide(tile_adata, model="mean", weights=None, **kw):
-    v = np.asarray(tile_adata.X).mean(axis=0)
-    tile_adata.uns.setdefault("slide_embeddings", {})["mean"] = v
+def fake_embed_slide(tile_adata, model="mean", weights=None, use_rep=None, key_added="mean", **kw):
+    v = np.asarray(tile_adata.obsm[use_rep] if use_rep else tile_adata.X).mean(axis=0)
+    tile_adata.uns.setdefault("slide_embeddings", {})[key_added] = v
     return v
 
 
@@ -45,7 +46,7 @@ def fake_embed_slide(tile_adata, model="mean", weights=None, **kw):
 def calls(monkeypatch):
     seen = []
 
-    def counted(job):
+    def counted(job, tiles=None):
         seen.append(job.slide_id)
         return fake_tiles(job)
 
@@ -87,8 +88,8 @@ def test_failures_recorded_and_resume_skips(slides, tmp_path, calls):
         assert c.obs.loc[sid, "n_tiles"] == t.n_obs
         assert t.uns["cohort_job"]["slide_sha256"] == hashlib.sha256(open(c.obs.loc[sid, "path"], "rb")
                                                                        .read()).hexdigest()
-        np.testing.assert_allclose(c.obsm["X_mean"][list(c.obs_names).index(sid)], t.X.mean(axis=0), rtol=1e-6)
-    assert np.isnan(c.obsm["X_mean"][3]).all()
+        np.testing.assert_allclose(c.obsm["X_mean_vit_tiny_test"][list(c.obs_names).index(sid)], t.X.mean(axis=0), rtol=1e-6)
+    assert np.isnan(c.obsm["X_mean_vit_tiny_test"][3]).all()
     assert not (out / "broken.h5ad").exists()
     assert c.uns["cohort"]["n_failed"] == 1 and c.uns["cohort"]["n_tiles"] == int(c.obs["n_tiles"].sum())
     assert ad.read_h5ad(out / "cohort.h5ad").obs["status"].tolist() == c.obs["status"].tolist()
@@ -98,7 +99,7 @@ def test_failures_recorded_and_resume_skips(slides, tmp_path, calls):
     c2 = _run(slides, out, slide_model="mean")
     assert calls == ["broken"]
     assert c2.obs["status"].tolist() == ["skipped", "skipped", "skipped", "failed"]
-    np.testing.assert_array_equal(c2.obsm["X_mean"], c.obsm["X_mean"])
+    np.testing.assert_array_equal(c2.obsm["X_mean_vit_tiny_test"], c.obsm["X_mean_vit_tiny_test"])
     assert c2.obs["n_tiles"].tolist() == c.obs["n_tiles"].tolist()
 
     # without the state file the h5ad records still prove the slides are done (file hashed again)
@@ -118,7 +119,7 @@ def test_failures_recorded_and_resume_skips(slides, tmp_path, calls):
     calls.clear()
     c5 = _run(slides, out, slide_model="mean", tile_kwargs={"shift": 10})
     assert sorted(calls) == sorted(["a", "broken", "c", TCGA])
-    assert np.nanmean(c5.obsm["X_mean"]) > 5
+    assert np.nanmean(c5.obsm["X_mean_vit_tiny_test"]) > 5
     # neutral parameters (batch size, device) do not
     calls.clear()
     _run(slides, out, slide_model="mean", tile_kwargs={"shift": 10}, embed_kwargs={"batch_size": 7})
@@ -155,7 +156,7 @@ def test_executors_give_the_same_cohort(slides, tmp_path, calls):
     assert par.uns["pathkit"]["executor"] == "pool"
     pd.testing.assert_frame_equal(ref.obs.drop(columns=["seconds", "tile_file"]),
                                   par.obs.drop(columns=["seconds", "tile_file"]))
-    np.testing.assert_array_equal(ref.obsm["X_mean"], par.obsm["X_mean"])
+    np.testing.assert_array_equal(ref.obsm["X_mean_vit_tiny_test"], par.obsm["X_mean_vit_tiny_test"])
     assert isinstance(get_executor(), InProcessExecutor)
     assert isinstance(get_executor(ThreadPoolExecutor(1)), PoolExecutor)
     with pytest.raises(ValueError, match="needs client"):
@@ -165,7 +166,9 @@ def test_executors_give_the_same_cohort(slides, tmp_path, calls):
 def test_stale_tmp_files_of_dead_runs_removed(slides, tmp_path, calls):
     out = tmp_path / "out"
     out.mkdir()
-    dead = out / ".a.h5ad.999999999.tmp"  # no such pid
+    from pathkit import _owner
+
+    dead = out / f".a.h5ad.pk-{_owner.host()}-999999999-1.tmp"  # no such pid on this host
     dead.write_bytes(b"half")
     _run(slides, out)
     assert not dead.exists()
@@ -199,6 +202,6 @@ def test_real_slides_embed_and_fail_clearly(shared_data, tmp_path):
     assert t.n_obs == n == c.obs.loc["CMU-1-Small-Region", "n_tiles"] and X.shape[1] == 192
     assert t.uns["models"]["X_vit_tiny_test"]["name"] == "vit_tiny_test"
     # the slide embedding (pk.tl.embed_slide, model "mean") is the mean tile feature, stored in the file too
-    np.testing.assert_allclose(c.obsm["X_mean"][0], X.mean(axis=0), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(t.uns["slide_embeddings"]["mean"], X.mean(axis=0), rtol=1e-5, atol=1e-6)
-    assert np.isnan(c.obsm["X_mean"][1:]).all()
+    np.testing.assert_allclose(c.obsm["X_mean_vit_tiny_test"][0], X.mean(axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(t.uns["slide_embeddings"]["mean_vit_tiny_test"], X.mean(axis=0), rtol=1e-5, atol=1e-6)
+    assert np.isnan(c.obsm["X_mean_vit_tiny_test"][1:]).all()

@@ -24,17 +24,19 @@ N_SLIDES = 5
 N_TRIALS = 10
 
 
-def _fake_tiles(job):
+def _fake_tiles(job, tiles=None):
     data = open(job.path, "rb").read()
     seed = int(hashlib.sha256(data).hexdigest()[:8], 16)
     time.sleep(0.02 + (seed % 5) * 0.01)  # work that takes time, so kills land inside it
     X = np.random.default_rng(seed).standard_normal((5 + seed % 7, 16)).astype(np.float32)
-    return ad.AnnData(X=X, obs=pd.DataFrame({"slide_id": job.slide_id}, index=[str(i) for i in range(len(X))]))
+    a = ad.AnnData(X=X, obs=pd.DataFrame({"slide_id": job.slide_id}, index=[str(i) for i in range(len(X))]))
+    a.obsm[job.feature_key] = X
+    return a
 
 
-def _fake_embed_slide(tile_adata, model="mean", weights=None, **kw):
-    v = np.asarray(tile_adata.X).mean(axis=0)
-    tile_adata.uns.setdefault("slide_embeddings", {})["mean"] = v
+def _fake_embed_slide(tile_adata, model="mean", weights=None, use_rep=None, key_added="mean", **kw):
+    v = np.asarray(tile_adata.obsm[use_rep] if use_rep else tile_adata.X).mean(axis=0)
+    tile_adata.uns.setdefault("slide_embeddings", {})[key_added] = v
     return v
 
 
@@ -81,12 +83,12 @@ def _assert_same(ref_dir, out_dir, ref):
         a, b = ad.read_h5ad(ref_dir / f"s{i}.h5ad"), ad.read_h5ad(out_dir / f"s{i}.h5ad")
         np.testing.assert_array_equal(a.X, b.X)
         pd.testing.assert_frame_equal(a.obs, b.obs)
-        assert a.uns["cohort_job"]["params_hash"] == b.uns["cohort_job"]["params_hash"]
-        np.testing.assert_array_equal(a.uns["slide_embeddings"]["mean"], b.uns["slide_embeddings"]["mean"])
+        assert a.uns["cohort_job"]["features"] == b.uns["cohort_job"]["features"]
+        np.testing.assert_array_equal(a.uns["slide_embeddings"]["mean_vit_tiny_test"], b.uns["slide_embeddings"]["mean_vit_tiny_test"])
     c = ad.read_h5ad(out_dir / cohort_mod.COHORT_FILE)
     assert c.obs["status"].isin(["ok", "skipped"]).all()
     assert c.obs["n_tiles"].tolist() == ref.obs["n_tiles"].tolist()
-    np.testing.assert_array_equal(c.obsm["X_mean"], ref.obsm["X_mean"])
+    np.testing.assert_array_equal(c.obsm["X_mean_vit_tiny_test"], ref.obsm["X_mean_vit_tiny_test"])
     st = json.loads((out_dir / cohort_mod.STATE_FILE).read_text())
     assert {s["status"] for s in st["slides"].values()} <= {"ok", "skipped"} and len(st["slides"]) == N_SLIDES
 

@@ -15,7 +15,7 @@ import pathkit as pk
 distributed = pytest.importorskip("distributed")
 
 
-def _fake_tiles(job):
+def _fake_tiles(job, tiles=None):
     """Stand-in for read -> tile -> embed (values from the file's bytes), recording the worker's pid."""
     import hashlib
 
@@ -28,13 +28,14 @@ def _fake_tiles(job):
     seed = int(hashlib.sha256(data).hexdigest()[:8], 16)
     X = np.random.default_rng(seed).standard_normal((2 + seed % 4, 8)).astype(np.float32)
     a = ad.AnnData(X=X, obs=pd.DataFrame({"slide_id": job.slide_id}, index=[str(i) for i in range(len(X))]))
+    a.obsm[job.feature_key] = X
     a.uns["worker_pid"] = os.getpid()
     return a
 
 
-def _fake_embed_slide(tile_adata, model="mean", weights=None, **kw):
-    v = np.asarray(tile_adata.X).mean(axis=0)
-    tile_adata.uns.setdefault("slide_embeddings", {})["mean"] = v
+def _fake_embed_slide(tile_adata, model="mean", weights=None, use_rep=None, key_added="mean", **kw):
+    v = np.asarray(tile_adata.obsm[use_rep] if use_rep else tile_adata.X).mean(axis=0)
+    tile_adata.uns.setdefault("slide_embeddings", {})[key_added] = v
     return v
 
 
@@ -94,7 +95,7 @@ def test_dask_two_workers_equals_in_process(client, slides, tmp_path, monkeypatc
         ref = pk.tl.embed_cohort(slides, tmp_path / "local", tile_model="vit_tiny_test", slide_model="mean",
                                  progress=False)
     assert ref.obs["n_tiles"].tolist() == dk.obs["n_tiles"].tolist()
-    np.testing.assert_array_equal(ref.obsm["X_mean"], dk.obsm["X_mean"])
+    np.testing.assert_array_equal(ref.obsm["X_mean_vit_tiny_test"], dk.obsm["X_mean_vit_tiny_test"])
 
     # resume through Dask: nothing is sent for done slides (the failed one is retried)
     with pytest.warns(UserWarning, match="1 of 6"):

@@ -40,6 +40,28 @@ def _failed(job, exc: BaseException) -> dict:
             "status": "failed", "error": f"{type(exc).__name__}: {exc} (executor)", "n_tiles": 0}
 
 
+def task_key(job) -> str:
+    """The Dask key of a job. Two cohorts sharing a scheduler may hold slides with the same id but other
+    files, or the same files written to another out_dir: the key names the slide file's identity (absolute
+    path, size, mtime, sha256 when known), the output file and every parameter, so equal keys mean equal
+    work and the scheduler never hands one cohort the other's result."""
+    import hashlib
+    import json
+    import os
+
+    ident = {"path": os.path.abspath(str(getattr(job, "path", ""))),
+             "out": os.path.abspath(str(getattr(job, "out_path", ""))), "stat": None}
+    try:
+        st = os.stat(ident["path"])
+        ident["stat"] = [st.st_size, st.st_mtime_ns]
+    except OSError:
+        pass
+    for k in ("known_sha256", "expected_sha256", "params_hash", "tiling_hash", "slide_params_hash", "resume"):
+        ident[k] = getattr(job, k, None)
+    h = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return f"pathkit-slide-{getattr(job, 'slide_id', 'job')}-{h}"
+
+
 class Executor:
     """Interface: ``map(fn, jobs)`` yields ``fn(job)`` results as they complete."""
 
@@ -115,7 +137,7 @@ class DaskExecutor(Executor):
         jobs = list(jobs)
         futs = {}
         for job in jobs:
-            key = f"pathkit-slide-{getattr(job, 'slide_id', id(job))}-{getattr(job, 'params_hash', '')[:12]}"
+            key = task_key(job)
             f = self.client.submit(fn, job, key=key, pure=False, resources=self.resources,
                                    retries=self.retries)
             futs[f] = job

@@ -71,15 +71,35 @@ def get_spec(name: str | ModelSpec, kind: str | None = None) -> ModelSpec:
         spec = _timm_spec(name[len("timm:"):])
     elif name in _REGISTRY:
         spec = _REGISTRY[name]
+    elif isinstance(name, str) and _casefold_match(name, kind):
+        spec = _REGISTRY[_casefold_match(name, kind)]
     else:
-        known = ", ".join(sorted(_REGISTRY))
-        raise ModelNotFoundError(
-            f"unknown model {name!r}. Known models: {known}. "
-            "Use 'timm:<architecture>' for any timm model, or pathkit.models.register(ModelSpec(...))."
-        )
+        raise ModelNotFoundError(_unknown_model_message(name, kind))
     if kind is not None and spec.kind != kind:
         raise ModelNotFoundError(f"model {spec.name!r} is a {spec.kind} model, not a {kind} model")
     return spec
+
+
+def _casefold_match(name: str, kind: str | None) -> str | None:
+    """The registry name equal to `name` ignoring case, '-' and '_' (``UNI``, ``Gigapath-Tile``), if exactly
+    one of `kind` matches."""
+    def norm(s):
+        return s.casefold().replace("-", "_")
+
+    hits = [k for k, s in _REGISTRY.items() if norm(k) == norm(name) and (kind is None or s.kind == kind)]
+    return hits[0] if len(hits) == 1 else None
+
+
+def _unknown_model_message(name, kind: str | None) -> str:
+    import difflib
+
+    names = sorted(k for k, s in _REGISTRY.items() if kind is None or s.kind == kind)
+    lower = {k.casefold(): k for k in names}
+    close = [lower[k] for k in difflib.get_close_matches(str(name).casefold(), list(lower), n=3, cutoff=0.6)]
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    what = f"{kind} model" if kind else "model"
+    return (f"unknown {what} {name!r}.{hint} Known {what}s: {', '.join(names)}. "
+            "Use 'timm:<architecture>' for any timm model, or pathkit.models.register(ModelSpec(...)).")
 
 
 def _timm_spec(arch: str) -> ModelSpec:

@@ -69,6 +69,31 @@ def _slides_table(slides, slide_dir) -> pd.DataFrame:
     return df
 
 
+def check_embed_kwargs(embed_kwargs: dict) -> None:
+    """What can be checked on the driver before any slide: batch size, reader count, the device's spelling
+    (whether it exists is the workers' business: a login node without a GPU may drive GPU workers)."""
+    import numpy as np
+
+    from ..errors import ParameterError
+
+    bs = embed_kwargs.get("batch_size", 64)
+    if isinstance(bs, bool) or not isinstance(bs, (int, np.integer)) or bs < 1:
+        raise ParameterError(f"embed_kwargs batch_size={bs!r}: the number of tiles per forward pass, an integer >= 1")
+    nw = embed_kwargs.get("num_workers")
+    if nw is not None and (isinstance(nw, bool) or not isinstance(nw, (int, np.integer)) or nw < 0):
+        raise ParameterError(f"embed_kwargs num_workers={nw!r}: an integer >= 0, or None for the default")
+    dev = embed_kwargs.get("device", "auto")
+    if isinstance(dev, str) and dev != "auto":
+        import torch
+
+        try:
+            torch.device(dev)
+        except (RuntimeError, ValueError) as e:
+            hint = " did you mean 'cuda'?" if dev.strip().lower() == "gpu" else ""
+            raise ParameterError(f"embed_kwargs device={dev!r} is not a torch device name ('auto', 'cpu', 'cuda', "
+                                 f"'cuda:<index>', 'mps'):{hint} {e}") from None
+
+
 def _load_state(out_dir: Path) -> dict:
     try:
         st = json.loads((out_dir / STATE_FILE).read_text())
@@ -81,25 +106,94 @@ def _save_state(out_dir: Path, state: dict) -> None:
     write_text_atomic(out_dir / STATE_FILE, json.dumps(state, indent=1, sort_keys=True, default=str))
 
 
-def _clean_stale_tmp(out_dir: Path) -> int:
-    """Remove temporary files a killed run left behind (``.<name>.<pid>.tmp`` of dead processes)."""
+def _clean_stale_tmp(out_dir: Path, legacy_age_s: float = 86400.0) -> int:
+    """Remove temporary files a killed run left behind: ``.<name>.pk-<host>-<pid>-<start>.tmp`` written on
+    this host by a process that is gone. Another host's file is never touched (on a shared file system its
+    writer may be alive); an old-style ``.<name>.<pid>.tmp`` (no host) only once it is `legacy_age_s` old."""
+    import time
+
+    from .. import _owner
+
     n = 0
     for f in out_dir.glob(".*.tmp"):
-        parts = f.name.rsplit(".", 2)
-        try:
-            pid = int(parts[-2])
-        except (ValueError, IndexError):
-            continue
-        if pid == os.getpid():
-            continue
-        try:
-            os.kill(pid, 0)
-            alive = True
-        except ProcessLookupError:
-            alive = False
-        except PermissionError:
-            alive = True
-        if not alive:
+        owner = _owner.parse_tag(f.name[:-len(".tmp")].rsplit(".", 1)[-1])
+        if owner is not None:
+            stale = _owner.is_dead(owner)
+        else:
+            try:
+                int(f.name.rsplit(".", 2)[-2])
+                stale = time.time() - f.stat().st_mtime > legacy_age_s
+            except (ValueError, IndexError, OSError):
+                continue
+        if stale:
             f.unlink(missing_ok=True)
             n += 1
     return n
+
+
+LOCK_FILE = ".pathkit.lock"
+
+
+class OutDirLock:
+    """An exclusive lock on a cohort's ``out_dir`` (``out_dir/.pathkit.lock``: host, pid, start time).
+
+    A second run on the same folder stops at once with a :class:`~pathkit.errors.CohortError` that names
+    the holder. A lock left by a process of this host that is gone is taken over; a lock from another host is
+    never broken (its run may be alive): the message says which file to delete once that run is over.
+    """
+
+    def __init__(self, out_dir: Path):
+        self.path = Path(out_dir) / LOCK_FILE
+        self._held = False
+
+    def acquire(self) -> OutDirLock:
+        import time
+
+        from .. import _owner
+        from ..errors import CohortError
+
+        me = {"host": _owner.host(), "pid": os.getpid(), "start": _owner.process_start(os.getpid()) or 0,
+              "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    holder = json.loads(self.path.read_text() or "{}")
+                except (OSError, ValueError):
+                    holder = {}
+                if holder and _owner.is_dead(holder):
+                    self.path.unlink(missing_ok=True)  # its process on this host is gone
+                    continue
+                if not holder:  # being written this instant, or an empty file of a crashed writer
+                    time.sleep(0.2)
+                    try:
+                        holder = json.loads(self.path.read_text() or "{}")
+                    except (OSError, ValueError):
+                        holder = {}
+                    if not holder:
+                        raise CohortError(f"{self.path.parent}: locked by an unreadable lock file {self.path}; "
+                                          "if no other pathkit run uses this folder, delete that file") from None
+                    continue
+                where = "this host" if holder.get("host") == me["host"] else f"host {holder.get('host')!r}"
+                raise CohortError(
+                    f"{self.path.parent} is in use by another pathkit run (pid {holder.get('pid')} on {where}, "
+                    f"since {holder.get('since', '?')}): two runs on one out_dir would compute every slide twice. "
+                    f"Wait for it, or use another out_dir; if that run is gone, delete {self.path}") from None
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(me))
+            self._held = True
+            return self
+        raise CohortError(f"{self.path.parent}: could not take the lock {self.path}; delete it if no run is using "
+                          "this folder")
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()

@@ -9,7 +9,6 @@ sha256 so a resumed run does not re-hash unchanged slides.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import traceback
@@ -23,7 +22,17 @@ import pandas as pd
 from .._hashing import sha256_file
 from .._io import h5ad_safe, write_h5ad_atomic
 from ..errors import ChecksumError, CohortError, TableError
-from ._cohort_inputs import STATE_FILE, _clean_stale_tmp, _load_state, _save_state, _slides_table
+from . import _cohort_record as _rec
+from ._cohort_inputs import (
+    STATE_FILE,
+    OutDirLock,
+    _clean_stale_tmp,
+    _load_state,
+    _save_state,
+    _slides_table,
+    check_embed_kwargs,
+)
+from .embed import feature_key
 
 COHORT_FILE = "cohort.h5ad"
 # embed_tiles arguments that do not change the numbers (excluded from the parameter hash)
@@ -32,7 +41,8 @@ _NEUTRAL = {"batch_size", "num_workers", "device", "progress"}
 
 @dataclass
 class SlideJob:
-    """Everything one slide's work unit needs (picklable: sent to Dask / process workers)."""
+    """Everything one slide's work unit needs (picklable: sent to Dask / process workers). Paths are
+    absolute: a worker may run in another folder or on another host."""
 
     slide_id: str
     path: str
@@ -45,16 +55,17 @@ class SlideJob:
     slide_model: str | None = None
     slide_weights: str | None = None
     slide_kwargs: dict = field(default_factory=dict)
-    params_hash: str = ""
+    params_hash: str = ""                # the tile model's parameters (model, weights, dtype ...)
     resume: bool = True
     slide_params_hash: str = ""
     expected_sha256: str | None = None   # from a manifest: refuse a file that differs
     known_sha256: str | None = None      # from the state file, valid while size + mtime are unchanged
     known_stat: tuple | None = None
-
-
-def _stable_hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+    tiling_hash: str = ""                # mpp + tile_kwargs: which tiles
+    legacy_hash: str = ""                # the single hash of files written before models sat side by side
+    feature_key: str = ""                # obsm key of the tile model's features
+    slide_key: str = ""                  # uns["slide_embeddings"] key of the slide model
+    read_kwargs: dict = field(default_factory=dict)  # pk.read_slide's allow_* opt-ins
 
 
 def _stat(path: Path) -> tuple:
@@ -62,44 +73,41 @@ def _stat(path: Path) -> tuple:
     return (st.st_size, st.st_mtime_ns)
 
 
-def _slide_key(slide_model, slide_kwargs=None) -> str:
-    """Key of the slide embedding in uns["slide_embeddings"] / obsm["X_<key>"] (embed_slide's naming)."""
+def _slide_key(slide_model, slide_kwargs=None, tile_model=None) -> str:
+    """Key of the slide embedding in uns["slide_embeddings"] / the cohort's obsm["X_<key>"]. A slide model
+    that is not bound to one tile model (``"mean"``) gets the tile model in its key (``mean_uni``), so the
+    slide vectors of several tile models sit side by side in one out_dir."""
     if slide_kwargs and slide_kwargs.get("key_added"):
         return str(slide_kwargs["key_added"])
     if slide_model in ("mean", None):
-        return "mean"
-    return str(getattr(slide_model, "name", slide_model))
+        base, bound = "mean", None
+    else:
+        from ..models.registry import get_spec
+
+        spec = get_spec(slide_model, kind="slide")
+        base, bound = spec.name, (spec.extra or {}).get("tile_model")
+    if bound or tile_model is None:
+        return base
+    return f"{base}_{feature_key(tile_model)[2:]}"
 
 
-def _read_uns(path: Path, key: str):
-    """One uns entry of an h5ad without loading X (None when absent or unreadable)."""
-    import h5py
-    from anndata.io import read_elem
-
-    try:
-        with h5py.File(path, "r") as f:
-            if "uns" in f and key in f["uns"]:
-                return read_elem(f["uns"][key])
-    except (OSError, KeyError, ValueError):
-        return None
-    return None
-
-
-def _embed_slide_tiles(job: SlideJob):
-    """read -> tile -> embed; the heavy part of a work unit. Returns the tiles AnnData with features."""
+def _embed_slide_tiles(job: SlideJob, tiles=None):
+    """read -> tile -> embed; the heavy part of a work unit. Returns the tiles AnnData with features. With
+    `tiles` (the slide's earlier tiles, holding other models' features), only the embedding is run."""
     from .. import pp
     from ..slide import read_slide
     from . import embed as _embed
 
-    slide = read_slide(job.path, mpp=job.mpp)
+    slide = read_slide(job.path, mpp=job.mpp, **job.read_kwargs)
     try:
-        tiles = pp.tile(slide, **job.tile_kwargs)
+        if tiles is None:
+            tiles = pp.tile(slide, **job.tile_kwargs)
         if tiles.n_obs == 0:
             raise TableError(f"{job.path}: no tissue tiles (tile_kwargs={job.tile_kwargs}); lower min_tissue or "
                              "check the slide")
         kw = dict(job.embed_kwargs)
         kw.setdefault("progress", False)
-        _embed.embed_tiles(tiles, slide, job.tile_model, weights=job.weights, **kw)
+        _embed.embed_tiles(tiles, slide, job.tile_model, weights=job.weights, key_added=job.feature_key, **kw)
         return tiles
     finally:
         try:
@@ -119,6 +127,54 @@ def _qc_summary(qc) -> dict:
             "n_qc_pass": float(qc.get("n_pass", np.nan))}
 
 
+def _tile_features(job: SlideJob, sha: str, out: Path, res: dict):
+    """The tiles AnnData holding ``obsm[job.feature_key]``: reused (checksum verified), added to the slide's
+    earlier file (other models' features kept), or computed. Returns (adata or None when reused, record)."""
+    import anndata as ad
+
+    key = job.feature_key
+    rec = _rec.read_record(out, key, job.legacy_hash, job.tiling_hash, job.params_hash) if out.exists() else None
+    same_tiles = bool(rec) and rec["slide_sha256"] == sha and rec.get("tiling_hash") == job.tiling_hash
+    entry = rec["features"].get(key) if same_tiles else None
+    if job.resume and entry and entry.get("params_hash") == job.params_hash:
+        if _rec.features_intact(out, key, entry, rec.get("n_tiles")):
+            res["status"] = "skipped"
+            res["n_tiles"] = int(rec.get("n_tiles", 0))
+            return None, rec
+        res["note"] = f"{out.name}: obsm[{key!r}] differs from its recorded checksum; computed again"
+    tiles = None
+    if job.resume and same_tiles:
+        tiles = ad.read_h5ad(out)  # add this model beside the others
+        tiles.obsm.pop(key, None)
+        for k in [k for k, v in rec["slide_params"].items() if v.get("feature_key") == key]:
+            rec["slide_params"].pop(k)  # slide vectors made from the features replaced here
+    elif job.resume and rec and rec["slide_sha256"] == sha:
+        others = sorted(set(rec["features"]) - {key})
+        if others:
+            raise TableError(f"{out} holds {others} features of this slide cut with other tiling parameters "
+                             f"(mpp / tile_kwargs); one out_dir holds one tiling. Use another out_dir, or pass "
+                             "resume=False to replace them")
+    if tiles is None:
+        rec = {"slide_sha256": sha, "tiling_hash": job.tiling_hash, "features": {}, "slide_params": {}}
+    adata = _embed_slide_tiles(job, tiles)
+    if key not in adata.obsm:
+        raise TableError(f"{job.path}: the tile step left no obsm[{key!r}]")
+    X = adata.obsm[key]
+    _rec.check_finite(X, f"{job.path}: tile model {job.tile_model!r}", f"weights={job.weights or 'the registry default'}")
+    rec["n_tiles"] = int(adata.n_obs)
+    rec["features"][key] = {"params_hash": job.params_hash, "sha256": _rec.feature_sha256(X)}
+    adata.uns["cohort_job"] = _record_for_h5ad(rec)
+    res["status"] = "ok"
+    res["n_tiles"] = int(adata.n_obs)
+    # written before the slide step: a slide model that fails keeps the tile features
+    write_h5ad_atomic(adata, out)
+    return adata, rec
+
+
+def _record_for_h5ad(rec: dict) -> dict:
+    return h5ad_safe(json.loads(json.dumps(rec, default=str)))
+
+
 def process_slide(job: SlideJob) -> dict:
     """The work unit: one slide to ``job.out_path``; never raises (errors are returned).
 
@@ -130,6 +186,7 @@ def process_slide(job: SlideJob) -> dict:
     res = {"slide_id": job.slide_id, "path": job.path, "status": "failed", "error": "", "n_tiles": 0,
            "tile_file": job.out_path, "sha256": "", "stat": None, "seconds": 0.0, "slide_embeddings": {},
            "qc": {}}
+    stage = "tiles"
     try:
         src, out = Path(job.path), Path(job.out_path)
         if not src.is_file():
@@ -143,26 +200,14 @@ def process_slide(job: SlideJob) -> dict:
         if job.expected_sha256 and sha != job.expected_sha256.lower():
             raise ChecksumError(f"{src}: sha256 {sha} differs from the manifest's {job.expected_sha256}; "
                                 "re-download it (pathkit fetch) or fix the manifest")
-        rec = _read_uns(out, "cohort_job") if out.exists() else None
-        adata = None
-        if job.resume and rec and rec.get("slide_sha256") == sha and rec.get("params_hash") == job.params_hash:
-            res["status"] = "skipped"
-            res["n_tiles"] = int(rec.get("n_tiles", 0))
-            dirty = False
-        else:
-            adata = _embed_slide_tiles(job)
-            rec = {"slide_sha256": sha, "params_hash": job.params_hash, "n_tiles": int(adata.n_obs),
-                   "slide_params": {}}
-            adata.uns["cohort_job"] = rec
-            res["status"] = "ok"
-            res["n_tiles"] = int(adata.n_obs)
-            dirty = True
+        adata, rec = _tile_features(job, sha, out, res)
+        stage = "slide"
         if job.slide_model:
-            key = _slide_key(job.slide_model, job.slide_kwargs)
-            sp = dict(rec.get("slide_params", {}) or {})
+            key = job.slide_key
+            sp = rec["slide_params"]
             emb = None
-            if job.resume and sp.get(key) == job.slide_params_hash:
-                emb = (_read_uns(out, "slide_embeddings") or {}).get(key)
+            if job.resume and (sp.get(key) or {}).get("hash") == job.slide_params_hash:
+                emb = (_rec.read_uns(out, "slide_embeddings") or {}).get(key)
             if emb is None:
                 import anndata as ad
 
@@ -170,22 +215,22 @@ def process_slide(job: SlideJob) -> dict:
 
                 if adata is None:
                     adata = ad.read_h5ad(out)
-                _se.embed_slide(adata, model=job.slide_model, weights=job.slide_weights, **job.slide_kwargs)
+                kw = {"use_rep": job.feature_key, **job.slide_kwargs, "key_added": key}
+                _se.embed_slide(adata, model=job.slide_model, weights=job.slide_weights, **kw)
                 emb = adata.uns["slide_embeddings"][key]
-                cj = dict(adata.uns["cohort_job"])
-                sp[key] = job.slide_params_hash
-                cj["slide_params"] = sp
-                adata.uns["cohort_job"] = cj
-                dirty = True
+                _rec.check_finite(np.asarray(emb).reshape(1, -1), f"{job.path}: slide model {job.slide_model!r}",
+                                  f"slide_weights={job.slide_weights or 'the registry default'}")
+                sp[key] = {"hash": job.slide_params_hash, "feature_key": job.feature_key}
+                adata.uns["cohort_job"] = _record_for_h5ad(rec)
+                write_h5ad_atomic(adata, out)
                 if res["status"] == "skipped":
                     res["status"] = "ok"
             res["slide_embeddings"] = {key: np.asarray(emb, dtype=np.float32).tolist()}
-        qc = adata.uns.get("qc") if adata is not None else _read_uns(out, "qc")
+        qc = adata.uns.get("qc") if adata is not None else _rec.read_uns(out, "qc")
         res["qc"] = _qc_summary(qc)
-        if dirty:  # one atomic write holding tiles, record and slide embedding together
-            write_h5ad_atomic(adata, out)
     except Exception as exc:
-        res.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        kept = " (the tile features are kept in the slide's h5ad)" if stage == "slide" else ""
+        res.update(status="failed", error=f"{type(exc).__name__}: {exc}{kept}")
         res["traceback"] = traceback.format_exc(limit=5)
     res["seconds"] = round(time.perf_counter() - t0, 3)
     return res
@@ -196,7 +241,7 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
                  weights=None, tile_kwargs: dict | None = None, embed_kwargs: dict | None = None,
                  slide_weights=None, slide_kwargs: dict | None = None, slide_dir=None, executor=None,
                  client=None, resources: dict | None = None, progress: bool = True, write: bool = True,
-                 resume: bool = True):
+                 resume: bool = True, read_kwargs: dict | None = None):
     """Embed many slides into one cohort AnnData (one row per slide), resuming where a run stopped.
 
     Parameters
@@ -226,8 +271,11 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
     write
         Also write ``out_dir/cohort.h5ad``.
     resume
-        Reuse a slide's h5ad when it was made from the same file (sha256) with the same parameters (the
-        default); False recomputes every slide.
+        Reuse a slide's h5ad when it was made from the same file (sha256) with the same parameters and its
+        features still have their recorded checksum (the default); False recomputes every slide.
+    read_kwargs
+        Opt-ins of :func:`pathkit.read_slide` for every slide: ``allow_non_brightfield``,
+        ``allow_implausible_mpp``.
 
     Returns
     -------
@@ -239,75 +287,146 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
         input table's columns; ``obsm["X_<key>"]``; ``uns["pathkit"]`` (provenance) and ``uns["cohort"]``
         (counts). Usable rows: ``obs.status != "failed"``.
     """
+    from ..models.registry import get_spec
+
+    tile_kwargs = dict(tile_kwargs or {})
+    embed_kwargs = dict(embed_kwargs or {})
+    slide_kwargs = dict(slide_kwargs or {})
+    for bad in ("tiles", "weights", "model", "slide", "key_added"):
+        if bad in embed_kwargs:
+            raise TypeError(f"embed_kwargs must not contain {bad!r}: embed_cohort sets it")
+    check_embed_kwargs(embed_kwargs)
+    unknown = set(read_kwargs or {}) - {"allow_non_brightfield", "allow_implausible_mpp"}
+    if unknown:
+        from ..errors import ParameterError
+
+        raise ParameterError(f"read_kwargs {sorted(unknown)}: only allow_non_brightfield and allow_implausible_mpp "
+                             "(the slide's mpp goes into an 'mpp' column of the slide table)")
+    # everything a slide needs is checked here, before any slide is read: a typo must not cost a cohort's
+    # tile embedding, and workers started in another folder (SLURM) must get absolute paths
+    tile_model = get_spec(tile_model, kind="tile").name
+    weights, slide_weights = _abs_weights(weights, "weights"), _abs_weights(slide_weights, "slide_weights")
+    fkey = feature_key(tile_model)
+    skey = _check_slide_model(slide_model, tile_model, slide_kwargs) if slide_model else ""
+    table = _slides_table(slides, None if slide_dir is None else Path(slide_dir).expanduser().absolute())
+    table["path"] = [str(Path(p).expanduser().absolute()) for p in table["path"]]
+    out_dir = Path(out_dir).expanduser().absolute()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TableError(f"out_dir {out_dir} is a file, not a folder: pass a folder for the cohort's outputs")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = OutDirLock(out_dir).acquire()
+    try:
+        return _run_cohort(table, out_dir, tile_model, fkey, skey, weights, slide_model, slide_weights, tile_kwargs,
+                           embed_kwargs, slide_kwargs, executor, client, resources, progress, write, resume,
+                           dict(read_kwargs or {}))
+    finally:
+        lock.release()
+
+
+def _abs_weights(weights, what: str):
+    """A local weights path made absolute (workers may run elsewhere) and checked now; hub / special values
+    as they are."""
+    from ..errors import WeightsError
+
+    if weights is None or not isinstance(weights, (str, Path)):
+        return weights
+    w = str(weights)
+    if w in ("random",) or w.startswith(("hf_hub:", "hf-hub:", "http://", "https://")):
+        return w
+    p = Path(w).expanduser()
+    if not p.exists():
+        raise WeightsError(f"{what}={w!r}: no such file (from {Path.cwd()}); pass the path of a local weights "
+                           "file, 'hf_hub:<repo>', or None for the registry's weights")
+    return str(p.absolute())
+
+
+def _check_slide_model(slide_model, tile_model: str, slide_kwargs: dict) -> str:
+    """The slide model's key, after checking that it exists and takes `tile_model`'s features."""
+    from ..errors import ModelNotFoundError
+    from ..models.registry import get_spec
+
+    if slide_model != "mean":
+        spec = get_spec(slide_model, kind="slide")
+        bound = (spec.extra or {}).get("tile_model")
+        if bound and bound != tile_model and not slide_kwargs.get("use_rep"):
+            raise ModelNotFoundError(f"slide model {spec.name!r} takes {bound!r} tile features, not {tile_model!r}: "
+                                     f"pass tile_model={bound!r} (or slide_model='mean' for {tile_model!r})")
+    return _slide_key(slide_model, slide_kwargs, tile_model)
+
+
+def _reusable(job: SlideJob, entry: dict, cur, out_path: Path):
+    """The result of a slide that needs no work (its state entry, file and features unchanged), else None."""
+    if not (entry.get("status") in ("ok", "skipped") and entry.get("params_hash") == job.params_hash
+            and entry.get("tiling_hash") == job.tiling_hash and out_path.exists()
+            and list(_stat(out_path)) == list(entry.get("out_stat") or [])
+            and (not job.expected_sha256 or job.expected_sha256.lower() == job.known_sha256)):
+        return None
+    rec = _rec.read_record(out_path, job.feature_key, job.legacy_hash, job.tiling_hash, job.params_hash)
+    fe = (rec or {}).get("features", {}).get(job.feature_key)
+    if not (rec and rec["slide_sha256"] == job.known_sha256 and fe and fe.get("params_hash") == job.params_hash
+            and _rec.features_intact(out_path, job.feature_key, fe, rec.get("n_tiles"))):
+        return None
+    emb = {}
+    if job.slide_model:
+        if (rec["slide_params"].get(job.slide_key) or {}).get("hash") != job.slide_params_hash:
+            return None
+        se = _rec.read_uns(out_path, "slide_embeddings") or {}
+        if job.slide_key not in se:
+            return None
+        emb = {job.slide_key: np.asarray(se[job.slide_key], dtype=np.float32).tolist()}
+    return {"slide_id": job.slide_id, "path": job.path, "status": "skipped", "error": "",
+            "n_tiles": int(rec.get("n_tiles", 0)), "tile_file": str(out_path), "sha256": job.known_sha256,
+            "stat": list(cur), "seconds": 0.0, "slide_embeddings": emb, "qc": entry.get("qc") or {}}
+
+
+def _run_cohort(table, out_dir, tile_model, fkey, skey, weights, slide_model, slide_weights, tile_kwargs,
+                embed_kwargs, slide_kwargs, executor, client, resources, progress, write, resume, read_kwargs):
     import anndata as ad
     from tqdm.auto import tqdm
 
     from .._version import __version__
     from ..io.executors import get_executor
-    from ..models.registry import get_spec
     from ..tcga import parse_barcodes
 
-    get_spec(tile_model, kind="tile")  # an unknown model fails here, not once per slide
-    table = _slides_table(slides, slide_dir)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     _clean_stale_tmp(out_dir)
-    tile_kwargs = dict(tile_kwargs or {})
-    embed_kwargs = dict(embed_kwargs or {})
-    slide_kwargs = dict(slide_kwargs or {})
-    for bad in ("tiles", "weights", "model", "slide"):
-        if bad in embed_kwargs:
-            raise TypeError(f"embed_kwargs must not contain {bad!r}: embed_cohort sets it")
-
     state = _load_state(out_dir)
     jobs, results = [], {}
+    w = None if weights is None else str(weights)
+    model_params = {"tile_model": tile_model, "weights": w,
+                    "embed_kwargs": {k: v for k, v in embed_kwargs.items() if k not in _NEUTRAL}}
+    ph = _rec.stable_hash(model_params)
     for _, row in table.iterrows():
         mpp = row.get("mpp") if "mpp" in table.columns else None
         mpp = None if mpp is None or (isinstance(mpp, float) and np.isnan(mpp)) else float(mpp)
-        params = {"tile_model": tile_model, "weights": None if weights is None else str(weights), "mpp": mpp,
-                  "tile_kwargs": tile_kwargs,
-                  "embed_kwargs": {k: v for k, v in embed_kwargs.items() if k not in _NEUTRAL}}
-        ph = _stable_hash(params)
-        sph = _stable_hash({"slide_model": slide_model, "weights": None if slide_weights is None
-                            else str(slide_weights), "kwargs": slide_kwargs}) if slide_model else ""
+        th = _rec.stable_hash({"mpp": mpp, "tile_kwargs": tile_kwargs, **({"read": read_kwargs} if read_kwargs else {})})
+        legacy = _rec.stable_hash({"tile_model": tile_model, "weights": w, "mpp": mpp, "tile_kwargs": tile_kwargs,
+                                   "embed_kwargs": model_params["embed_kwargs"]})
+        sph = _rec.stable_hash({"slide_model": slide_model, "weights": None if slide_weights is None
+                                else str(slide_weights), "kwargs": slide_kwargs, "features": ph}) if slide_model else ""
         sid = row["slide_id"]
         out_path = out_dir / f"{sid}.h5ad"
         exp = row.get("expected_sha256") if "expected_sha256" in table.columns else None
         exp = exp if isinstance(exp, str) and exp else None
-        rec = state["slides"].get(sid)
-        known_sha = known_stat = None
+        entry = state["slides"].get(sid)
         src = Path(row["path"])
         try:
             cur = _stat(src)
         except OSError:
             cur = None
-        if resume and rec and cur and rec.get("path") == str(src) and tuple(rec.get("stat") or ()) == cur:
-            known_sha, known_stat = rec.get("sha256"), cur
-            # fast resume: nothing changed since the state was written and the output is still there
-            want_slide = (not slide_model) or (rec.get("slide_params", {}).get(_slide_key(slide_model, slide_kwargs)) == sph)
-            if (rec.get("status") in ("ok", "skipped") and rec.get("params_hash") == ph and want_slide
-                    and out_path.exists() and list(_stat(out_path)) == list(rec.get("out_stat") or [])
-                    and (not exp or exp == known_sha)):
-                emb = {}
-                if slide_model:
-                    key = _slide_key(slide_model, slide_kwargs)
-                    se = _read_uns(out_path, "slide_embeddings") or {}
-                    if key in se:
-                        emb = {key: np.asarray(se[key], dtype=np.float32).tolist()}
-                    else:
-                        emb = None
-                if emb is not None:
-                    results[sid] = {"slide_id": sid, "path": str(src), "status": "skipped", "error": "",
-                                    "n_tiles": int(rec.get("n_tiles", 0)), "tile_file": str(out_path),
-                                    "sha256": known_sha, "stat": list(cur), "seconds": 0.0,
-                                    "slide_embeddings": emb, "qc": rec.get("qc") or {}}
-                    continue
-        jobs.append(SlideJob(slide_id=sid, path=str(src), out_path=str(out_path), tile_model=tile_model,
-                             weights=None if weights is None else str(weights), mpp=mpp, tile_kwargs=tile_kwargs,
-                             embed_kwargs=embed_kwargs, slide_model=slide_model,
-                             slide_weights=None if slide_weights is None else str(slide_weights),
-                             slide_kwargs=slide_kwargs, params_hash=ph, slide_params_hash=sph,
-                             expected_sha256=exp, known_sha256=known_sha, known_stat=known_stat, resume=resume))
+        job = SlideJob(slide_id=sid, path=str(src), out_path=str(out_path), tile_model=tile_model, weights=w,
+                       mpp=mpp, tile_kwargs=tile_kwargs, embed_kwargs=embed_kwargs, slide_model=slide_model,
+                       slide_weights=None if slide_weights is None else str(slide_weights),
+                       slide_kwargs=slide_kwargs, params_hash=ph, slide_params_hash=sph, expected_sha256=exp,
+                       resume=resume, tiling_hash=th, legacy_hash=legacy, feature_key=fkey, slide_key=skey,
+                       read_kwargs=read_kwargs)
+        if resume and entry and cur and entry.get("path") == str(src) and tuple(entry.get("stat") or ()) == cur:
+            # the slide file is unchanged since the state was written: its sha256 need not be computed again
+            job.known_sha256, job.known_stat = entry.get("sha256"), cur
+            done = _reusable(job, entry, cur, out_path)
+            if done is not None:
+                results[sid] = done
+                continue
+        jobs.append(job)
 
     by_id = {j.slide_id: j for j in jobs}
     ex = get_executor(executor, client, resources=resources)
@@ -328,9 +447,7 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
                      "qc": res.get("qc") or {}}
             if res["status"] != "failed":
                 job = by_id[sid]
-                entry.update(params_hash=job.params_hash, out_stat=list(_stat(out_path)))
-                if slide_model:
-                    entry["slide_params"] = {_slide_key(slide_model, slide_kwargs): job.slide_params_hash}
+                entry.update(params_hash=job.params_hash, tiling_hash=job.tiling_hash, out_stat=list(_stat(out_path)))
             state["slides"][sid] = entry
             bar.update(1)
             bar.set_postfix(tiles=n_tiles, failed=n_failed)
@@ -364,7 +481,7 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
             obs[c] = obs[c].map(lambda v: v if v is None or isinstance(v, str) else str(v))
     cohort = ad.AnnData(obs=obs)
     if slide_model:
-        key = _slide_key(slide_model, slide_kwargs)
+        key = skey
         vecs = [results[s].get("slide_embeddings", {}).get(key) for s in obs["slide_id"]]
         width = next((np.asarray(v).size for v in vecs if v is not None), None)
         if width is not None:
@@ -393,5 +510,5 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
                               f"{' ...' if len(failed) > 5 else ''}. Every error is in "
                               f"{out_dir / STATE_FILE}")
         warnings.warn(f"embed_cohort: {len(failed)} of {len(obs)} slide(s) failed ({shown}"
-                      f"{' ...' if len(failed) > 5 else ''}); see obs['error']", UserWarning, stacklevel=2)
+                      f"{' ...' if len(failed) > 5 else ''}); see obs['error']", UserWarning, stacklevel=3)
     return cohort

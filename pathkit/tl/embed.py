@@ -60,6 +60,11 @@ def check_tiles(tiles, slide=None) -> dict:
             raise TableError(f"the tiles were made for {info.get('path', 'another slide')} "
                              f"({tuple(dims)}), not {slide.path} {tuple(slide.dimensions)}: pass the slide "
                              "the tiles came from, or tile this one with pk.pp.tile(slide)")
+        want = info.get("sha256")
+        if want and hasattr(slide, "sha256") and slide.sha256() != want:
+            raise TableError(f"the tiles were cut from {info.get('path', 'another file')} (sha256 {want[:12]}…), "
+                             f"but {slide.path} has sha256 {slide.sha256()[:12]}… (same size, other content): pass "
+                             "the slide the tiles came from, or tile this one with pk.pp.tile(slide)")
     return dict(spec)
 
 
@@ -203,6 +208,15 @@ def embed_tiles(tiles, slide=None, model=None, *, key_added: str | None = None, 
 
     if model is None:
         raise TypeError("embed_tiles needs a model: pk.tl.embed_tiles(tiles, slide, 'uni'); see pk.list_models()")
+    from ..errors import ParameterError
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ParameterError(f"batch_size={batch_size!r}: it is the number of tiles per forward pass, an integer "
+                             ">= 1 (e.g. 64; lower it if the GPU runs out of memory)")
+    if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, (int, np.integer))
+                                    or num_workers < 0):
+        raise ParameterError(f"num_workers={num_workers!r}: the number of tile reader processes, an integer >= 0 "
+                             "(0 reads in this process), or None for the default")
     check_tiles(tiles)  # before the slide is looked up in tiles.uns
     slide = slide_of_tiles(tiles, slide)
     tile_spec = check_tiles(tiles, slide)
@@ -227,6 +241,9 @@ def embed_tiles(tiles, slide=None, model=None, *, key_added: str | None = None, 
         feats, read_path = _run_encoder(encoder, spec, slide, xs, ys, tile_spec, dev, amp_dtype, batch_size, num_workers,
                              progress)
         del encoder
+        from ._cohort_record import check_finite
+
+        check_finite(feats, f"{slide.path}: tile model {spec.name!r}", f"weights={winfo.get('source')}")
     adata.obsm[key] = feats
     models = dict(adata.uns.get("models") or {})
     models[key] = _model_info(spec, winfo, amp_dtype, dev, int(feats.shape[1]), read_path)
