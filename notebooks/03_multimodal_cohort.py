@@ -126,8 +126,9 @@ print(f"CDR: {r['n_rows']} patients (33 cancer types), {r['n_matched_ids']} matc
 # %% [markdown]
 # ## One patient across every layer
 #
-# TCGA-AD-6964 (colon adenocarcinoma, MSI-high) has real tile embeddings in `pk.datasets` (notebooks 02 and
-# 04), a diagnostic slide in the survival table, RNA-seq, and a CDR record:
+# TCGA-AD-6964 (colon adenocarcinoma, MSI-high) has a diagnostic slide in the survival table, RNA-seq, and a
+# CDR record. Its slide image is at the GDC (open access, about 1 GB): `pk.tl.embed_cohort` turns it, with the
+# others, into tile embeddings; notebook 02 makes them from a public sample slide with `pk.datasets.tile_bag`.
 
 # %%
 row = cohort.obs[cohort.obs.patient_id == PATIENT]
@@ -135,8 +136,6 @@ cols = ["slide_id", "sample_id", "slide_type", "age", "is_female", "stage", "sub
         "type", "gender", "OS", "OS.time", "time_days"]
 print(f"SurvPath: {row.time_months.iloc[0]:.2f} months, event {row.event.iloc[0]:.0f};  "
       f"CDR: {row['OS.time'].iloc[0]:.0f} days = {row['OS.time'].iloc[0] / 30.44:.2f} months, OS {row['OS'].iloc[0]:.0f}")
-bag = pk.datasets.tcga_coad_bag()   # real tile embeddings of this patient's diagnostic slide
-print("tile embeddings:", bag.obs.slide_id.iloc[0], bag.shape)
 row[cols].T
 
 # %%

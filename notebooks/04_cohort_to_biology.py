@@ -18,6 +18,7 @@ import pathkit as pk
 # %% tags=["parameters"]
 N_PATIENTS = 0              # 0: every COADREAD patient with RNA-seq (about 300); fewer for a quick run
 TILES_PER_SLIDE = 200       # simulated tiles per slide
+TILE_MODEL = "kaiko_vits16" # the tile model whose embeddings of a public slide the simulated bags reuse
 PATHWAY = "HALLMARK_EPITHELIAL_MESENCHYMAL_TRANSITION"   # the pathway whose level the simulated slides carry
 MIL_MODEL = "abmil"         # any of pk.models.mil.MIL_MODELS: abmil, clam_sb, transmil, dsmil, mean, max
 EPOCHS = 20                 # the estimator's defaults: 20 epochs (early stopping), learning rate 2e-4
@@ -63,6 +64,8 @@ mdata
 #
 # `pk.tl.pathway_scores` scores the 50 Hallmark gene sets on each patient's RNA with scanpy's `score_genes`
 # (mean of the set minus expression-matched controls) and stores them in `mdata["rna"].obsm["pathways_score_genes"]`.
+# A set with fewer than 5 of its genes in this 1,577-gene panel is dropped, with a warning that counts them:
+# the scores table has one column per set kept.
 # The label of this notebook is real too: **whether the patient's EMT score is above the cohort median**.
 
 # %%
@@ -71,16 +74,19 @@ scores = mdata["rna"].obsm["pathways_score_genes"]
 level = scores[PATHWAY]
 emt = level.reindex(cohort.obs["patient_id"]).to_numpy()
 cohort.obs["pathway_high"] = np.where(emt > level.median(), "high", "low")
-print(scores.shape, "pathway scores;", cohort.obs["pathway_high"].value_counts().to_dict())
+dropped = mdata["rna"].uns["pathways_score_genes"]["dropped"]
+print(f"{scores.shape[1]} pathway scores ({len(dropped)} of 50 sets dropped: too few genes measured);",
+      cohort.obs["pathway_high"].value_counts().to_dict())
 px.histogram(level, nbins=30, title=f"{PATHWAY} score per patient (real RNA-seq)", height=300)
 
 # %% [markdown]
 # ## 3 · Tile bags (SIMULATED from real tiles)
 #
-# > **Simulated.** The slide images of this cohort are not in `pk.datasets`; only one real slide's tile
-# > embeddings are (TCGA-AD-6964, 777 tiles x 512 features, with positions). Each slide of the cohort is therefore
-# > **simulated**: `TILES_PER_SLIDE` real tiles drawn from that bag (with their real positions and a little
-# > noise), where the share of tiles from one of its two k-means clusters ("A") follows the patient's real EMT
+# > **Simulated.** The slide images of this cohort are not in `pk.datasets` (they are at the GDC, about 1 GB
+# > each). The tiles are made here from a public slide instead: `pk.datasets.tile_bag(TILE_MODEL)` finds the
+# > tissue of the OpenSlide sample CMU-1, cuts 256-px tiles at 0.5 µm/px and embeds them. Each slide of the
+# > cohort is **simulated**: `TILES_PER_SLIDE` of those tiles drawn (with their real positions and a little
+# > noise), where the share of tiles from one of their two k-means clusters ("A") follows the patient's real EMT
 # > score: share = clip(0.5 + 0.2 z, 0.05, 0.95), z the standardised score. So the histology carries the
 # > pathway by construction, through a tile-class proportion, as stroma-rich tumours carry EMT in real slides.
 # > Everything downstream (probes, MIL, associations) sees only the tiles, never the score.
@@ -92,7 +98,7 @@ px.histogram(level, nbins=30, title=f"{PATHWAY} score per patient (real RNA-seq)
 import anndata as ad
 from sklearn.cluster import KMeans
 
-real = pk.datasets.tcga_coad_bag()                 # X: 777 x 512 real features, obsm["spatial"]: positions
+real = pk.datasets.tile_bag(TILE_MODEL, progress=False)   # X: tile features, obsm["spatial"]: positions
 feats = np.asarray(real.X, dtype=np.float32)
 cluster = np.where(KMeans(2, n_init=10, random_state=0).fit_predict(feats) == 0, "A", "B")
 a_idx, b_idx = np.flatnonzero(cluster == "A"), np.flatnonzero(cluster == "B")
@@ -233,7 +239,7 @@ fig.update_layout(legend=dict(orientation="h", y=-0.15))
 # ## 7 · Histology x RNA: which pathways go with which tile classes?
 #
 # Per-slide **tile-class proportions** (`pk.tl.tile_composition`) and the **MIL score** (out-of-fold on the
-# development patients, `predict` on the held-out ones) are tested against all 50 pathway scores of the RNA
+# development patients, `predict` on the held-out ones) are tested against every pathway score of the RNA
 # modality: Spearman correlations, one row per patient (a patient's slides averaged), Benjamini-Hochberg
 # q-values over the whole table (`pk.tl.associate`).
 

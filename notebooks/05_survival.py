@@ -12,6 +12,7 @@ import pathkit as pk
 N_PCS = 10                  # principal components of the embedding (here: of the RNA) in the penalised Cox
 N_ABMIL_PATIENTS = 60       # patients in the simulated ABMIL survival run
 EPOCHS = 6
+TILE_MODEL = "kaiko_vits16" # the tile model whose embeddings of a public slide the simulated bags reuse
 
 # %%
 import warnings
@@ -102,8 +103,8 @@ pcox.summary[["coef", "exp(coef)", "p"]].round(4)
 # made from in-sample predictions would look far better than they are.
 #
 # > **Simulated bags tied to real outcomes.** There are no tile embeddings for these patients in
-# > `pk.datasets`. So each of `N_ABMIL_PATIENTS` real patients (half with an observed death) gets a bag resampled from the
-# > real TCGA-AD-6964 tiles, in which a pattern is planted with a strength that grows as the patient's **real**
+# > `pk.datasets`. So each of `N_ABMIL_PATIENTS` real patients (half with an observed death) gets a bag resampled from
+# > the tiles of a public slide (`pk.datasets.tile_bag(TILE_MODEL)`: CMU-1, embedded here), in which a pattern is planted with a strength that grows as the patient's **real**
 # > survival time shrinks (plus noise). The survival times, events and the split into risk groups are real; the
 # > histology signal is planted, so a good c-index here shows the pipeline works, not biology.
 
@@ -116,12 +117,12 @@ n_dead = min(len(dead), N_ABMIL_PATIENTS // 2)
 chosen = pd.concat([dead.sample(n_dead, random_state=0), alive.sample(N_ABMIL_PATIENTS - n_dead, random_state=0)])
 planted_risk = 1 - chosen.time_months.rank(pct=True).to_numpy() + rng.normal(0, 0.15, len(chosen))
 
-real = pk.datasets.tcga_coad_bag()
+real = pk.datasets.tile_bag(TILE_MODEL, progress=False)
 direction = rng.normal(size=real.n_vars).astype(np.float32)
 direction /= np.linalg.norm(direction)
 tiles = {}
 for (sid, row), r in zip(chosen.iterrows(), planted_risk):
-    a = real[np.sort(rng.choice(real.n_obs, 40, replace=False))].copy()
+    a = real[np.sort(rng.choice(real.n_obs, min(40, real.n_obs), replace=False))].copy()
     hit = rng.choice(a.n_obs, 8, replace=False)
     a.X[hit] += 3.0 * max(r, 0) * direction
     a.obs["slide_id"] = sid

@@ -416,8 +416,8 @@ def test_genes_from_the_rna_modality():
     md = mudata.MuData({"slides": slides, "rna": rna})
     md.obs = md.obs.join(obs)
     ex = pk.widgets.SurvivalExplorer(md, time="time", event="event")
-    assert list(ex.covariate_dropdown.options) == ["slides:age", "age", "TP53", "EGFR", "KRAS"]
-    assert "slides:time" in ex.excluded and "slides:event" in ex.excluded
+    # the rows are the modality holding time and event (the slides), not mdata.obs's prefixed union
+    assert list(ex.covariate_dropdown.options) == ["age", "TP53", "EGFR", "KRAS"]
     ex.covariate_dropdown.value = "EGFR"
     hi = expr[:, 1] > np.median(expr[:, 1])
     assert (ex.groups == "high").to_numpy().tolist() == hi.tolist()
@@ -432,6 +432,59 @@ def test_genes_from_the_rna_modality():
     assert ex.covariate_dropdown.value == "EGFR" and ex.p_value < 1e-4
     with pytest.raises(KeyError, match="MYC"):
         ex.set_covariate("MYC")
+
+
+@pytest.fixture(scope="module")
+def linked_coadread(shared_data):
+    """pk.link of SurvPath's real COADREAD tables: slides (by slide) + rna (by patient, 1,577 genes)."""
+    import warnings
+
+    tc = shared_data / "tcga" / "coadread"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pk.link(pk.io.cohort_from_table(tc / "slides_survival.csv"), rna=tc / "rna_xena_log2.csv")
+
+
+def test_survival_explorer_takes_pk_link_mudata(linked_coadread, rna):
+    """Issue 29: SurvivalExplorer(mdata), rna=mdata and rna=mdata["rna"] all work on pk.link's MuData; genes
+    reach the slides through rna.uns["link"]; any gene is accepted by name; mdata.obs is filled."""
+    from lifelines.statistics import logrank_test
+
+    mdata = linked_coadread
+    assert mdata.obs.shape[1] > 0 and "slides:time_months" in mdata.obs.columns   # mudata's pull, not empty
+    slides = mdata["slides"]
+    gene = mdata["rna"].var_names[1500]                                  # far outside the first 50
+    truth = rna[gene].reindex(slides.obs["patient_id"]).to_numpy()   # each slide shows its patient's value
+    views = [pk.widgets.SurvivalExplorer(mdata, "time_months", "event", covariate=gene),
+             pk.widgets.SurvivalExplorer(slides, "time_months", "event", rna=mdata, covariate=gene),
+             pk.widgets.SurvivalExplorer(slides, "time_months", "event", rna=mdata["rna"])]
+    views[2].set_covariate(gene)
+    hi = truth > np.nanmedian(truth)
+    o = slides.obs[~np.isnan(truth)]
+    want = logrank_test(o.time_months[hi[~np.isnan(truth)]], o.time_months[~hi[~np.isnan(truth)]],
+                        o.event[hi[~np.isnan(truth)]], o.event[~hi[~np.isnan(truth)]]).p_value
+    for ex in views:
+        assert ex.covariate == gene and len(ex.groups) == int((~np.isnan(truth)).sum())
+        assert (ex.groups == "high").to_numpy().tolist() == hi[~np.isnan(truth)].tolist()
+        assert ex.p_value == pytest.approx(want, rel=1e-6)
+    with pytest.raises(KeyError, match="NOT_A_GENE"):
+        views[0].set_covariate("NOT_A_GENE")
+
+
+def test_survival_explorer_fold_columns_and_large_p_label(cohort):
+    """Issue 29: a fold index written by cross-validation (abmil_fold) is not a covariate; a dragged cut-off
+    with a large p is labelled exploratory without calling p = 0.668 "too small"."""
+    c = cohort.assign(abmil_fold=np.arange(len(cohort)) % 5, abmil_risk=cohort["risk"])
+    ex = pk.widgets.SurvivalExplorer(c, time="time", event="event", covariate="noise")
+    assert "abmil_fold" not in ex.covariate_dropdown.options and "abmil_fold" in ex.excluded
+    assert "abmil_risk" in ex.covariate_dropdown.options
+    ps = []
+    for q in np.linspace(0.2, 0.8, 13):
+        ex.set_cutoff(float(c["noise"].quantile(q)))
+        ps.append(ex.p_value)
+        assert ex.exploratory and f"p = {ex.p_value:.3g} uncorrected" in ex.label.value
+        assert "too small" not in ex.label.value
+    assert max(ps) > 0.3                                    # large p values were among them
 
 
 # ------------------------------------------------------------------ a saved notebook: weight, static copies

@@ -73,35 +73,35 @@ print("model provenance:", {k: tiles.uns["models"][key].get(k) for k in ("name",
 # </details>
 
 # %% [markdown]
-# ## 4. Real embeddings
-# `pk.datasets.tcga_coad_bag()` holds real 512-d tile embeddings of a whole TCGA colon cancer slide (patient TCGA-AD-6964,
-# MSI-high). Note its coordinates are stored as (y, x) on disk.
+# ## 4. Clusters of the embeddings
+# A UMAP of the tiles with Leiden clusters (`pk.tl.umap` reads the features from `use_rep`). With real weights,
+# clusters of tile embeddings usually correspond to tissue compartments (tumour epithelium, stroma,
+# lymphocytes, mucin, necrosis). `pk.datasets.tile_bag(TILE_MODEL)` makes the same kind of bag in one call.
 
 # %%
-bag = pk.datasets.tcga_coad_bag()   # coordinates are stored as (y, x) on disk; the loader knows
-pk.tl.umap(bag, leiden=True)
-pk.pl.umap(bag, color="leiden", thumbnails=False)
+pk.tl.umap(tiles, use_rep=key, leiden=True)
+pk.pl.umap(tiles, color="leiden", thumbnails=False)
 
 # %% [markdown]
-# Leiden clusters of real embeddings usually correspond to tissue compartments (tumour epithelium, stroma,
-# lymphocytes, mucin, necrosis). Their spatial layout is visible by plotting the tile coordinates:
+# Their spatial layout is visible by plotting the tile coordinates (`pk.pl.slide(tiles, color="leiden",
+# slide=slide)` draws them over the slide):
 
 # %%
 import plotly.express as px
-px.scatter(bag.obs, x="x", y="y", color="leiden").update_yaxes(autorange="reversed")
+px.scatter(tiles.obs, x="x", y="y", color="leiden").update_yaxes(autorange="reversed", scaleanchor="x")
 
 # %% [markdown]
 # **Exercise 2.** A slide embedding can be as simple as the mean of its tiles. Compute it, then compare with
-# `pk.tl.embed_slide(bag, model="mean", use_rep="X")` (it writes `bag.uns["slide_embeddings"]["mean"]`).
+# `pk.tl.embed_slide(tiles, model="mean", use_rep=key)` (it writes `tiles.uns["slide_embeddings"]["mean"]`).
 
 # %% [markdown]
 # <details><summary>Solution</summary>
 #
 # ```python
 # import numpy as np
-# pk.tl.embed_slide(bag, model="mean", use_rep="X")
-# v = bag.uns["slide_embeddings"]["mean"]
-# np.allclose(v, bag.X.mean(0))
+# pk.tl.embed_slide(tiles, model="mean", use_rep=key)
+# v = tiles.uns["slide_embeddings"]["mean"]
+# np.allclose(v, tiles.obsm[key].mean(0))
 # ```
 # </details>
 

@@ -33,7 +33,11 @@ def _new_mudata(mods: dict):
     import mudata as md
 
     with md.set_options(pull_on_update=False):  # mudata >= 0.3 warns unless this choice is explicit
-        return md.MuData(mods)
+        mdata = md.MuData(mods)
+    # without the pull mdata.obs has no columns at all (issue 29): copy every modality's obs columns in,
+    # prefixed "<modality>:" (mudata's own convention); the modalities stay the source of truth
+    mdata.pull_obs()
+    return mdata
 
 
 def make_mudata(slides, rna_mod):

@@ -16,7 +16,7 @@ def start(model, weights):
     is_random = isinstance(weights, str) and weights == "random"
     if is_random:
         warnings.warn(f"{spec.name}: using RANDOM weights: slide embeddings are meaningless except for testing",
-                      UserWarning, stacklevel=3)
+                      UserWarning, stacklevel=_user_stacklevel())
         info["weights"] = "random"
     return spec, info, is_random
 
@@ -27,3 +27,6 @@ def companion_config(path) -> tuple[dict, Path | None]:
     if not cfg.is_file():
         return {}, None
     return json.loads(cfg.read_text()), cfg
+
+
+from .._warn import user_stacklevel as _user_stacklevel  # last: touches no import order (issue 29)

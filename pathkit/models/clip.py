@@ -336,7 +336,8 @@ def load_clip(model: str | ModelSpec, weights=None, device="cpu", *, config: dic
     if str(source) == "random":
         warnings.warn(
             f"image-text model {spec.name!r} has RANDOM weights: its similarities carry no biological meaning. "
-            "Pass weights=PATH or weights='hf_hub:<repo>' for real zero-shot results.", UserWarning, stacklevel=2)
+            "Pass weights=PATH or weights='hf_hub:<repo>' for real zero-shot results.", UserWarning,
+            stacklevel=_user_stacklevel())
     else:
         path = _weights.resolve(source)
         sd = backend.clean_state_dict(_weights.read_state_dict(path))
@@ -353,3 +354,6 @@ def load_clip(model: str | ModelSpec, weights=None, device="cpu", *, config: dic
 
 _register_entries()
 BUILDERS["conch_vision"] = build_conch_vision
+
+
+from .._warn import user_stacklevel as _user_stacklevel  # last: touches no import order (issue 29)

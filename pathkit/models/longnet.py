@@ -383,7 +383,7 @@ def load_slide_encoder(model="gigapath_slide", weights=None, device="cpu", dtype
     sd = None
     if isinstance(weights, str) and weights == "random":
         warnings.warn(f"{spec.name}: using RANDOM weights (weights='random'): slide embeddings are "
-                      "meaningless except for testing", UserWarning, stacklevel=2)
+                      "meaningless except for testing", UserWarning, stacklevel=_user_stacklevel())
         info["weights"] = "random"
     elif isinstance(weights, dict):
         sd, info["weights"] = weights, "state_dict"
@@ -437,3 +437,6 @@ def _cached_sha(path, fn):
     if key not in _SHA:
         _SHA[key] = fn(path)
     return _SHA[key]
+
+
+from .._warn import user_stacklevel as _user_stacklevel  # last: touches no import order (issue 29)

@@ -243,7 +243,8 @@ def load_tile_encoder(model: str | ModelSpec, weights=None, device="cpu") -> tup
     if str(source) == "random":
         warnings.warn(
             f"model {spec.name!r} has RANDOM weights: its embeddings carry no biological meaning. "
-            "Pass weights=PATH or weights='hf_hub:<repo>' for real features.", UserWarning, stacklevel=2)
+            "Pass weights=PATH or weights='hf_hub:<repo>' for real features.", UserWarning,
+            stacklevel=_user_stacklevel())
         enc = build_tile_encoder(spec, device="cpu")
         return enc.to(device).eval(), info
 
@@ -347,3 +348,6 @@ class ResNetTrunk(nn.Module):
 
 
 register_builder("resnet50_trunc", lambda spec: ResNetTrunk(**spec.kwargs))
+
+
+from .._warn import user_stacklevel as _user_stacklevel  # last: touches no import order (issue 29)

@@ -34,7 +34,8 @@ def load_segmenter(name, weights=None, device="auto", dtype="auto"):
     model = build_segmenter(spec)
     if isinstance(weights, str) and weights == "random":
         warnings.warn(f"segmenter {spec.name!r} runs with RANDOM weights: its masks are meaningless (tests only). "
-                      f"Real weights: {spec.weights_help}", UserWarning, stacklevel=3)
+                      f"Real weights: {spec.weights_help}", UserWarning,
+                      stacklevel=_user_stacklevel())
         sd = None
     elif isinstance(weights, dict):
         sd = weights
@@ -226,3 +227,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=0, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=0, keepdims=True)
+
+
+from .._warn import user_stacklevel as _user_stacklevel  # last: touches no import order (issue 29)

@@ -119,7 +119,7 @@ def _cached_encoder(spec, weights, dev, load):
         _ENCODER_CACHE[key] = hit
     elif str(hit[1].get("source")) == "random":
         warnings.warn(f"model {spec.name!r} has RANDOM weights: its embeddings carry no biological meaning.",
-                      UserWarning, stacklevel=3)
+                      UserWarning, stacklevel=_user_stacklevel())
     return hit
 
 
@@ -249,3 +249,6 @@ def embed_tiles(tiles, slide=None, model=None, *, key_added: str | None = None, 
     models[key] = _model_info(spec, winfo, amp_dtype, dev, int(feats.shape[1]), read_path)
     adata.uns["models"] = models
     return adata if copy else None
+
+
+from .._warn import user_stacklevel as _user_stacklevel  # last: touches no import order (issue 29)

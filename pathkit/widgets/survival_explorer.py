@@ -19,7 +19,8 @@ OUTCOME = re.compile(r"^(event|time|censorship|censored|censor|survival|os|dss|d
                      r"|last_contact_days_to|death_days_to|follow_?up|survival_status)([._ ].*)?$", re.IGNORECASE)
 #: Bookkeeping columns (splits, folds, ids, files, job status).
 BOOKKEEPING = re.compile(r"^((is_)?(train|test|val|valid|validation)|split|fold|n_tiles|tile_file|path|error"
-                         r"|status|index|level_0|unnamed: ?0|.*_id|.*_barcode)([._ ].*)?$", re.IGNORECASE)
+                         r"|status|index|level_0|unnamed: ?0|.*_id|.*_barcode|.*_(fold|split)s?)([._ ].*)?$",
+                         re.IGNORECASE)
 
 
 def excluded_columns(obs: pd.DataFrame, time: str, event: str, survival_info=None) -> dict[str, str]:
@@ -60,13 +61,37 @@ def _numeric_columns(df: pd.DataFrame, exclude) -> list[str]:
     return out
 
 
+def _modalities(x) -> dict | None:
+    """A MuData's modalities (DataFrame.mod is a method, so test for a mapping)."""
+    mod = getattr(x, "mod", None)
+    return mod if hasattr(mod, "keys") else None
+
+
+def _subjects(cohort, time: str, event: str):
+    """What the rows of the explorer are: a MuData's modality whose obs holds `time` and `event` (``"slides"``
+    first: the survival columns of :func:`pathkit.link` live there), else the object itself."""
+    mods = _modalities(cohort)
+    if mods is None:
+        return cohort
+    for name in ["slides", *[m for m in mods if m != "slides"]]:
+        if name in mods and {time, event} <= set(mods[name].obs.columns):
+            return mods[name]
+    return cohort
+
+
 def _gene_table(cohort, rna, obs: pd.DataFrame) -> pd.DataFrame | None:
     """Genes x subjects as a DataFrame indexed like ``obs`` (NaN where a subject has no RNA): from ``rna=``
-    (an AnnData whose var are genes), a MuData's ``"rna"`` modality, or ``obsm["rna"]`` (``pk.io.link``)."""
+    (an AnnData whose var are genes, or a MuData with an ``"rna"`` modality), a MuData's ``"rna"`` modality,
+    or ``obsm["rna"]`` (``pk.io.link``). RNA rows of patients reach their slides through the obs column
+    ``rna.uns["link"]["slides_key"]`` that :func:`pathkit.link` records."""
     src = rna
-    mod = getattr(cohort, "mod", None)
-    if src is None and hasattr(mod, "keys") and "rna" in mod:   # MuData (DataFrame.mod is a method)
-        src = mod["rna"]
+    if src is not None and _modalities(src) is not None:
+        if "rna" not in _modalities(src):
+            raise KeyError(f"rna= is a MuData without an 'rna' modality (it has {list(_modalities(src))})")
+        src = _modalities(src)["rna"]
+    mods = _modalities(cohort)
+    if src is None and mods is not None and "rna" in mods:
+        src = mods["rna"]
     if src is None and hasattr(cohort, "obsm") and "rna" in cohort.obsm:
         src = cohort.obsm["rna"]
     if src is None:
@@ -81,6 +106,10 @@ def _gene_table(cohort, rna, obs: pd.DataFrame) -> pd.DataFrame | None:
     table = table.copy()
     table.index = table.index.astype(str)
     table.columns = [str(c) for c in table.columns]
+    key = dict(getattr(src, "uns", None) or {}).get("link", {}).get("slides_key")
+    if key is not None and key in obs.columns and not set(obs.index.astype(str)) & set(table.index):
+        ids = obs[key].astype(object).where(obs[key].notna(), "\x00missing").astype(str)
+        return table.reindex(pd.Index(ids.to_numpy())).set_axis(obs.index)
     if not set(obs.index.astype(str)) & set(table.index):
         raise KeyError(f"the RNA table's subjects ({list(table.index[:3])}...) share no id with the cohort's "
                        f"obs_names ({list(obs.index[:3])}...); link them first (pk.io.link)")
@@ -103,8 +132,9 @@ class SurvivalExplorer(StaticFallback):
     Parameters
     ----------
     cohort
-        AnnData (columns from ``obs``; genes from ``obsm["rna"]``), MuData (``obs``; genes from the
-        ``"rna"`` modality, var = genes) or DataFrame.
+        AnnData (columns from ``obs``; genes from ``obsm["rna"]``), MuData or DataFrame. Of a MuData (e.g.
+        :func:`pathkit.link`'s), the rows are those of the modality whose ``obs`` holds `time` and `event`
+        (``"slides"`` first) and the genes come from its ``"rna"`` modality (var = genes).
     time, event
         Survival columns (``event`` = 1 when observed).
     covariates
@@ -116,7 +146,10 @@ class SurvivalExplorer(StaticFallback):
     cutoff
         Initial cut-off (default: the median).
     rna
-        An AnnData (subjects x genes) or DataFrame of expression to take genes from, indexed like the cohort.
+        An AnnData (var = genes), a MuData with an ``"rna"`` modality, or a DataFrame of expression to take
+        genes from: indexed like the cohort's rows, or by patient with ``uns["link"]["slides_key"]`` naming
+        the cohort's column that holds the patient (as :func:`pathkit.link` writes). Any of its genes can be
+        picked by name (`covariate`, :meth:`set_covariate`), offered or not.
     minprop
         Cut-offs considered by the correction: between the ``minprop`` and ``1 - minprop`` quantiles.
 
@@ -135,7 +168,8 @@ class SurvivalExplorer(StaticFallback):
         import ipywidgets as W
         import plotly.graph_objects as go
 
-        obs = cohort.obs if hasattr(cohort, "obs") else cohort
+        subjects = _subjects(cohort, time, event)
+        obs = subjects.obs if hasattr(subjects, "obs") else subjects
         if not isinstance(obs, pd.DataFrame):
             raise TypeError(f"cohort must be an AnnData, MuData or DataFrame, not {type(cohort).__name__}")
         for c, role in ((time, "time"), (event, "event")):
@@ -144,7 +178,7 @@ class SurvivalExplorer(StaticFallback):
         self.cohort, self.time, self.event, self.steps, self.minprop = cohort, time, event, steps, minprop
         self._obs = obs
         self._genes = _gene_table(cohort, rna, obs)
-        info = cohort.uns.get("survival") if hasattr(cohort, "uns") else None
+        info = subjects.uns.get("survival") if hasattr(subjects, "uns") else None
         self.excluded = excluded_columns(obs, time, event, info)
         if covariates is None:
             covariates = _numeric_columns(obs, exclude=self.excluded)
@@ -159,7 +193,10 @@ class SurvivalExplorer(StaticFallback):
             raise ValueError("no numeric covariate to split on; pass covariates=[...]")
         covariate = covariate or covariates[0]
         if covariate not in covariates:
-            raise KeyError(f"covariate {covariate!r} is not among {covariates}")
+            if not (self._genes is not None and covariate in self._genes.columns):
+                why = f" ({self.excluded[covariate]})" if covariate in self.excluded else ""
+                raise KeyError(f"covariate {covariate!r} is neither among {covariates}{why} nor a gene")
+            covariates.append(covariate)   # any gene, by name, even when not all genes are offered
 
         self.covariate_dropdown = W.Dropdown(options=covariates, value=covariate, description="covariate")
         self.cutoff_slider = W.FloatSlider(description="cut-off", continuous_update=False,
@@ -304,8 +341,8 @@ class SurvivalExplorer(StaticFallback):
             self.p_value = float(self.logrank.p_value)
             text = f"{kind}: log-rank p = {self.p_value:.3g} (χ² = {self.logrank.statistic:.3g}); {counts}{note}"
             if self.exploratory:
-                text = (f"{kind}: uncorrected log-rank p = {self.p_value:.3g} is too small"
-                        f"{self._correction_text(v, cut)}; {counts}{note}")
+                text = (f"{kind}: log-rank p = {self.p_value:.3g} uncorrected (biased low: the cut-off was "
+                        f"chosen after seeing the curves){self._correction_text(v, cut)}; {counts}{note}")
         else:
             self.logrank, self.p_value = None, float("nan")
             text = (f"log-rank p = n/a: only the {present[0]!r} group is non-empty at this cut-off; "
