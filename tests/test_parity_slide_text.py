@@ -10,10 +10,10 @@ pytest.importorskip("transformers")
 pytest.importorskip("sacremoses")
 pytest.importorskip("conch")
 
-from pathkit.errors import WeightsError  # noqa: E402
-from pathkit.models import prism_text, slide_text  # noqa: E402
-from pathkit.models.registry import ModelSpec  # noqa: E402
-from pathkit.tl.zeroshot import class_embeddings, encode_prompts  # noqa: E402
+from pathkit.errors import WeightsError
+from pathkit.models import prism_text, slide_text
+from pathkit.models.registry import ModelSpec
+from pathkit.tl.zeroshot import class_embeddings, encode_prompts
 
 FIX = Path(__file__).parent / "fixtures" / "parity"
 FX = torch.load(FIX / "slide_text.pt", weights_only=True)
