@@ -74,6 +74,11 @@ def test_planted_slides_classified_and_ranked_first(titan_demo):
     assert df["similarity"].is_monotonic_decreasing and list(df["rank"]) == [1, 2, 3]
     assert np.isclose(both.obs["text_search"].max(), df["similarity"].iloc[0])
     assert len(fig.data) == 1 and not fig.layout.images  # no slide files here: no thumbnails
+    # reachable slides get thumbnails above their bars (here the CMU-1 sample shipped with pathkit)
+    both.obs["path"] = str(Path(pk.__file__).parent / "data" / "CMU-1-Small-Region.svs")
+    both.obs.loc["Q1", "path"] = "/nonexistent/slide.svs"
+    _, fig = pk.tl.text_search(both, query, model=txt, top=3, thumb_px=64)
+    assert len(fig.layout.images) == 2 and fig.layout.images[0].source.startswith("data:image/png;base64,")
 
 
 def test_slide_zero_shot_logits_equal_authors():
