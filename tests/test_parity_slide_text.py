@@ -134,3 +134,9 @@ def test_prism_missing_decoder_names_tensors():
     sd = {k: v for k, v in fill_weights(p["keys"], p["seed"]).items() if ".x_attn." not in k}
     with pytest.raises(WeightsError, match=r"lack PRISM's text decoder: missing text_decoder\.model\.biogpt\.layers\.2\.x_attn"):
         prism_text.load_prism_decoder(prism_spec(), weights=sd)
+
+
+def test_demo_tokenizer_is_the_fixture_one(tmp_path):
+    d = prism_text.save_demo_tokenizer(tmp_path)
+    for f in ("vocab.json", "merges.txt"):
+        assert (d / f).read_bytes() == (FIX / "biogpt_tiny" / f).read_bytes()

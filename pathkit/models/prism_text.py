@@ -32,7 +32,8 @@ from torch import nn
 from ..errors import WeightsError
 from .registry import ModelSpec, get_spec, register
 
-__all__ = ["PrismDecoder", "load_prism_decoder", "load_tokenizer", "save_random_weights", "tokenize"]
+__all__ = ["PrismDecoder", "load_prism_decoder", "load_tokenizer", "save_demo_tokenizer", "save_random_weights",
+           "tokenize"]
 
 PREFIX = "text_decoder.model."
 BIOGPT_REVISION = "eb0d815e95434dc9e3b78f464e52b899bee7d923"  # the tokenizer the authors pin
@@ -165,6 +166,30 @@ def load_tokenizer(spec: ModelSpec, tokenizer=None):
     if not (d / "vocab.json").is_file() or not (d / "merges.txt").is_file():
         raise WeightsError(f"tokenizer folder {d} must hold BioGPT's vocab.json and merges.txt")
     return BioGptTokenizer(str(d / "vocab.json"), str(d / "merges.txt"))
+
+
+def save_demo_tokenizer(folder) -> Path:
+    """Write a tiny BioGPT-format tokenizer (vocab.json + merges.txt: BioGPT's four special tokens, single
+    characters and a few merges) for offline demonstrations with ``prism_small_demo``; the same files as
+    tests/fixtures/parity/biogpt_tiny (made by make_slide_text.py). Real captions need BioGPT's own vocabulary
+    (``microsoft/biogpt``, the entry's default)."""
+    import json
+
+    chars = sorted(set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;:!?%()/+-~&'\"<>[]=_"
+                       "üïéβ—"))
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    for c in chars:
+        for t in (c, c + "</w>"):
+            vocab.setdefault(t, len(vocab))
+    merges = [("t", "h"), ("th", "e</w>"), ("o", "f</w>"), ("a", "n"), ("an", "d</w>"), ("i", "n"), ("t", "u"),
+              ("tu", "m"), ("o", "u"), ("r", "</w>"), ("c", "a"), ("ca", "r"), ("in", "o"), ("m", "a")]
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, indent=0))
+    (folder / "merges.txt").write_text("".join(f"{a} {b} 1\n" for a, b in merges))
+    return folder
 
 
 def tokenize(tokenizer, texts) -> torch.Tensor:
