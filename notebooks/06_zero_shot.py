@@ -20,6 +20,8 @@ MODEL = "quiltnet"           # ungated image-text models: "quiltnet", "plip"; ga
 WEIGHTS = None               # None: the registry's source (the HF hub); or a local checkpoint
 TOPK = (1, 5, 10, 50)
 OUT = "pathkit_out"          # folder for the results
+SLIDE_MODEL = "titan_small_demo"    # slide-level section: "titan" with the gated MahmoodLab/TITAN weights
+CAPTION_MODEL = "prism_small_demo"  # captions: "prism" with the gated paige-ai/Prism weights
 
 # %%
 from pathlib import Path
@@ -160,3 +162,73 @@ fig.update_layout(legend=dict(orientation="h", y=-0.3), yaxis_title="balanced ac
 # ```
 # Your own classes: `classes={"tumour": ["adenocarcinoma", "tumor"], "normal": ["normal colonic mucosa"]}`;
 # your own templates: any list of strings containing `CLASSNAME`.
+
+# %% [markdown]
+# ## Slide level: zero-shot, text search and captions on slide embeddings
+#
+# Slide foundation models with a text half compare sentences with **whole-slide** embeddings: TITAN (Mahmood
+# Lab) has a CoCa text tower (CONCH's tokenizer) aligned with its slide embedding, PRISM (Paige) a BioGPT
+# decoder that writes a description of the slide. `pk.tl.zero_shot(cohort, classes, model="titan",
+# level="slide")` uses the same prompt machinery as the tile level (names x templates, averaged per class),
+# with TITAN's 23 templates and the 46 TCGA-OT classes of its evaluation (`classes="tcga_ot"`); the score is
+# the cosine between the slide embedding projected into the text space and each class.
+#
+# > **Offline demo: random weights.** `titan_small_demo` and `prism_small_demo` are the real architectures
+# > (TITAN's tokenizer, text tower and projection; PRISM's Perceiver and cross-attending BioGPT), reduced and
+# > with **random weights** written here, so that this section runs without downloads. The cohort below is
+# > **planted**: 30 slide embeddings built to lie near the text embedding of their class, with noise. Zero-shot
+# > and search then work by construction; the captions are random words. With real weights: embed the
+# > cohort with `pk.tl.embed_cohort(slides, out, tile_model="conch_v15", slide_model="titan")` and use
+# > `model="titan"` (the cohort's `obsm["X_titan"]`).
+
+# %%
+from pathkit.models import prism_text, slide_text
+from pathkit.tl.prompts import get_classes
+from pathkit.tl.zeroshot import text_embeddings as class_text
+
+SLIDE_WEIGHTS = None
+if SLIDE_MODEL == "titan_small_demo":
+    SLIDE_WEIGHTS = slide_text.save_random_weights(SLIDE_MODEL, out / "titan_small_demo.safetensors")
+txt = slide_text.load_slide_text(SLIDE_MODEL, weights=SLIDE_WEIGHTS)
+tcga = get_classes("tcga_ot")
+thoracic = {c: tcga[c] for c in ("LUAD", "LUSC", "PLEMESO")}
+print(len(tcga), "TCGA-OT classes; e.g. PLEMESO:", tcga["PLEMESO"])
+
+t = class_text(txt, thoracic, "titan")                     # [3, E] class text embeddings
+pinv = np.linalg.pinv(txt.proj.cpu().numpy().astype(np.float64))  # slide space <- text space
+X, truth = [], []
+for i in range(30):
+    c = i % 3
+    X.append(t[c] @ pinv + rng.normal(size=pinv.shape[1]) * 0.8 * np.linalg.norm(t[c] @ pinv) / pinv.shape[1] ** 0.5)
+    truth.append(list(thoracic)[c])
+ids = [f"TH-{i:02d}" for i in range(30)]
+slide_cohort = ad.AnnData(obs=pd.DataFrame({"truth": truth}, index=ids))
+slide_cohort.obsm[f"X_{SLIDE_MODEL}"] = np.asarray(X, dtype=np.float32)
+res = pk.tl.zero_shot(slide_cohort, thoracic, model=txt, level="slide", n_prompt_sets=20, progress=False)
+pk.tl.zero_shot_eval(slide_cohort, "truth").round(3)   # one row: K = 0, the slide level
+
+# %%
+hits, fig = pk.tl.text_search(slide_cohort, "pleural mesothelioma, epithelioid type", model=txt, top=8)
+print(hits.merge(slide_cohort.obs, left_on="slide_id", right_index=True)[["rank", "slide_id", "similarity", "truth"]])
+fig   # thumbnails appear above the bars when cohort.obs["path"] points to readable slides
+
+# %% [markdown]
+# PRISM writes a description per slide from its tile features (Virchow, 2,560-d): the Perceiver resamples the
+# tiles into 512 image latents, which BioGPT reads while decoding, with the authors' defaults (greedy, up to
+# 99 new tokens). Here: two "slides" of random tile features and a tiny demonstration vocabulary.
+
+# %%
+CAPTION_WEIGHTS, TOKENIZER = None, None
+if CAPTION_MODEL == "prism_small_demo":
+    CAPTION_WEIGHTS = prism_text.save_random_weights(CAPTION_MODEL, out / "prism_small_demo.safetensors")
+    TOKENIZER = prism_text.save_demo_tokenizer(out / "biogpt_demo_tokenizer")
+dim = pk.models.get_spec(CAPTION_MODEL).extra["in_chans"]
+cap_tiles = {}
+for sid in ("SLIDE-A", "SLIDE-B"):
+    a = ad.AnnData(np.zeros((50, 1), np.float32))
+    a.obsm["X_virchow"] = rng.normal(size=(50, dim)).astype(np.float32)
+    cap_tiles[sid] = a
+cap_cohort = ad.AnnData(obs=pd.DataFrame(index=list(cap_tiles)))
+pk.tl.caption(cap_cohort, CAPTION_MODEL, tiles=cap_tiles, weights=CAPTION_WEIGHTS, tokenizer=TOKENIZER,
+              max_new_tokens=20, progress=False)
+cap_cohort.obs

@@ -9,6 +9,7 @@ from . import mil  # noqa: F401  (MIL networks: pathkit.models.mil.MIL_MODELS)
 from . import ctranspath, chief  # noqa: F401  (CTransPath / CHIEF entries, issue 14)
 from .clip import ClipModel, load_clip, register_clip_variant
 from . import segmenters  # noqa: F401  (tissue and artefact segmenters)
+from . import slide_text, prism_text  # noqa: F401  (text halves of TITAN and PRISM: demo entries, loaders)
 
 __all__ = ["ModelSpec", "get_spec", "list_models", "register", "registered", "TileEncoder", "BUILDERS",
            "build_tile_encoder", "load_tile_encoder", "identify_checkpoint", "n_params", "register_builder",

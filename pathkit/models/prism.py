@@ -278,5 +278,11 @@ register(ModelSpec(
     description="PRISM (Paige) slide encoder: Perceiver resampler over Virchow v1 tile features, 1280-d "
                 "image embedding (the text decoder BioGPT is not loaded)",
     extra={"tile_model": "virchow", "coords": False, "in_chans": 2560, "mpp": 0.5, "tile_px": 224,
-           "call": "pathkit.models.prism.load_prism('prism') -> net; net(features [N, 2560]) -> [1280]"},
+           "call": "pathkit.models.prism.load_prism('prism') -> net; net(features [N, 2560]) -> [1280]",
+           # the text decoder (config.json biogpt_config + biogpt_context_dim), loaded by pathkit.models.prism_text
+           "tokenizer": "hf_hub:microsoft/biogpt@eb0d815e95434dc9e3b78f464e52b899bee7d923",
+           "decoder": {"vocab_size": 42384, "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+                       "intermediate_size": 4096, "max_position_embeddings": 1024, "pad_token_id": 1,
+                       "bos_token_id": 0, "eos_token_id": 2, "scale_embedding": True, "hidden_act": "gelu",
+                       "context_dim": 1280}},
 ), overwrite=True)

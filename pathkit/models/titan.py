@@ -258,5 +258,8 @@ register(ModelSpec(
     description="TITAN (Mahmood Lab): 6-layer ViT with 2D ALiBi over a grid of CONCH v1.5 tile features, "
                 "attention-pooled 768-d slide embedding",
     extra={"tile_model": "conch_v15", "in_chans": 768, "coords": True, "tile_px": 512, "mpp": 0.5,
-           "call": "pathkit.models.titan.load_titan(name) -> net; net(features [N, 768], cells [N, 2]) -> [768]"},
+           "call": "pathkit.models.titan.load_titan(name) -> net; net(features [N, 768], cells [N, 2]) -> [768]",
+           # the text half (modeling_titan.py / config.json text_config), loaded by pathkit.models.slide_text
+           "templates": "titan", "text": {"embed_dim": 768, "context_length": 128, "vocab_size": 32007,
+                                          "width": 768, "heads": 12, "layers": 12, "pad_id": 0}},
 ), overwrite=True)

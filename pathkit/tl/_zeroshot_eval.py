@@ -42,7 +42,7 @@ def _gather(data, key, classes, ks, logit_scale):
         cls, kk = list(meta["classes"]), [int(k) for k in meta["ks"]]
         scores = {}
         for k in kk:
-            cols = [f"{key}_score_{c}_k{k}" for c in cls]
+            cols = [f"{key}_score_{c}" + ("" if meta.get("level") == "slide" else f"_k{k}") for c in cls]
             missing = [c for c in cols if c not in data.obs]
             if missing:
                 raise KeyError(f"cohort.obs lacks {missing}; run pk.tl.zero_shot(..., cohort=cohort) first")
@@ -103,7 +103,7 @@ def zero_shot_eval(data, labels, ks=None, key="zeroshot", n_prompt_sets=None, ra
 
     Returns
     -------
-    DataFrame indexed by K: `balanced_accuracy` and `auroc` of the full prompt ensemble; with prompt sets,
+    DataFrame indexed by K (0 for slide-level zero-shot: one embedding per slide, no pooling): `balanced_accuracy` and `auroc` of the full prompt ensemble; with prompt sets,
     `bacc_median` (MI-Zero's headline number), `bacc_q25`, `bacc_q75`, `auroc_median`, `n_prompt_sets`;
     `n_slides`. AUROC: binary -> probability of the second class; more classes -> `multi_class` macro.
     """

@@ -7,6 +7,9 @@ Sources (read from the authors' repositories):
 - NSCLC (LUAD / LUSC): CONCH's class names (prompts/nsclc_prompts_all_per_class.json); MI-Zero's larger pool
   is `nsclc_mizero`.
 - RCC (CCRCC / PRCC / CHRCC) and BRCA (IDC / ILC): MI-Zero's class-name pools (src/presample_prompts.py).
+- TITAN (slide-level zero-shot): its 23 templates (github.com/mahmoodlab/TITAN, titan/utils.py) and the 46
+  TCGA-OT classes of its zero-shot evaluation (datasets/config_tcga-ot.yaml), shipped as
+  pathkit/data/prompts/titan.json with their source: ``get_templates("titan")``, ``get_classes("tcga_ot")``.
 - Colorectal (CRC100K tissue classes ADI, BACK, DEB, LYM, MUC, MUS, NORM, STR, TUM): CONCH's
   prompts/crc100k_prompts_all_per_class.json. CONCH publishes no TCGA COADREAD slide-level task; "coadread"
   is an alias of these colorectal tissue classes (tile-level tissue types, useful as tile scores).
@@ -89,6 +92,22 @@ CLASSES = {
 ALIASES = {"coadread": "crc100k", "crc": "crc100k", "lung": "nsclc", "kidney": "rcc", "breast": "brca"}
 
 
+def _published(name: str) -> dict:
+    """A prompt set shipped as data in pathkit/data/prompts/<name>.json (with its source)."""
+    import json
+    from pathlib import Path
+
+    return json.loads((Path(__file__).parents[1] / "data" / "prompts" / f"{name}.json").read_text(encoding="utf-8"))
+
+
+# TITAN (slide level): its 23 templates (titan/utils.py) and the TCGA-OT class names of its zero-shot
+# evaluation (46 OncoTree classes, datasets/config_tcga-ot.yaml); sources in the JSON file.
+TITAN_PROMPTS = _published("titan")
+TITAN_TEMPLATES = tuple(TITAN_PROMPTS["templates"])
+TEMPLATES["titan"] = TITAN_TEMPLATES
+CLASSES.update(TITAN_PROMPTS["classes"])
+
+
 def list_prompt_sets() -> list[str]:
     """Names accepted by `get_classes` (aliases included)."""
     return sorted(CLASSES) + sorted(ALIASES)
@@ -115,7 +134,8 @@ def get_classes(classes) -> dict[str, list[str]]:
 
 
 def get_templates(templates=None) -> list[str]:
-    """None or "conch" -> the 22 CONCH templates; "mizero" -> MI-Zero's 16; a list is checked and returned."""
+    """None or "conch" -> the 22 CONCH templates; "mizero" -> MI-Zero's 16; "titan" -> TITAN's 23; a list is
+    checked and returned."""
     if templates is None:
         return list(CONCH_TEMPLATES)
     if isinstance(templates, str):

@@ -151,14 +151,15 @@ def _load_encoder(model, weights, device):
 # ---------------------------------------------------------------------------------------- zero_shot
 def zero_shot(tiles, classes="nsclc", templates=None, model="conch", *, use_rep=None, weights=None,
               topk=(1, 5, 10, 50), image_features=None, cohort=None, key_added="zeroshot", n_prompt_sets=50,
-              random_state=0, device="auto", progress=True) -> pd.DataFrame:
-    """Zero-shot slide classification from tile embeddings (MI-Zero / CONCH).
+              random_state=0, device="auto", progress=True, level="tile") -> pd.DataFrame:
+    """Zero-shot slide classification from tile embeddings (MI-Zero / CONCH), or from slide embeddings.
 
     Parameters
     ----------
     tiles
         A tiles AnnData with features of the model's image tower (`pk.tl.embed_tiles(tiles, slide,
         "conch_vision")`), or a list / dict {slide_id: AnnData}. The slide is never read here.
+        With ``level="slide"``: the cohort AnnData (one row per slide) with the slide model's embeddings.
     classes
         A prompt-library task ("nsclc", "rcc", "brca", "crc100k"; see `pathkit.tl.prompts`) or a dict
         {class: [class names]}.
@@ -185,6 +186,13 @@ def zero_shot(tiles, classes="nsclc", templates=None, model="conch", *, use_rep=
     n_prompt_sets, random_state
         MI-Zero prompt sets sampled (deterministically from `random_state`) for the spread over prompts; 0
         to skip.
+    level
+        "tile" (default): tile embeddings of an image-text model, top-K pooled. "slide": slide embeddings of a
+        slide model with a text half (``model="titan"``, ``use_rep="X_titan"``, default templates TITAN's 23,
+        e.g. ``classes="tcga_ot"``); the class score is the cosine between the projected slide embedding and
+        the class text embedding, written to the cohort's ``obs["{key}_pred"]``, ``obs["{key}_score_{class}"]``,
+        ``obs["{key}_prob_{class}"]`` and ``uns[key]`` (``level="slide"``, ``ks=[0]``); see
+        ``pathkit.tl.slide_text.zero_shot_slides``. ``topk``, ``image_features`` and ``cohort`` do not apply.
 
     Returns
     -------
@@ -195,6 +203,14 @@ def zero_shot(tiles, classes="nsclc", templates=None, model="conch", *, use_rep=
     pred (class per K), prompt_set_names [n_sets, C], prompt_set_templates [n_sets, T] (bool),
     prompt_set_scores [n_sets, nK, C]}.
     """
+    if level == "slide":
+        from .slide_text import zero_shot_slides
+
+        return zero_shot_slides(tiles, classes, templates, model, use_rep=use_rep, weights=weights,
+                                key_added=key_added, n_prompt_sets=n_prompt_sets, random_state=random_state,
+                                device=device, progress=progress)
+    if level != "tile":
+        raise ValueError(f"level must be 'tile' or 'slide' (got {level!r})")
     seed = random_state
     classes = _prompts.get_classes(classes)
     templates = _prompts.get_templates(templates)
