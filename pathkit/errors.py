@@ -46,3 +46,7 @@ class ModelNotFoundError(PathkitError, KeyError):
 
 class CohortError(PathkitError, RuntimeError):
     """Every slide of a cohort run failed (the first errors are in the message, all in the state file)."""
+
+
+class StainError(PathkitError, ValueError):
+    """A stain reference or normaliser is unusable (blank reference, unknown method, bad saved data)."""
