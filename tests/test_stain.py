@@ -155,3 +155,53 @@ def test_stained_pixels_rule():
     px = np.array([[[255, 255, 255], [120, 60, 150], [230, 200, 230]]], np.uint8)
     kept = stained_pixels(px)
     assert kept.tolist() == [[120, 60, 150]]
+
+
+MODEL = "vit_tiny_test"
+
+
+@pytest.fixture(scope="module")
+def cmu(shared_data):
+    slide = pk.read_slide(shared_data / "slides" / "CMU-1-Small-Region.svs")
+    tiles = pk.pp.tile(slide, tile_px=224, mpp=0.5)
+    return slide, tiles[:: max(1, tiles.n_obs // 6)].copy()
+
+
+def test_embed_tiles_applies_the_stain_before_the_model(cmu, pair, tmp_path):
+    import torch
+    import torchvision.transforms.v2.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    slide, tiles = cmu
+    norm = pk.pp.fit_stain(pair[1], "macenko")  # a foreign target: the tiles change visibly
+    with pytest.warns(UserWarning, match="RANDOM"):
+        pk.tl.embed_tiles(tiles, slide, MODEL, device="cpu", dtype="float32", num_workers=0, progress=False,
+                          stain=norm, key_added="X_norm")
+        pk.tl.embed_tiles(tiles, slide, MODEL, device="cpu", dtype="float32", num_workers=0, progress=False)
+    # by hand: read -> numpy normaliser -> resize/crop -> /255 -> the model's mean/std -> forward
+    spec = pk.models.get_spec(MODEL)
+    torch.manual_seed(0)
+    enc, _ = pk.models.load_tile_encoder(MODEL, weights="random")
+    imgs = np.stack([slide.read_tile(int(x), int(y), tile_px=224, mpp=0.5)
+                     for x, y in zip(tiles.obs["x"], tiles.obs["y"])])
+    t = torch.from_numpy(norm.transform(imgs)).permute(0, 3, 1, 2).contiguous()
+    t = TF.resize(t, [spec.resize or spec.input_size], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    t = TF.center_crop(t, [spec.input_size, spec.input_size]).float() / 255.0
+    t = TF.normalize(t, mean=list(spec.mean), std=list(spec.std))
+    with torch.no_grad():
+        ref = enc(t).numpy()
+    np.testing.assert_allclose(tiles.obsm["X_norm"], ref, rtol=1e-4, atol=1e-4)
+    assert np.abs(tiles.obsm["X_norm"] - tiles.obsm[f"X_{MODEL}"]).max() > 1e-2
+    rec = tiles.uns["models"]["X_norm"]["stain"]
+    assert rec["method"] == "macenko" and np.allclose(rec["stain_matrix"], norm.params["stain_matrix"])
+    assert tiles.uns["models"][f"X_{MODEL}"].get("stain") is None
+    tiles.write_h5ad(tmp_path / "t.h5ad")  # the record is h5ad-writable
+
+
+def test_fit_on_tiles_and_slide(cmu):
+    slide, tiles = cmu
+    a = pk.pp.fit_stain(tiles, "reinhard", slide=slide, n_tiles=4)
+    assert a.info["n_pixels"] > 10_000 and "4 tiles" in a.info["source"]
+    # the same slide's own tiles: normalising them to their own target changes little
+    img = slide.read_tile(int(tiles.obs["x"].iloc[0]), int(tiles.obs["y"].iloc[0]), tile_px=224, mpp=0.5)
+    assert np.abs(a.transform(img).astype(int) - img).mean() < 12

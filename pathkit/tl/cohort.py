@@ -196,7 +196,7 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
                  weights=None, tile_kwargs: dict | None = None, embed_kwargs: dict | None = None,
                  slide_weights=None, slide_kwargs: dict | None = None, slide_dir=None, executor=None,
                  client=None, resources: dict | None = None, progress: bool = True, write: bool = True,
-                 resume: bool = True):
+                 resume: bool = True, stain=None):
     """Embed many slides into one cohort AnnData (one row per slide), resuming where a run stopped.
 
     Parameters
@@ -228,6 +228,10 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
     resume
         Reuse a slide's h5ad when it was made from the same file (sha256) with the same parameters (the
         default); False recomputes every slide.
+    stain
+        Stain normalisation of every tile batch (:func:`pathkit.tl.embed_tiles` ``stain``): a normaliser of
+        :func:`pathkit.pp.fit_stain` (one target for the cohort), or ``"macenko"`` / ``"reinhard"`` (each
+        slide its own target). Part of the parameters a resumed slide must match.
 
     Returns
     -------
@@ -254,6 +258,10 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
     _clean_stale_tmp(out_dir)
     tile_kwargs = dict(tile_kwargs or {})
     embed_kwargs = dict(embed_kwargs or {})
+    if stain is not None:  # plain data: picklable for workers and part of the parameter hash
+        from ..pp._stain import as_normalizer
+
+        embed_kwargs["stain"] = stain if isinstance(stain, str) else as_normalizer(stain).to_dict()
     slide_kwargs = dict(slide_kwargs or {})
     for bad in ("tiles", "weights", "model", "slide"):
         if bad in embed_kwargs:
