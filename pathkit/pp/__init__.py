@@ -6,4 +6,5 @@ from ._segment import ArtifactMasks, find_artifacts
 
 __all__ = ["find_tissue", "tile", "TissueMask", "tissue_mask_from_rgb", "tile_qc", "find_artifacts", "ArtifactMasks"]
 from ._stain import StainNormalizer, fit_stain
-__all__ += ["fit_stain", "StainNormalizer"]
+from ._augment import HEDJitter, hed_jitter
+__all__ += ["fit_stain", "StainNormalizer", "hed_jitter", "HEDJitter"]

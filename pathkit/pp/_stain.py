@@ -275,9 +275,15 @@ def fit_stain(reference, method: str = "macenko", *, slide=None, n_tiles: int = 
 
 
 def as_normalizer(stain) -> StainNormalizer | None:
-    """None, a :class:`StainNormalizer` or its ``to_dict()`` -> a normaliser (or None)."""
-    if stain is None or isinstance(stain, StainNormalizer):
+    """None, a :class:`StainNormalizer` or its ``to_dict()``, or a :class:`~pathkit.pp.HEDJitter` (or its
+    ``to_dict()``) -> the object whose ``transform_batch`` runs on tile batches (or None)."""
+    from ._augment import HEDJitter
+
+    if stain is None or isinstance(stain, (StainNormalizer, HEDJitter)):
         return stain
+    if isinstance(stain, dict) and stain.get("method") == HEDJitter.method:
+        rs = int(stain.get("random_state", 0))
+        return HEDJitter(float(stain["sigma"]), float(stain["bias"]), None if rs < 0 else rs)
     if isinstance(stain, dict):
         return StainNormalizer.from_dict(stain)
     raise StainError(f"stain must be pk.pp.fit_stain(...) or its to_dict(), got {type(stain).__name__}")
