@@ -50,3 +50,7 @@ class CohortError(PathkitError, RuntimeError):
 
 class ParameterError(PathkitError, ValueError):
     """An argument has a value that cannot work (batch_size=0, an unknown device, a tile size <= 0 ...)."""
+
+
+class StainError(PathkitError, ValueError):
+    """A stain reference or normaliser is unusable (blank reference, unknown method, bad saved data)."""

@@ -8,3 +8,5 @@ from ._associate import association_heatmap, encoder_comparison, volcano
 
 __all__ = ["kaplan_meier", "umap", "slide", "write_html", "qc"]
 __all__ += ["volcano", "association_heatmap", "encoder_comparison"]
+from ._site import site_effect
+__all__ += ["site_effect"]

@@ -5,3 +5,6 @@ from ._qc import tile_qc
 from ._artifacts import ArtifactMasks, find_artifacts
 
 __all__ = ["find_tissue", "tile", "TissueMask", "tissue_mask_from_rgb", "tile_qc", "find_artifacts", "ArtifactMasks"]
+from ._stain import StainNormalizer, fit_stain
+from ._augment import HEDJitter, hed_jitter
+__all__ += ["fit_stain", "StainNormalizer", "hed_jitter", "HEDJitter"]

@@ -23,3 +23,5 @@ __all__ += ["MIL", "MILCVResult", "cross_validate_mil"]
 __all__ += ["pathway_scores", "associate", "tile_composition", "probe", "compare_encoders", "predict_expression"]
 from .slide_text import caption, text_search
 __all__ += ["text_search", "caption"]
+from ._site import harmonize, site_effect
+__all__ += ["site_effect", "harmonize"]

@@ -104,7 +104,8 @@ def _block(F: np.ndarray, T: np.ndarray, C: np.ndarray, method: str):
 
 def associate(data, features, targets="genes", *, rna=None, method: str = "spearman", covariates=None,
               n_pcs: int | None = None, aggregate: str = "mean", nan_policy: str = "raise", fdr: str = "all",
-              min_n: int = 10, random_state=0, key_added: str | None = "associations") -> pd.DataFrame:
+              min_n: int = 10, random_state=0, key_added: str | None = "associations",
+              adjust_site: bool = False, site_key: str = "tss") -> pd.DataFrame:
     """Test every histology feature against every gene or pathway score; Benjamini-Hochberg q-values.
 
     Parameters
@@ -144,6 +145,12 @@ def associate(data, features, targets="genes", *, rna=None, method: str = "spear
         Seed of the PCA.
     key_added
         Where the table is stored: ``mdata.uns[key_added]`` (or ``rna.uns``); ``None`` stores nothing.
+    adjust_site
+        Add the site (``site_key``) as a categorical covariate. Independently, a warning names every slide
+        ``obs`` feature or covariate confounded with site (Cramér's V above 0.5).
+    site_key
+        obs column of the site; ``"tss"``: the TCGA tissue source site parsed from the barcodes (added to the
+        slides' obs when `adjust_site`).
 
     Returns
     -------
@@ -158,6 +165,12 @@ def associate(data, features, targets="genes", *, rna=None, method: str = "spear
     if aggregate not in ("mean", "median"):
         raise ValueError(f"aggregate must be 'mean' or 'median', got {aggregate!r}")
     slides, rna_ad, skey = slides_and_rna(data, rna)
+    from ._site import check_site_confounding
+
+    covariates = check_site_confounding(
+        slides, ([features] if isinstance(features, str) else [] if isinstance(features, pd.DataFrame)
+                 else list(features)) + ([covariates] if isinstance(covariates, str) else list(covariates or [])),
+        site_key, adjust_site, covariates)
     F = _collect(slides, features, "features", n_pcs, random_state, genes_ok=False)
     if not F.index.equals(slides.obs_names):
         F = F.reindex(slides.obs_names)

@@ -133,7 +133,8 @@ def _fit_predict(X, y, fold, method, classification, classes, *, k_shot, rng, n_
 
 def probe(adata, label: str, *, use_rep: str, method: str = "linear", k_shot: int = 8, n_draws: int = 10,
           folds=5, groups: str = "patient_id", task: str = "auto", n_neighbors: int = 20, C="auto",
-          n_boot: int = 500, ci: float = 0.95, random_state=0, key_added: str | None = None) -> pd.DataFrame:
+          n_boot: int = 500, ci: float = 0.95, random_state=0, key_added: str | None = None,
+          splits: str = "patient", site_key: str = "tss") -> pd.DataFrame:
     """Probe a frozen representation for a slide label with patient-level cross-validation.
 
     Parameters
@@ -166,6 +167,13 @@ def probe(adata, label: str, *, use_rep: str, method: str = "linear", k_shot: in
         Seed of folds, draws and bootstrap.
     key_added
         ``obs`` column of the out-of-fold predictions; default ``"probe_<label>_<method>"``.
+    splits
+        ``"patient"``: patient-level folds; ``"site"``: site-preserved folds (no tissue source site in both
+        train and test, class mix balanced across folds as Howard et al. 2021 propose; see
+        :func:`pathkit.tl.splits.site_folds`). A label that is learnable only through the site drops to
+        chance under ``"site"``.
+    site_key
+        obs column of the site for ``splits="site"``; ``"tss"``: parsed from TCGA barcodes.
 
     Returns
     -------
@@ -207,7 +215,20 @@ def probe(adata, label: str, *, use_rep: str, method: str = "linear", k_shot: in
     else:
         y, classes = y.astype(float), None
     fold_arg = folds if isinstance(folds, (int, np.integer)) else ad.obs[folds][has].to_numpy()
-    fold = patient_folds(y, g, fold_arg, classification=classification, random_state=random_state)
+    if splits == "site":
+        from ._site import site_labels
+        from .splits import site_folds
+
+        if not isinstance(folds, (int, np.integer)):
+            raise ValueError("splits='site' makes its own folds: pass folds as a number")
+        site = site_labels(ad, site_key)[has]
+        if site.isna().any():
+            raise TableError(f"splits='site': {int(site.isna().sum())} slide(s) have no site ({site_key!r})")
+        fold = site_folds(site.to_numpy(), y if classification else None, int(folds), seed=random_state)
+    elif splits == "patient":
+        fold = patient_folds(y, g, fold_arg, classification=classification, random_state=random_state)
+    else:
+        raise ValueError(f"splits must be 'patient' or 'site', got {splits!r}")
     rng = np.random.default_rng(random_state)
     kw = {"k_shot": k_shot, "rng": rng, "n_neighbors": n_neighbors, "C": C, "random_state": random_state,
           "groups": g}

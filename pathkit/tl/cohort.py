@@ -241,7 +241,7 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
                  weights=None, tile_kwargs: dict | None = None, embed_kwargs: dict | None = None,
                  slide_weights=None, slide_kwargs: dict | None = None, slide_dir=None, executor=None,
                  client=None, resources: dict | None = None, progress: bool = True, write: bool = True,
-                 resume: bool = True, read_kwargs: dict | None = None):
+                 resume: bool = True, read_kwargs: dict | None = None, stain=None):
     """Embed many slides into one cohort AnnData (one row per slide), resuming where a run stopped.
 
     Parameters
@@ -276,6 +276,10 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
     read_kwargs
         Opt-ins of :func:`pathkit.read_slide` for every slide: ``allow_non_brightfield``,
         ``allow_implausible_mpp``.
+    stain
+        Stain normalisation of every tile batch (:func:`pathkit.tl.embed_tiles` ``stain``): a normaliser of
+        :func:`pathkit.pp.fit_stain` (one target for the cohort), or ``"macenko"`` / ``"reinhard"`` (each
+        slide its own target). Part of the parameters a resumed slide must match.
 
     Returns
     -------
@@ -291,6 +295,10 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
 
     tile_kwargs = dict(tile_kwargs or {})
     embed_kwargs = dict(embed_kwargs or {})
+    if stain is not None:  # plain data: picklable for workers and part of the parameter hash
+        from ..pp._stain import as_normalizer
+
+        embed_kwargs["stain"] = stain if isinstance(stain, str) else as_normalizer(stain).to_dict()
     slide_kwargs = dict(slide_kwargs or {})
     for bad in ("tiles", "weights", "model", "slide", "key_added"):
         if bad in embed_kwargs:

@@ -128,7 +128,8 @@ def clear_model_cache() -> None:
     _ENCODER_CACHE.clear()
 
 
-def _run_encoder(encoder, spec, slide, xs, ys, tile_spec, dev, amp_dtype, batch_size, num_workers, progress):
+def _run_encoder(encoder, spec, slide, xs, ys, tile_spec, dev, amp_dtype, batch_size, num_workers, progress,
+                 stain=None):
     from tqdm.auto import tqdm
 
     n = len(xs)
@@ -141,7 +142,10 @@ def _run_encoder(encoder, spec, slide, xs, ys, tile_spec, dev, amp_dtype, batch_
     with tqdm(total=n, unit="tile", desc=f"embed {slide.slide_id}", disable=not progress) as bar, \
             torch.inference_mode():
         for batch in loader:
-            x = pre(batch.to(dev, non_blocking=True), channels_last_input=True)
+            batch = batch.to(dev, non_blocking=True)
+            if stain is not None:  # on the uint8 tiles, before the model's own resize and normalisation
+                batch = stain.transform_batch(batch)
+            x = pre(batch, channels_last_input=True)
             with autocast(dev, amp_dtype):
                 out = encoder(x)
             out = out.float().cpu().numpy()
@@ -158,9 +162,22 @@ def _run_encoder(encoder, spec, slide, xs, ys, tile_spec, dev, amp_dtype, batch_
     return feats, read_path
 
 
+def _stain_for(stain, tiles, slide):
+    """The stain normaliser of embed_tiles(stain=...): a fitted one, its plain data, or a method name fitted on
+    this slide's own tiles."""
+    from ..pp._stain import as_normalizer, fit_stain
+
+    if isinstance(stain, str):
+        return fit_stain(tiles, stain, slide=slide)
+    norm = as_normalizer(stain)
+    if norm is not None:
+        norm.n_unchanged = 0
+    return norm
+
+
 def embed_tiles(tiles, slide=None, model=None, *, key_added: str | None = None, weights=None, device="auto",
                 dtype="auto", batch_size: int = 64, num_workers: int | None = None, progress: bool = True,
-                copy: bool = False):
+                copy: bool = False, stain=None):
     """Embed every tile with a tile encoder; the features go into ``tiles.obsm``.
 
     Parameters
@@ -191,6 +208,10 @@ def embed_tiles(tiles, slide=None, model=None, *, key_added: str | None = None, 
         Show a progress bar counting tiles.
     copy
         Return a new AnnData instead of writing into `tiles`.
+    stain
+        A stain normaliser of :func:`pathkit.pp.fit_stain` (or its ``to_dict()``), applied to each uint8 tile
+        batch before the model's own normalisation; ``"macenko"`` / ``"reinhard"``: fitted on this slide's
+        own tiles (each slide its own target). Recorded in ``uns["models"][key_added]["stain"]``.
 
     Returns
     -------
@@ -200,7 +221,7 @@ def embed_tiles(tiles, slide=None, model=None, *, key_added: str | None = None, 
         The features, in the order of ``tiles.obs``.
     ``uns["models"][key_added]`` : dict
         Provenance: name, arch, weights source + sha256, mean, std, input_size, resize, interpolation,
-        pool, dtype, device, pathkit_version, and ``read_path``: ``"raw_jpeg"`` when the stored JPEG tiles were
+        pool, dtype, device, pathkit_version, ``stain`` (the normaliser's plain data, or None), and ``read_path``: ``"raw_jpeg"`` when the stored JPEG tiles were
         decoded in batches (the fast path, pixel-identical on CPU; ``PATHKIT_RAW_TILES=0`` turns it off), else
         ``"read_tile"`` with the reason.
     """
@@ -237,9 +258,10 @@ def embed_tiles(tiles, slide=None, model=None, *, key_added: str | None = None, 
         winfo = {"source": str(weights) if weights is not None else
                  (spec.weights[0] if spec.weights else "random"), "sha256": None}
     else:
+        norm = _stain_for(stain, adata, slide)
         encoder, winfo = _cached_encoder(spec, weights, dev, load_tile_encoder)
         feats, read_path = _run_encoder(encoder, spec, slide, xs, ys, tile_spec, dev, amp_dtype, batch_size, num_workers,
-                             progress)
+                             progress, norm)
         del encoder
         from ._cohort_record import check_finite
 
@@ -247,6 +269,9 @@ def embed_tiles(tiles, slide=None, model=None, *, key_added: str | None = None, 
     adata.obsm[key] = feats
     models = dict(adata.uns.get("models") or {})
     models[key] = _model_info(spec, winfo, amp_dtype, dev, int(feats.shape[1]), read_path)
+    if stain is not None:
+        models[key]["stain"] = h5ad_safe(dict(norm.to_dict(), n_unchanged=norm.n_unchanged) if n else
+                                         {"method": str(getattr(stain, "method", stain))})
     adata.uns["models"] = models
     return adata if copy else None
 

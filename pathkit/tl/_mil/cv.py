@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ..splits import patient_folds, read_splits
+from ..splits import patient_folds, read_splits, site_fold_sets
 from . import tasks as T
 from .bags import BagSet
 from .covariates import bag_covariates
@@ -96,7 +96,8 @@ def cross_validate_mil(bags, cohort, model: str = "abmil", label=None, *, task: 
     splits
         User folds instead: a folder of ``splits_{k}.csv`` (``train`` / ``val`` columns of ``split_by`` ids;
         ``val`` is held out), or a list of (train_ids, test_ids). A patient in two test folds, or on both
-        sides of a fold, is refused.
+        sides of a fold, is refused. ``"site"``: `folds` site-preserved folds (no TCGA tissue source site in
+        both train and test; :func:`pathkit.tl.splits.site_fold_sets`).
     bag_by
         ``"slide"`` or ``"patient"`` (a patient's slides pooled in one bag).
     key_added
@@ -136,7 +137,8 @@ def cross_validate_mil(bags, cohort, model: str = "abmil", label=None, *, task: 
             units, C, spec = bag_covariates(cohort, units, covariates, nan=covariate_nan,
                                             where="cross_validate_mil")
         tg, classes = T.encode_targets(task, units.table, label, time, event)
-        fold_sets = (_user_folds(splits, units.patient) if splits is not None else
+        fold_sets = (site_fold_sets(units.patient, tg.get("strat"), folds, random_state) if str(splits) == "site"
+                     else _user_folds(splits, units.patient) if splits is not None else
                      patient_folds(units.patient, tg.get("strat"), folds=folds, seed=random_state))
         check_folds(units.patient, fold_sets)
         n = len(units)
