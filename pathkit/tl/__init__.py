@@ -21,3 +21,5 @@ __all__ = ["embed_tiles", "embed_slide", "embed_cohort", "kaplan_meier", "logran
 __all__ += ["annotate_tiles"]
 __all__ += ["MIL", "MILCVResult", "cross_validate_mil"]
 __all__ += ["pathway_scores", "associate", "tile_composition", "probe", "compare_encoders", "predict_expression"]
+from ..cells import segment_cells  # issue 23: cells
+__all__ += ["segment_cells"]
