@@ -22,4 +22,6 @@ __all__ += ["annotate_tiles"]
 __all__ += ["MIL", "MILCVResult", "cross_validate_mil"]
 __all__ += ["pathway_scores", "associate", "tile_composition", "probe", "compare_encoders", "predict_expression"]
 from ..cells import segment_cells  # issue 23: cells
-__all__ += ["segment_cells"]
+from ..cells._aggregate import cell_composition
+
+__all__ += ["segment_cells", "cell_composition"]
