@@ -19,3 +19,6 @@ __all__ = ["link", "rna_by_slide", "summarise_report", "cohort_from_table", "rea
            "validate_manifest", "read_manifest", "write_manifest", "fetch_manifest", "resolve_gdc",
            "manifest_from_files", "FetchError", "read_h5_bag"]
 __all__ += ["read_geojson", "write_geojson", "GeoJSONError"]
+from ..cells._qupath import read_qupath_cells  # issue 23: cells
+
+__all__ += ["read_qupath_cells"]

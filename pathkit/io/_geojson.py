@@ -233,7 +233,9 @@ def write_geojson(obj, path, *, classification: str | None = None, measurements=
     obj
         A :class:`~pathkit.pp.tissue.TissueMask` (tissue contours, holes kept, one annotation per piece;
         pen ink as a second class "Pen" when the mask recorded it), a tiles AnnData of
-        :func:`pathkit.pp.tile` (one square per tile), or the DataFrame of :func:`read_geojson`.
+        :func:`pathkit.pp.tile` (one square per tile), the DataFrame of :func:`read_geojson`, or the cells
+        AnnData of :func:`pathkit.tl.segment_cells` (one detection per nucleus outline, class
+        ``obs["cell_type"]`` when the model classifies, measurements ``area_um2`` ... by default).
     path
         Output file (written atomically).
     classification
@@ -273,6 +275,10 @@ def write_geojson(obj, path, *, classification: str | None = None, measurements=
             meas = {k: float(r[k]) for k in (measurements or []) if pd.notna(r[k])}
             feats.append(_feature(r["geometry"], otype or r.get("object_type", "annotation"), str(r["id"]),
                                   r.get("classification"), r.get("color"), r.get("name"), meas))
+    elif hasattr(obj, "obs") and hasattr(obj, "uns") and "cells" in obj.uns:  # issue 23: cells AnnData
+        from ..cells._qupath import cell_features
+
+        feats = cell_features(obj, classification or "cell_type", measurements, object_type or "detection")
     elif hasattr(obj, "obs") and hasattr(obj, "uns"):
         feats = _tile_features(obj, classification, measurements, object_type or "tile")
     else:

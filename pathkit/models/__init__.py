@@ -14,3 +14,4 @@ from . import slide_text, prism_text  # noqa: F401  (text halves of TITAN and PR
 __all__ = ["ModelSpec", "get_spec", "list_models", "register", "registered", "TileEncoder", "BUILDERS",
            "build_tile_encoder", "load_tile_encoder", "identify_checkpoint", "n_params", "register_builder",
            "ClipModel", "load_clip", "register_clip_variant"]
+from . import cell_segmenters  # noqa: F401  (nucleus segmenters, issue 23)

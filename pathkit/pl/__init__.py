@@ -10,3 +10,6 @@ __all__ = ["kaplan_meier", "umap", "slide", "write_html", "qc"]
 __all__ += ["volcano", "association_heatmap", "encoder_comparison"]
 from ._site import site_effect
 __all__ += ["site_effect"]
+from ..cells._plot import cells  # issue 23: cells
+
+__all__ += ["cells"]

@@ -25,3 +25,7 @@ from .slide_text import caption, text_search
 __all__ += ["text_search", "caption"]
 from ._site import harmonize, site_effect
 __all__ += ["site_effect", "harmonize"]
+from ..cells import segment_cells  # issue 23: cells
+from ..cells._aggregate import cell_composition
+
+__all__ += ["segment_cells", "cell_composition"]
