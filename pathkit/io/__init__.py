@@ -19,3 +19,9 @@ __all__ = ["link", "rna_by_slide", "summarise_report", "cohort_from_table", "rea
            "validate_manifest", "read_manifest", "write_manifest", "fetch_manifest", "resolve_gdc",
            "manifest_from_files", "FetchError", "read_h5_bag"]
 __all__ += ["read_geojson", "write_geojson", "GeoJSONError"]
+from ..spatial import (
+    SpotWarning, from_spatialdata, read_spots, read_st, read_visium, read_xenium, to_spatialdata,
+)
+
+__all__ += ["read_visium", "read_xenium", "read_st", "read_spots", "to_spatialdata", "from_spatialdata",
+            "SpotWarning"]

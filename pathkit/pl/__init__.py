@@ -8,3 +8,6 @@ from ._associate import association_heatmap, encoder_comparison, volcano
 
 __all__ = ["kaplan_meier", "umap", "slide", "write_html", "qc"]
 __all__ += ["volcano", "association_heatmap", "encoder_comparison"]
+from ..spatial._plot import spatial
+
+__all__ += ["spatial"]

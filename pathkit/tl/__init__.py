@@ -21,3 +21,6 @@ __all__ = ["embed_tiles", "embed_slide", "embed_cohort", "kaplan_meier", "logran
 __all__ += ["annotate_tiles"]
 __all__ += ["MIL", "MILCVResult", "cross_validate_mil"]
 __all__ += ["pathway_scores", "associate", "tile_composition", "probe", "compare_encoders", "predict_expression"]
+from ..spatial import map_spots
+
+__all__ += ["map_spots"]
