@@ -3,6 +3,7 @@ spatialdata-io), the legacy Spatial Transcriptomics layout (counts TSV + spot fi
 h5ad files that already hold ``obsm["spatial"]`` in image pixels (HEST, DeepSpot)."""
 from __future__ import annotations
 
+import gzip
 import json
 import warnings
 from pathlib import Path
@@ -78,6 +79,11 @@ def read_st(counts, spots, image=None, mpp: float | None = None, *, library_id: 
     counts, spots = Path(counts), Path(spots)
     library_id = library_id or counts.name.split(".")[0]
     df = pd.read_csv(counts, sep="\t", index_col=0)
+    # pandas renames repeated column names ("A", "A.1"): take the genes from the header as written
+    opener = gzip.open if counts.suffix == ".gz" else open
+    with opener(counts, "rt") as fh:
+        header = fh.readline().rstrip("\r\n").split("\t")
+    df.columns = header[len(header) - df.shape[1]:]
     df.index = df.index.astype(str)
     pos = pd.read_csv(spots, sep="\t")
     missing = [c for c in ("x", "y", "pixel_x", "pixel_y") if c not in pos.columns]
