@@ -203,3 +203,35 @@ def test_spots_outside_the_image_suggest_the_scale_factor(tmp_path):
     c, s = _st_files(tmp_path, _counts(), px)
     with pytest.raises(TableError, match=r"3 of 6 spot\(s\) lie outside the 1024 x 768 px image.*scaling by about"):
         pk.io.read_st(c, s, image=slide_path)
+
+
+# ---------------------------------------------------------------- her2st on its real H&E (a plain JPEG)
+@pytest.fixture(scope="module")
+def her2st_on_slide(her2st):
+    slide = pk.read_slide(her2st / "5714_HE_BT_C2.jpg", mpp=HER2ST_MPP)
+    sp = pk.io.read_st(her2st / "C2.tsv.gz", her2st / "C2_selection.tsv", image=slide)
+    pk.pp.tile_spots(slide, sp, tile_px=224, mpp=0.5)
+    return slide, sp
+
+
+def test_her2st_spots_on_tissue_and_tiles_centred(her2st_on_slide):
+    slide, sp = her2st_on_slide
+    qc = sp.uns["spot_spec"]["qc"]
+    assert qc["n_spots"] == 187 and qc["share_on_tissue"] >= 0.95
+    size0 = sp.uns["tile_spec"]["size_level0"]
+    assert size0 == pytest.approx(224 * 0.5 / HER2ST_MPP)
+    centre = sp.obs[["x", "y"]].to_numpy(float) + size0 / 2
+    assert np.abs(centre - sp.obsm["spatial"]).max() <= 0.5
+    assert sp.uns["spot_spec"]["slide"]["sha256"] == slide.sha256()
+    lib = sp.uns["spatial"]["C2"]
+    assert max(lib["images"]["hires"].shape[:2]) == 2000
+    assert lib["scalefactors"]["tissue_hires_scalef"] == pytest.approx(lib["images"]["hires"].shape[1] / 9274)
+
+
+def test_scanpy_and_squidpy_draw_her2st_over_its_he(her2st_on_slide):
+    draw_with_scanpy_and_squidpy(her2st_on_slide[1], "ERBB2")
+
+
+def test_a_jpeg_without_mpp_is_refused(her2st):
+    with pytest.raises(pk.errors.MppError, match="mpp"):
+        pk.io.read_st(her2st / "C2.tsv.gz", her2st / "C2_selection.tsv", image=her2st / "5714_HE_BT_C2.jpg")

@@ -78,6 +78,7 @@ def read_st(counts, spots, image=None, mpp: float | None = None, *, library_id: 
     """
     counts, spots = Path(counts), Path(spots)
     library_id = library_id or counts.name.split(".")[0]
+    slide = _open_slide(image, mpp)  # first: a missing mpp is said before the counts are read
     df = pd.read_csv(counts, sep="\t", index_col=0)
     # pandas renames repeated column names ("A", "A.1"): take the genes from the header as written
     opener = gzip.open if counts.suffix == ".gz" else open
@@ -100,7 +101,6 @@ def read_st(counts, spots, image=None, mpp: float | None = None, *, library_id: 
                          "same section?")
     report = _report(f"{counts.name} / {spots.name}", list(pos.index[~pos.index.isin(df.index)]),
                      list(df.index[~df.index.isin(pos.index)]))
-    slide = _open_slide(image, mpp)
     p = pos.loc[common]
     obs = pd.DataFrame({"array_x": p["x"].to_numpy(int), "array_y": p["y"].to_numpy(int)})
     if "selected" in p.columns:
