@@ -349,6 +349,9 @@ def _assemble(decoded: list, place: np.ndarray, n: int, tile_px: int, device) ->
 def raw_reader(slide, tile_px: int, mpp: float, device="cpu") -> tuple[RawTileReader | None, str]:
     """(reader, "") when tiles of `tile_px` at `mpp` can be read by the raw path on `device`, else
     (None, why). The decoder on `device` is probed against tifffile's before a reader is returned."""
+    backend = getattr(slide, "backend", "tiffslide")
+    if backend != "tiffslide":  # the raw path reads the JPEG bytes of TIFF tiles: other backends have none
+        return None, f"the {backend!r} backend has no raw JPEG tiles"
     level, _, resized = slide.tile_geometry(tile_px, mpp)
     if resized:
         return None, (f"level {level} is at {slide.level_mpp(level):.4g} mpp, not {mpp:g}: tiles are resized")

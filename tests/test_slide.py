@@ -150,7 +150,7 @@ def test_pickle_reopens_lazily(synth):
     s = pk.read_slide(synth)
     tile = s.read_tile(256, 256)
     s2 = pickle.loads(pickle.dumps(s))
-    assert s2._ts is None
+    assert s2._backend is None
     assert s2.mpp == s.mpp and s2.dimensions == s.dimensions and s2.slide_id == s.slide_id
     np.testing.assert_array_equal(s2.read_tile(256, 256), tile)
     with pytest.warns(UserWarning, match="using mpp=0.4"):
@@ -164,9 +164,10 @@ def test_sha256_info_close(synth):
         assert s.sha256() == digest
         info = s.info()
         assert info == {"path": str(synth.resolve()), "slide_id": "synth", "sha256": digest, "vendor": "aperio",
+                        "backend": "tiffslide", "backend_version": tiffslide.__version__,
                         "dimensions": [2048, 1536], "level_count": 2, "level_downsamples": [1.0, 4.0],
                         "mpp": 0.5, "mpp_source": "metadata"}
-    assert s._ts is None
+    assert s._backend is None
     assert s.read_tile(0, 0).shape == (256, 256, 3)  # reopens on demand
 
 
@@ -333,7 +334,7 @@ def test_direct_reader_matches_tiffslide(shared_data, name):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         s = pk.read_slide(shared_data / "slides" / name, mpp=0.5, allow_non_brightfield=True)
-    assert s._direct is not None
+    assert s.reader._direct is not None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tiffslide's "hamamatsu metadata only partially parsed"
         ts = tiffslide.TiffSlide(shared_data / "slides" / name)
@@ -352,10 +353,10 @@ def test_direct_reader_matches_tiffslide(shared_data, name):
 def test_fallback_to_tiffslide_reads(synth, monkeypatch):
     monkeypatch.setenv("PATHKIT_TIFFSLIDE_READS", "1")
     s = pk.read_slide(synth)
-    assert s._direct is None
+    assert s.reader._direct is None
     monkeypatch.delenv("PATHKIT_TIFFSLIDE_READS")
     fast = pk.read_slide(synth)
-    assert fast._direct is not None
+    assert fast.reader._direct is not None
     for loc, level, size in [((100, 37), 0, (300, 200)), ((0, 0), 1, (512, 384)), ((1900, 1400), 0, (300, 300))]:
         np.testing.assert_array_equal(s.read_region(loc, level, size), fast.read_region(loc, level, size))
 

@@ -22,3 +22,9 @@ __all__ += ["read_geojson", "write_geojson", "GeoJSONError"]
 from ..cells._qupath import read_qupath_cells  # issue 23: cells
 
 __all__ += ["read_qupath_cells"]
+from ..spatial import (
+    SpotWarning, from_spatialdata, read_spots, read_st, read_visium, read_xenium, to_spatialdata,
+)
+
+__all__ += ["read_visium", "read_xenium", "read_st", "read_spots", "to_spatialdata", "from_spatialdata",
+            "SpotWarning"]

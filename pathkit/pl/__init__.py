@@ -13,3 +13,6 @@ __all__ += ["site_effect"]
 from ..cells._plot import cells  # issue 23: cells
 
 __all__ += ["cells"]
+from ..spatial._plot import spatial
+
+__all__ += ["spatial"]

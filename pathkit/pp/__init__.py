@@ -8,3 +8,6 @@ __all__ = ["find_tissue", "tile", "TissueMask", "tissue_mask_from_rgb", "tile_qc
 from ._stain import StainNormalizer, fit_stain
 from ._augment import HEDJitter, hed_jitter
 __all__ += ["fit_stain", "StainNormalizer", "hed_jitter", "HEDJitter"]
+from ..spatial import tile_spots
+
+__all__ += ["tile_spots"]

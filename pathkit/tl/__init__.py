@@ -29,3 +29,6 @@ from ..cells import segment_cells  # issue 23: cells
 from ..cells._aggregate import cell_composition
 
 __all__ += ["segment_cells", "cell_composition"]
+from ..spatial import map_spots
+
+__all__ += ["map_spots"]

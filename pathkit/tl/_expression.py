@@ -47,8 +47,20 @@ def _cv_predict(maps, Y: np.ndarray) -> np.ndarray:
 
 def predict_expression(data, use_rep: str, *, rna=None, genes=None, alpha: float | None = None,
                        folds: int = 5, n_permutations: int = 100, aggregate: str = "mean", random_state=0,
-                       key_added: str | None = "predicted") -> pd.DataFrame:
+                       key_added: str | None = "predicted", level: str = "patient",
+                       section_key: str | None = None, n_top_genes: int = 50, n_pcs: int = 256,
+                       target_sum: float | None = None) -> pd.DataFrame:
     """Predict each gene from slide embeddings with a ridge probe; Pearson r on held-out patients.
+
+    With ``level="spot"``, ``data`` is a spots AnnData (``pk.io.read_visium`` / ``read_st`` / ...) whose spot
+    tiles were embedded (``pk.pp.tile_spots``, ``pk.tl.embed_tiles``) and the HEST-Benchmark protocol runs:
+    log1p counts of the top ``n_top_genes`` highly variable genes (or ``genes``), standardised embeddings
+    reduced to ``n_pcs`` principal components and a ridge (``alpha`` default ``100 / (n_pcs * n_genes)``,
+    HEST's), fitted per fold. Folds are ``folds`` spatially contiguous blocks (k-means of the spot positions)
+    inside one section, or the sections of ``obs[section_key]`` (leave-one-section-out). Baselines: the
+    training mean (``mean_r2``, ``mean_mse``) and ``n_permutations`` shuffles of the spots within each
+    section (``null_mean``, ``null_q95``, ``pvalue``). HEST fits the ridge without intercept; pathkit fits
+    it so that predictions are on the expression scale (Pearson r is the same).
 
     Slides of one patient are averaged first (one row per RNA row); patients are split into ``folds``; the
     ridge head is fitted on the training patients and predicts the held-out ones. The baseline repeats the
@@ -70,7 +82,15 @@ def predict_expression(data, use_rep: str, *, rna=None, genes=None, alpha: float
         Patient folds; permutations of the baseline; how slides of a patient are merged; seed.
     key_added
         Layer of ``mdata["rna"]`` receiving the out-of-fold predictions (NaN for genes not predicted and
-        patients without slides); ``None`` writes nothing.
+        patients without slides); ``None`` writes nothing. At ``level="spot"``: a sparse layer of the spots
+        holding the out-of-fold log1p predictions of the predicted genes (listed in
+        ``uns["<key_added>_expression"]``), and ``obs["<key_added>_fold"]``.
+    level
+        ``"patient"`` (bulk RNA of a linked cohort) or ``"spot"`` (spatial transcriptomics).
+    section_key, n_top_genes, n_pcs, target_sum
+        ``level="spot"`` only: the ``obs`` column of the section of each spot (leave-one-section-out when it
+        holds several); genes chosen when ``genes`` is None; principal components of the embeddings;
+        counts per spot before log1p (None: plain log1p, as HEST).
 
     Returns
     -------
@@ -79,6 +99,15 @@ def predict_expression(data, use_rep: str, *, rna=None, genes=None, alpha: float
         baseline), ``pvalue`` (permutation, ``(1 + #null >= r) / (1 + n_permutations)``), ``qvalue`` (BH),
         ``n`` (patients), sorted by ``r``. Sets ``rna.layers[key_added]``.
     """
+    if level == "spot":
+        from ..spatial._predict import predict_spot_expression
+
+        return predict_spot_expression(
+            data, use_rep, genes=genes, n_top_genes=n_top_genes, n_pcs=n_pcs, alpha=alpha, folds=folds,
+            section_key=section_key, target_sum=target_sum, n_permutations=n_permutations,
+            random_state=random_state, key_added=key_added)
+    if level != "patient":
+        raise ValueError(f"level must be 'patient' or 'spot', not {level!r}")
     from sklearn.linear_model import RidgeCV
 
     slides, rna_ad, skey = slides_and_rna(data, rna)
