@@ -1,11 +1,14 @@
 """Slide backends: the pixel access and metadata of each format behind one :class:`pathkit.Slide`.
 
 =============  ====================================================================
-``tiffslide``  SVS, NDPI, generic / pyramidal TIFF, OME-TIFF, QPTIFF (:mod:`.tiff`)
-``image``      JPEG, PNG, a single-image TIFF (:mod:`.image`)
+``tiffslide``  SVS, NDPI, generic / pyramidal TIFF, OME-TIFF, QPTIFF (``tiff.py``)
+``image``      JPEG, PNG, a single-image TIFF (``image.py``)
+``openslide``  MRXS, SCN, BIF, VMS / VMU and everything else OpenSlide 4 reads (``openslide.py``)
 =============  ====================================================================
 
-``backend="auto"`` chooses by the file's content (its magic bytes), not by its suffix.
+``backend="auto"`` chooses by the file's content (its magic bytes), not by its suffix: TIFF -> tiffslide
+(a Ventana BIF -> OpenSlide), JPEG / PNG -> image; formats made of several files whose entry file has no
+magic of its own (MRXS, VMS / VMU) go to OpenSlide by their suffix.
 """
 from __future__ import annotations
 
@@ -16,7 +19,9 @@ from pathlib import Path
 from ..errors import SlideReadError
 from ._base import MppMetadata, PixelInfo, SlideBackend, to_rgb_uint8
 
-BACKENDS = ("tiffslide", "image")
+BACKENDS = ("tiffslide", "image", "openslide")
+# entry files of multi-file formats (their content is a text index or a preview image)
+_OPENSLIDE_SUFFIXES = (".mrxs", ".vms", ".vmu")
 
 __all__ = ["BACKENDS", "MppMetadata", "PixelInfo", "SlideBackend", "check_path", "open_backend", "sniff",
            "to_rgb_uint8"]
@@ -60,8 +65,12 @@ def sniff(path: Path) -> str:
         raise SlideReadError(f"{path}: permission denied ({exc.strerror}); check the file's permissions") from None
     from .tiff import TIFF_MAGIC
 
+    suffix = path.suffix.lower()
+    if suffix in _OPENSLIDE_SUFFIXES:
+        return "openslide"
     if head[:4] in TIFF_MAGIC:
-        return "tiffslide"
+        # BIF tiles overlap and are stored in a serpentine order, which only OpenSlide assembles
+        return "openslide" if suffix == ".bif" else "tiffslide"
     if head[:3] == b"\xff\xd8\xff" or head[:8] == b"\x89PNG\r\n\x1a\n":
         return "image"
     if len(head) >= 132 and head[128:132] == b"DICM":
@@ -92,4 +101,8 @@ def open_backend(path: Path, backend: str = "auto") -> SlideBackend:
         if path.is_dir():
             raise SlideReadError(f"{path}: a folder, not an image file")
         return ImageBackend(path)
+    if name == "openslide":
+        from .openslide import OpenSlideBackend
+
+        return OpenSlideBackend(path)
     raise ValueError(f"backend={backend!r} is not one of 'auto', {', '.join(map(repr, BACKENDS))}")
