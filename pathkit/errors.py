@@ -46,3 +46,8 @@ class ModelNotFoundError(PathkitError, KeyError):
 
 class CohortError(PathkitError, RuntimeError):
     """Every slide of a cohort run failed (the first errors are in the message, all in the state file)."""
+
+
+class EngineError(PathkitError, RuntimeError):
+    """An inference engine (OpenVINO, ONNX Runtime) asked for by name cannot run a model: the export failed
+    or its output differs from torch's beyond float32 rounding."""
