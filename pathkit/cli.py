@@ -78,6 +78,10 @@ def _add_embedding(p):
                    help="auto (bfloat16 on CUDA and on CPUs with native bf16, else float32) or float32 (exact)")
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--num-workers", type=_count, default=None, help="tile reader processes (default min(4, CPUs))")
+    p.add_argument("--engine", default="auto", choices=("auto", "torch", "openvino", "onnxruntime"),
+                   help="tile-encoder runtime on CPU: auto (the fastest installed engine, torch on GPUs), torch, "
+                        "openvino, onnxruntime (pip install 'pathkit[engines]')")
+    p.add_argument("--num-threads", type=_positive_int, default=None, help="CPU threads of the encoder (default: torch's)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -198,7 +202,8 @@ def _cohort_args(args) -> dict:
     return {"weights": args.weights, "read_kwargs": _read_args(args),
             "tile_kwargs": {"tile_px": args.tile_px, "mpp": args.target_mpp, "min_tissue": args.min_tissue},
             "embed_kwargs": {"device": args.device, "dtype": args.dtype, "batch_size": args.batch_size,
-                             "num_workers": args.num_workers},
+                             "num_workers": args.num_workers, "engine": args.engine,
+                             "num_threads": args.num_threads},
             "progress": not args.no_progress}
 
 

@@ -54,3 +54,8 @@ class ParameterError(PathkitError, ValueError):
 
 class StainError(PathkitError, ValueError):
     """A stain reference or normaliser is unusable (blank reference, unknown method, bad saved data)."""
+
+
+class EngineError(PathkitError, RuntimeError):
+    """An inference engine (OpenVINO, ONNX Runtime) asked for by name cannot run a model: the export failed
+    or its output differs from torch's beyond float32 rounding."""

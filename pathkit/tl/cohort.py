@@ -36,7 +36,8 @@ from .embed import feature_key
 
 COHORT_FILE = "cohort.h5ad"
 # embed_tiles arguments that do not change the numbers (excluded from the parameter hash)
-_NEUTRAL = {"batch_size", "num_workers", "device", "progress"}
+# (an engine's features equal torch's within its parity check, <= 1e-4: a run resumes across engines)
+_NEUTRAL = {"batch_size", "num_workers", "device", "progress", "engine", "num_threads"}
 
 
 @dataclass
@@ -261,7 +262,8 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
     tile_kwargs
         Arguments of :func:`pathkit.pp.tile` (tile_px, mpp, min_tissue, overlap).
     embed_kwargs
-        Arguments of :func:`pathkit.tl.embed_tiles` (device, batch_size, num_workers, dtype).
+        Arguments of :func:`pathkit.tl.embed_tiles` (device, batch_size, num_workers, dtype, engine,
+        num_threads).
     executor, client, resources
         Where slides run: None = in this process; a ``dask.distributed.Client`` (one task per slide,
         ``resources={"GPU": 1}`` to use GPU workers); or a :class:`pathkit.io.executors.Executor` /

@@ -1,0 +1,173 @@
+"""Which engine runs a tile encoder, and the wrapper that checks it against torch on the first batch."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from ..errors import EngineError
+from . import _cache
+from ._export import ONNX_FILE, ensure_export
+from ._runners import ENGINES, RUNNERS, engine_version, require
+
+CHOICES = ("auto", "torch", *ENGINES)
+# engine="auto" on CPU, per model family: the engines to try, fastest first, as measured by
+# benchmarks/bench_engines.py (docs/engines.md). Families not listed use "default".
+AUTO_RULES: dict[str, tuple[str, ...]] = {
+    "default": ("openvino", "onnxruntime"),
+}
+# float32 parity with torch on the first real batch (max abs error relative to the feature scale, cosine
+# per tile); bf16 engines are held to what bf16 autocast reaches in torch
+TOLERANCE = {"f32": (1e-4, 0.99999), "bf16": (None, 0.999)}
+N_PARITY_TILES = 4
+_PATHKIT_FAMILIES = {"ctranspath": "swin", "resnet50_trunc": "resnet", "conch_vision": "clip_tower",
+                     "conch_vision_proj": "clip_tower", "conch_v15": "vit", "plip_vision": "clip_tower",
+                     "quiltnet_vision": "clip_tower", "hf_vision": "hf_vit"}
+_RUNNER_CACHE: dict = {}
+
+
+def family(spec) -> str:
+    """The model family of a registry entry (what `AUTO_RULES` is keyed by)."""
+    arch = spec.arch
+    if arch.startswith("pathkit:"):
+        name = arch.split(":", 1)[1]
+        return _PATHKIT_FAMILIES.get(name, name)
+    for prefix, fam in (("beit", "beit"), ("swin", "swin"), ("resnet", "resnet"), ("vit_", "vit")):
+        if arch.startswith(prefix):
+            return fam
+    return arch.split("_")[0]
+
+
+def resolve_num_threads(num_threads) -> int:
+    """An explicit `num_threads`, else torch's intra-op thread count (1 in a Dask worker, whose nanny sets
+    OMP_NUM_THREADS=1, so workers do not oversubscribe the CPUs)."""
+    return max(1, int(num_threads) if num_threads is not None else torch.get_num_threads())
+
+
+class EngineEncoder:
+    """Callable like the torch encoder. The first call runs the first `N_PARITY_TILES` tiles through both
+    the engine and torch (float32); outside tolerance, ``engine="auto"`` continues on torch with a one-line
+    warning and an explicit engine raises :class:`~pathkit.errors.EngineError`. The outcome is recorded
+    in the export folder, so later sessions skip an engine that failed."""
+
+    def __init__(self, torch_encoder, runner, folder, info: dict, explicit: bool):
+        self.torch_encoder, self.runner, self.folder = torch_encoder, runner, folder
+        self.info, self.explicit = info, explicit
+        self.checked = _cache.read_record(folder, info["engine"], info["engine_version"]) is not None
+
+    def _check(self, x):
+        n = min(N_PARITY_TILES, len(x))
+        with torch.autocast("cpu", enabled=False), torch.inference_mode():
+            ref = self.torch_encoder(x[:n].float()).float()
+        out = self.runner(x[:n])
+        ref64, out64 = ref.double().numpy(), out.double().numpy()
+        err = float(np.abs(ref64 - out64).max())
+        scale = max(1.0, float(np.abs(ref64).max()))
+        cos = float(np.min((ref64 * out64).sum(1) / (np.linalg.norm(ref64, axis=1) * np.linalg.norm(out64, axis=1)
+                                                     + 1e-30)))
+        max_abs, min_cos = TOLERANCE[self.runner.precision]
+        ok = bool(cos >= min_cos and (max_abs is None or err <= max_abs * scale))
+        rec = {"parity_ok": ok, "max_abs_err": err, "feature_scale": scale, "min_cosine": cos, "tiles": n,
+               "precision": self.runner.precision}
+        _cache.write_record(self.folder, self.info["engine"], self.info["engine_version"], rec)
+        self.info.update(parity_max_abs_err=err, parity_min_cosine=cos)
+        if not ok:
+            why = (f"{self.info['engine']} {self.info['engine_version']} differs from torch on the first "
+                   f"{n} tiles (max abs err {err:.2e}, cosine {cos:.6f})")
+            self._fall_back(why)
+        self.checked = True
+
+    def _fall_back(self, why: str):
+        if self.explicit:
+            raise EngineError(f"model {self.info['model']!r}: {why}; use engine='torch' (or 'auto')")
+        warnings.warn(f"engine='auto': {self.info['model']} runs on torch: {why}", RuntimeWarning, stacklevel=4)
+        self.runner = None
+        self.info.pop("engine_precision", None)
+        self.info.pop("dtype", None)
+        self.info.update(engine="torch", engine_version=torch.__version__, engine_reason=why)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.checked:
+            self._check(x)
+        if self.runner is None:
+            return self.torch_encoder(x)
+        return self.runner(x)
+
+
+def _torch(encoder, info, why):
+    info.update(engine="torch", engine_version=torch.__version__, engine_reason=why)
+    return encoder, info
+
+
+def _pick_auto(spec) -> tuple[str | None, str]:
+    fam = family(spec)
+    order = AUTO_RULES.get(fam, AUTO_RULES["default"])
+    for name in order:
+        if engine_version(name) is not None:
+            return name, f"auto: {name} for the {fam} family (docs/engines.md)"
+    if not order:
+        return None, f"auto: the {fam} family stays on torch (docs/engines.md)"
+    return None, f"auto: no engine installed ({' or '.join(order)}: pip install \"pathkit[engines]\")"
+
+
+def prepare_encoder(encoder, spec, winfo: dict, engine="auto", device="cpu", dtype=torch.float32,
+                    num_threads=None):
+    """(callable, info): the torch `encoder` itself or an :class:`EngineEncoder` running its cached export.
+
+    info holds ``engine``, ``engine_version``, ``engine_reason`` (why this engine), ``num_threads`` and,
+    for an engine, ``engine_precision``, ``export_seconds`` (first export, possibly an earlier session) and
+    after the first batch ``parity_max_abs_err`` / ``parity_min_cosine``.
+    """
+    if engine not in CHOICES:
+        raise ValueError(f"engine={engine!r} is not one of {CHOICES}")
+    device = torch.device(device)
+    threads = resolve_num_threads(num_threads)
+    info = {"model": spec.name, "num_threads": threads}
+    if engine == "torch":
+        return _torch(encoder, info, "engine='torch'")
+    explicit = engine != "auto"
+    if device.type != "cpu":
+        if explicit:
+            raise ValueError(f"engine={engine!r} runs on the CPU; pass device='cpu' (on {device.type} the torch "
+                             "path is used: engine='auto' or 'torch')")
+        return _torch(encoder, info, f"auto: torch on {device.type}")
+    if explicit:
+        version, why = require(engine), f"engine={engine!r}"
+    else:
+        engine, why = _pick_auto(spec)
+        if engine is None:
+            return _torch(encoder, info, why)
+        version = engine_version(engine)
+    precision = "bf16" if (dtype == torch.bfloat16 and engine == "openvino") else "f32"
+    info.update(engine=engine, engine_version=version, engine_reason=why, engine_precision=precision,
+                dtype="bfloat16" if precision == "bf16" else "float32")
+    try:
+        folder, meta = ensure_export(encoder, spec, winfo, spec.input_size)
+        record = _cache.read_record(folder, engine, version)
+        if record is not None and not record.get("parity_ok", False):
+            raise EngineError(f"{engine} {version} failed the parity check earlier (max abs err "
+                              f"{record.get('max_abs_err', float('nan')):.2e}, cosine {record.get('min_cosine')})")
+        key = (str(folder), engine, threads, precision)
+        runner = _RUNNER_CACHE.get(key)
+        if runner is None:
+            _RUNNER_CACHE.clear()  # one compiled model at a time, as the torch encoder cache
+            runner = _RUNNER_CACHE[key] = RUNNERS[engine](folder / ONNX_FILE, threads, precision)
+    except ImportError:
+        raise
+    except Exception as e:  # export or compile of an arbitrary network: any failure -> torch
+        msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
+        if explicit:
+            raise EngineError(f"model {spec.name!r} cannot run on {engine}: {msg}; use engine='torch'") from e
+        warnings.warn(f"engine='auto': {spec.name} runs on torch: {engine} cannot run it ({msg})",
+                      RuntimeWarning, stacklevel=3)
+        info.pop("engine_precision", None)
+        info.pop("dtype", None)
+        return _torch(encoder, info, f"{engine} failed: {msg}")
+    info["export_seconds"] = meta.get("export_seconds")
+    return EngineEncoder(encoder, runner, folder, info, explicit), info
+
+
+def clear_runner_cache() -> None:
+    """Free the compiled engine model kept between calls."""
+    _RUNNER_CACHE.clear()
