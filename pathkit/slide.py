@@ -9,6 +9,7 @@ checks, white-padded regions, tiles at a target mpp, thumbnails at any size.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import threading
@@ -72,7 +73,8 @@ class Slide:
         self._lock = threading.Lock()
         self._sha256 = None
         # a file's last suffix is its format even when _ids does not list it (.btf, .jp2 ...)
-        self.slide_id = slide_id_from_path(self.path) if is_slide_file(self.path) else self.path.stem
+        self.slide_id = (self.path.name if self.path.is_dir() else
+                         slide_id_from_path(self.path) if is_slide_file(self.path) else self.path.stem)
         self._open(check=True)
 
     # ---------------------------------------------------------------- opening and metadata
@@ -349,9 +351,18 @@ class Slide:
 
     # ---------------------------------------------------------------- provenance
     def sha256(self) -> str:
-        """sha256 of the file (computed once, then cached)."""
+        """sha256 of the file (computed once, then cached); for a DICOM series folder, the sha256 of its
+        files' names and sha256s."""
         if self._sha256 is None:
-            self._sha256 = sha256_file(self.path)
+            if self.path.is_dir():  # a DICOM series folder: its files' names and digests, in order
+                from .backends.dicom import dicom_files
+
+                h = hashlib.sha256()
+                for f in dicom_files(self.path):
+                    h.update(f"{f.name}\0{sha256_file(f)}\n".encode())
+                self._sha256 = h.hexdigest()
+            else:
+                self._sha256 = sha256_file(self.path)
         return self._sha256
 
     def info(self) -> dict:
