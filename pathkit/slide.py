@@ -102,7 +102,16 @@ class Slide:
     def _resolve_mpp(self, meta: MppMetadata | None) -> None:
         meta_mpp = origin = None
         if meta is not None:
-            mx, my = _parse_mpp(meta, self.path)
+            try:
+                mx, my = _parse_mpp(meta, self.path)
+            except MppError as exc:
+                if self._mpp_override is None:
+                    raise
+                # the user's mpp replaces a broken one: say so, do not refuse the slide
+                warnings.warn(f"{str(exc).split(' Pass the real value')[0]} Using mpp={self._mpp_override:g} given "
+                              f"by you.", stacklevel=5)
+                meta = None
+        if meta is not None:
             meta_mpp, origin = (mx + my) / 2.0, meta.origin
             if abs(mx - my) / meta_mpp > 0.02:
                 warnings.warn(f"{self.path.name}: pixels are not square (mpp x {mx:g}, y {my:g}); "
@@ -145,6 +154,11 @@ class Slide:
         if not self._allow_implausible_mpp:
             fix = "Check the value" if user else "Pass the real value, e.g. mpp=0.5,"
             raise MppError(f"{msg} {fix} or pass allow_implausible_mpp=True to use it anyway.")
+        n_tiles = (self.dimensions[0] * mpp / 128.0) * (self.dimensions[1] * mpp / 128.0)
+        if n_tiles > 1e6:  # the grid at 0.5 um/px would take hours and memory before any warning of tile()
+            msg += (f" At 0.5 um/px this {self.dimensions[0]}x{self.dimensions[1]}-px image would be "
+                    f"{self.dimensions[0] * mpp / 1000:.4g} x {self.dimensions[1] * mpp / 1000:.4g} mm, about "
+                    f"{n_tiles:,.0f} tiles of 256 px: tile at a coarser mpp or check the value.")
         warnings.warn(msg + " Used anyway (allow_implausible_mpp=True).", stacklevel=6)
 
     def _check_brightfield(self, pix: PixelInfo) -> None:
