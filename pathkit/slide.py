@@ -39,12 +39,12 @@ def _parse_mpp(meta: MppMetadata, path) -> tuple[float, float]:
         try:
             v = float(raw)
         except (TypeError, ValueError):
-            raise MppError(f"{path}: the mpp in the file's {meta.origin} is {raw!r} ({axis}), not a number. "
+            raise MppError(f"{path}: the file's mpp ({meta.origin}) is {raw!r} ({axis}), not a number. "
                            f"Pass the real value: pk.read_slide(path, mpp=0.25) for a 40x scan, mpp=0.5 for "
                            f"20x (CLI: --mpp).") from None
         vals.append(v)
     if not all(math.isfinite(v) and v > 0 for v in vals):
-        raise MppError(f"{path}: the mpp in the file's {meta.origin} is invalid (x {vals[0]!r}, y {vals[1]!r}: "
+        raise MppError(f"{path}: the file's mpp ({meta.origin}) is invalid (x {vals[0]!r}, y {vals[1]!r}: "
                        f"not a positive finite number of um per pixel). Pass the real value: "
                        f"pk.read_slide(path, mpp=0.25) for a 40x scan, mpp=0.5 for 20x (CLI: --mpp).")
     return vals[0], vals[1]
