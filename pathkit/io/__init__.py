@@ -19,3 +19,5 @@ __all__ = ["link", "rna_by_slide", "summarise_report", "cohort_from_table", "rea
            "validate_manifest", "read_manifest", "write_manifest", "fetch_manifest", "resolve_gdc",
            "manifest_from_files", "FetchError", "read_h5_bag"]
 __all__ += ["read_geojson", "write_geojson", "GeoJSONError"]
+from ._dicom_ann import read_dicom_annotations, read_dicom_seg
+__all__ += ["read_dicom_annotations", "read_dicom_seg"]
