@@ -9,7 +9,6 @@ checks, white-padded regions, tiles at a target mpp, thumbnails at any size.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 import threading
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ._hashing import sha256_file
+from ._hashing import sha256_path
 from ._ids import is_slide_file, slide_id_from_path
 from .backends import BACKENDS, MppMetadata, PixelInfo, check_path, open_backend
 from .errors import MppError, NotBrightfieldError, SlideReadError
@@ -368,15 +367,7 @@ class Slide:
         """sha256 of the file (computed once, then cached); for a DICOM series folder, the sha256 of its
         files' names and sha256s."""
         if self._sha256 is None:
-            if self.path.is_dir():  # a DICOM series folder: its files' names and digests, in order
-                from .backends.dicom import dicom_files
-
-                h = hashlib.sha256()
-                for f in dicom_files(self.path):
-                    h.update(f"{f.name}\0{sha256_file(f)}\n".encode())
-                self._sha256 = h.hexdigest()
-            else:
-                self._sha256 = sha256_file(self.path)
+            self._sha256 = sha256_path(self.path)
         return self._sha256
 
     def info(self) -> dict:

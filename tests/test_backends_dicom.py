@@ -154,3 +154,26 @@ def test_missing_extra_named(shared_data, monkeypatch):
     monkeypatch.setitem(sys.modules, "wsidicom", None)
     with pytest.raises(SlideReadError, match=r'pip install "pathkit\[dicom\]"'):
         pk.read_slide(shared_data / "slides/dicom/highdicom/sm_image.dcm")
+
+
+def test_cohort_treats_series_folder_as_one_slide(shared_data, tmp_path):
+    from pathkit.tl._cohort_inputs import _slides_table
+
+    cohort = tmp_path / "cohort"
+    for case in ("case1", "case2"):
+        shutil.copytree(shared_data / "slides/dicom/highdicom", cohort / case)
+    shutil.copy(shared_data / "slides/dicom/openslide-python/boxes_0.dcm", cohort / "single.dcm")
+    (cohort / "notes").mkdir()  # a folder without DICOM files is not a slide
+    table = _slides_table(cohort, None)
+    assert list(table["slide_id"]) == ["case1", "case2", "single"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights of the test model
+        c = pk.tl.embed_cohort(cohort, tmp_path / "out", tile_model="vit_tiny_test", progress=False,
+                               tile_kwargs={"tile_px": 16, "mpp": 0.499, "min_tissue": 0.0, "qc": False})
+        assert c.obs.loc[["case1", "case2"], "status"].tolist() == ["ok", "ok"]
+        assert c.obs.loc["case1", "n_tiles"] == 9  # 50 x 50 px: 3 x 3 tiles of 16 px
+        # one digest per series folder (the SEG / annotation files in it included), the same for equal copies
+        assert c.obs.loc["case1", "sha256"] == c.obs.loc["case2", "sha256"] == pk.read_slide(cohort / "case1").sha256()
+        again = pk.tl.embed_cohort(cohort, tmp_path / "out", tile_model="vit_tiny_test", progress=False,
+                                   tile_kwargs={"tile_px": 16, "mpp": 0.499, "min_tissue": 0.0, "qc": False})
+    assert again.obs.loc["case1", "status"] == "skipped"
