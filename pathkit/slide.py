@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ._hashing import sha256_file
+from ._hashing import sha256_path
 from ._ids import is_slide_file, slide_id_from_path
 from .backends import BACKENDS, MppMetadata, PixelInfo, check_path, open_backend
 from .errors import MppError, NotBrightfieldError, SlideReadError
@@ -38,12 +38,12 @@ def _parse_mpp(meta: MppMetadata, path) -> tuple[float, float]:
         try:
             v = float(raw)
         except (TypeError, ValueError):
-            raise MppError(f"{path}: the mpp in the file's {meta.origin} is {raw!r} ({axis}), not a number. "
+            raise MppError(f"{path}: the file's mpp ({meta.origin}) is {raw!r} ({axis}), not a number. "
                            f"Pass the real value: pk.read_slide(path, mpp=0.25) for a 40x scan, mpp=0.5 for "
                            f"20x (CLI: --mpp).") from None
         vals.append(v)
     if not all(math.isfinite(v) and v > 0 for v in vals):
-        raise MppError(f"{path}: the mpp in the file's {meta.origin} is invalid (x {vals[0]!r}, y {vals[1]!r}: "
+        raise MppError(f"{path}: the file's mpp ({meta.origin}) is invalid (x {vals[0]!r}, y {vals[1]!r}: "
                        f"not a positive finite number of um per pixel). Pass the real value: "
                        f"pk.read_slide(path, mpp=0.25) for a 40x scan, mpp=0.5 for 20x (CLI: --mpp).")
     return vals[0], vals[1]
@@ -72,7 +72,8 @@ class Slide:
         self._lock = threading.Lock()
         self._sha256 = None
         # a file's last suffix is its format even when _ids does not list it (.btf, .jp2 ...)
-        self.slide_id = slide_id_from_path(self.path) if is_slide_file(self.path) else self.path.stem
+        self.slide_id = (self.path.name if self.path.is_dir() else
+                         slide_id_from_path(self.path) if is_slide_file(self.path) else self.path.stem)
         self._open(check=True)
 
     # ---------------------------------------------------------------- opening and metadata
@@ -100,7 +101,16 @@ class Slide:
     def _resolve_mpp(self, meta: MppMetadata | None) -> None:
         meta_mpp = origin = None
         if meta is not None:
-            mx, my = _parse_mpp(meta, self.path)
+            try:
+                mx, my = _parse_mpp(meta, self.path)
+            except MppError as exc:
+                if self._mpp_override is None:
+                    raise
+                # the user's mpp replaces a broken one: say so, do not refuse the slide
+                warnings.warn(f"{str(exc).split(' Pass the real value')[0]} Using mpp={self._mpp_override:g} given "
+                              f"by you.", stacklevel=5)
+                meta = None
+        if meta is not None:
             meta_mpp, origin = (mx + my) / 2.0, meta.origin
             if abs(mx - my) / meta_mpp > 0.02:
                 warnings.warn(f"{self.path.name}: pixels are not square (mpp x {mx:g}, y {my:g}); "
@@ -143,6 +153,11 @@ class Slide:
         if not self._allow_implausible_mpp:
             fix = "Check the value" if user else "Pass the real value, e.g. mpp=0.5,"
             raise MppError(f"{msg} {fix} or pass allow_implausible_mpp=True to use it anyway.")
+        n_tiles = (self.dimensions[0] * mpp / 128.0) * (self.dimensions[1] * mpp / 128.0)
+        if n_tiles > 1e6:  # the grid at 0.5 um/px would take hours and memory before any warning of tile()
+            msg += (f" At 0.5 um/px this {self.dimensions[0]}x{self.dimensions[1]}-px image would be "
+                    f"{self.dimensions[0] * mpp / 1000:.4g} x {self.dimensions[1] * mpp / 1000:.4g} mm, about "
+                    f"{n_tiles:,.0f} tiles of 256 px: tile at a coarser mpp or check the value.")
         warnings.warn(msg + " Used anyway (allow_implausible_mpp=True).", stacklevel=6)
 
     def _check_brightfield(self, pix: PixelInfo) -> None:
@@ -349,9 +364,10 @@ class Slide:
 
     # ---------------------------------------------------------------- provenance
     def sha256(self) -> str:
-        """sha256 of the file (computed once, then cached)."""
+        """sha256 of the file (computed once, then cached); for a DICOM series folder, the sha256 of its
+        files' names and sha256s."""
         if self._sha256 is None:
-            self._sha256 = sha256_file(self.path)
+            self._sha256 = sha256_path(self.path)
         return self._sha256
 
     def info(self) -> dict:

@@ -67,6 +67,7 @@ def test_her2st_jpeg(shared_data, her2_ref):
     assert info["backend"] == "image" and info["mpp"] == 0.7 and info["mpp_source"] == "user"
 
 
+@pytest.mark.slow  # ~17 s idle, most of it the first torch/timm use of the process
 def test_her2st_tissue_tiles_embed(shared_data, her2_ref, monkeypatch):
     calls = []
     orig = image_backend.ImageBackend._decode_file

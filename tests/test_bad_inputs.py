@@ -74,9 +74,9 @@ def test_text_file_renamed_svs(tmp_path):
 def test_dicom(shared_data):
     p = shared_data / "slides/pathml_small_dicom.dcm"
     with pytest.raises(SlideReadError) as e:
-        pk.read_slide(p)
+        pk.read_slide(p, backend="tiffslide")
     msg = str(e.value)
-    assert str(p) in msg and "DICOM" in msg and "convert it to a pyramidal TIFF" in msg
+    assert str(p) in msg and "DICOM" in msg and "backend='wsidicom'" in msg and 'pathkit[dicom]' in msg
 
 
 def test_fluorescence_ndpi(shared_data):

@@ -178,8 +178,8 @@ def test_stale_tmp_files_of_dead_runs_removed(slides, tmp_path, calls):
 
 @pytest.mark.slow
 def test_real_slides_embed_and_fail_clearly(shared_data, tmp_path):
-    """Real read -> tile -> embed with the 2-block test ViT: an SVS works, a DICOM, a text file renamed
-    .svs and a zero-byte file fail with their reasons, and the run goes on."""
+    """Real read -> tile -> embed with the 2-block test ViT: an SVS works, a DICOM without mpp, a text file
+    renamed .svs and a zero-byte file fail with their reasons, and the run goes on."""
     fake = tmp_path / "notes.svs"
     fake.write_text("this is not a slide\n")
     empty = tmp_path / "empty.svs"
@@ -192,7 +192,8 @@ def test_real_slides_embed_and_fail_clearly(shared_data, tmp_path):
         c = pk.tl.embed_cohort(slides, tmp_path / "out", **kw)
     assert c.obs["status"].tolist() == ["ok", "failed", "failed", "failed"]
     assert "empty (0 bytes)" in c.obs.loc["empty", "error"]
-    assert "DICOM" in c.obs.loc["pathml_small_dicom", "error"]
+    # DICOM is read since issue 24; this one has no PixelSpacing: it fails for its missing mpp
+    assert "MppError" in c.obs.loc["pathml_small_dicom", "error"] and "mpp=" in c.obs.loc["pathml_small_dicom", "error"]
     assert "not a TIFF" in c.obs.loc["notes", "error"]
     t = ad.read_h5ad(tmp_path / "out" / "CMU-1-Small-Region.h5ad")
     with pk.read_slide(slides[0]) as s:

@@ -322,7 +322,10 @@ def test_non_pyramidal_tiff(shared_data):
 
 
 def test_dicom(shared_data):
-    with pytest.raises(SlideReadError, match=r"pathml_small_dicom\.dcm.*DICOM"):
+    # tiffslide cannot read it and says which backend can; auto opens it (DICOM backends) and asks for mpp
+    with pytest.raises(SlideReadError, match=r"pathml_small_dicom\.dcm.*DICOM.*backend='wsidicom'"):
+        pk.read_slide(shared_data / "slides" / "pathml_small_dicom.dcm", backend="tiffslide")
+    with pytest.raises(MppError, match="mpp="):
         pk.read_slide(shared_data / "slides" / "pathml_small_dicom.dcm")
 
 

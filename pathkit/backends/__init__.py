@@ -4,6 +4,8 @@
 ``tiffslide``  SVS, NDPI, generic / pyramidal TIFF, OME-TIFF, QPTIFF (``tiff.py``)
 ``image``      JPEG, PNG, a single-image TIFF (``image.py``)
 ``openslide``  MRXS, SCN, BIF, VMS / VMU and everything else OpenSlide 4 reads (``openslide.py``)
+``wsidicom``   DICOM WSI: a file, a folder of one series, a DICOMweb series (``dicom.py``)
+``pydicom``    a lone DICOM WSI instance wsidicom cannot place in a pyramid (``dicom.py``)
 =============  ====================================================================
 
 ``backend="auto"`` chooses by the file's content (its magic bytes), not by its suffix: TIFF -> tiffslide
@@ -19,7 +21,7 @@ from pathlib import Path
 from ..errors import SlideReadError
 from ._base import MppMetadata, PixelInfo, SlideBackend, to_rgb_uint8
 
-BACKENDS = ("tiffslide", "image", "openslide")
+BACKENDS = ("tiffslide", "image", "openslide", "wsidicom", "pydicom")
 # entry files of multi-file formats (their content is a text index or a preview image)
 _OPENSLIDE_SUFFIXES = (".mrxs", ".vms", ".vmu")
 
@@ -54,7 +56,12 @@ def check_path(path) -> Path:
 def sniff(path: Path) -> str:
     """The backend ``auto`` picks for `path` by its first bytes (raises SlideReadError when none reads it)."""
     if path.is_dir():
-        raise SlideReadError(f"{path}: a folder, not a slide file; pass one of the slide files in it")
+        from .dicom import dicom_files
+
+        if dicom_files(path):
+            return "wsidicom"
+        raise SlideReadError(f"{path}: a folder, not a slide: it holds no DICOM series; pass one of the slide "
+                             f"files in it")
     size = path.stat().st_size
     if size == 0:
         raise SlideReadError(f"{path}: cannot read this slide: the file is empty (0 bytes)")
@@ -74,10 +81,7 @@ def sniff(path: Path) -> str:
     if head[:3] == b"\xff\xd8\xff" or head[:8] == b"\x89PNG\r\n\x1a\n":
         return "image"
     if len(head) >= 132 and head[128:132] == b"DICM":
-        raise SlideReadError(
-            f"{path}: cannot read this slide: it is a DICOM file (DICM magic at byte 128); pathkit reads "
-            "TIFF-based slides (SVS, NDPI, generic/pyramidal TIFF, QPTIFF) and plain images; convert it to a "
-            "pyramidal TIFF first (e.g. with QuPath, bfconvert or wsidicomizer)")
+        return "wsidicom"
     try:
         head[:64].decode("ascii")
         looks = "text"
@@ -101,6 +105,14 @@ def open_backend(path: Path, backend: str = "auto") -> SlideBackend:
         if path.is_dir():
             raise SlideReadError(f"{path}: a folder, not an image file")
         return ImageBackend(path)
+    if name == "wsidicom":
+        from .dicom import open_dicom
+
+        return open_dicom(path)
+    if name == "pydicom":
+        from .dicom import FramesBackend
+
+        return FramesBackend(path, why="backend='pydicom' asked for")
     if name == "openslide":
         from .openslide import OpenSlideBackend
 

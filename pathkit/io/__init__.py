@@ -28,3 +28,5 @@ from ..spatial import (
 
 __all__ += ["read_visium", "read_xenium", "read_st", "read_spots", "to_spatialdata", "from_spatialdata",
             "SpotWarning"]
+from ._dicom_ann import read_dicom_annotations, read_dicom_seg
+__all__ += ["read_dicom_annotations", "read_dicom_seg"]

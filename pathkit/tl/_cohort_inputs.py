@@ -23,9 +23,14 @@ def _slides_table(slides, slide_dir) -> pd.DataFrame:
     if isinstance(slides, (str, os.PathLike)):
         p = Path(slides)
         if p.is_dir():
-            files = sorted(f for f in p.iterdir() if is_slide_file(f) and f.is_file())
+            from ..backends.dicom import dicom_files
+
+            # a sub-folder holding DICOM files is one slide (a DICOM series split over files)
+            files = sorted(f for f in p.iterdir() if (is_slide_file(f) and f.is_file())
+                           or (f.is_dir() and dicom_files(f)))
             if not files:
-                raise TableError(f"{p}: no slide files ({', '.join(SLIDE_EXTENSIONS)}) in this folder")
+                raise TableError(f"{p}: no slide files ({', '.join(SLIDE_EXTENSIONS)}) and no DICOM series "
+                                 f"folders in this folder")
             df = pd.DataFrame({"path": [str(f) for f in files]})
         elif p.suffix.lower() in (".csv", ".tsv"):
             df = read_table(p, "slides table")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .._hashing import sha256_file
+from .._hashing import sha256_path, stat_path
 from .._io import h5ad_safe, write_h5ad_atomic
 from ..errors import ChecksumError, CohortError, TableError
 from . import _cohort_record as _rec
@@ -70,8 +70,7 @@ class SlideJob:
 
 
 def _stat(path: Path) -> tuple:
-    st = path.stat()
-    return (st.st_size, st.st_mtime_ns)
+    return stat_path(path)  # a DICOM series folder is one slide
 
 
 def _slide_key(slide_model, slide_kwargs=None, tile_model=None) -> str:
@@ -190,13 +189,13 @@ def process_slide(job: SlideJob) -> dict:
     stage = "tiles"
     try:
         src, out = Path(job.path), Path(job.out_path)
-        if not src.is_file():
+        if not (src.is_file() or src.is_dir()):
             raise FileNotFoundError(f"slide file not found: {src}")
         stat = _stat(src)
         if job.known_sha256 and job.known_stat and tuple(job.known_stat) == stat:
             sha = job.known_sha256
         else:
-            sha = sha256_file(src)
+            sha = sha256_path(src)
         res.update(sha256=sha, stat=list(stat))
         if job.expected_sha256 and sha != job.expected_sha256.lower():
             raise ChecksumError(f"{src}: sha256 {sha} differs from the manifest's {job.expected_sha256}; "
