@@ -99,3 +99,22 @@ def test_missing_weights_and_unknown_model(generated):
         pk.tl.segment_cells(tiles, slide, model="stardist", progress=False)
     with pytest.raises(pk.errors.TableError, match="pk.pp.tile"):
         pk.tl.segment_cells(tiles.obs, slide, model="watershed")
+
+
+def test_fluorescence_is_refused(shared_data):
+    with pytest.warns(UserWarning, match="read anyway"):
+        dapi = pk.read_slide(shared_data / "slides" / "Stritt_test3-DAPI.ndpi", allow_non_brightfield=True)
+    tiles = pk.pp.tile(dapi, tile_px=256, mpp=0.5, min_tissue=0.0, qc=False)
+    with pytest.raises(pk.errors.NotBrightfieldError, match="DAPI"):
+        pk.tl.segment_cells(tiles[:2].copy(), dapi, model="watershed", progress=False)
+
+
+def test_real_tma_core_nuclei(shared_data):
+    """InstanSeg's real H&E TMA core: no annotations, so bounds a pathologist would accept for 0.5-um nuclei."""
+    core = pk.read_slide(shared_data / "nuclei" / "instanseg" / "HE_example.tif")
+    tiles = pk.pp.tile(core, tile_px=256, mpp=0.5, min_tissue=0.5, qc=False)
+    cells = pk.tl.segment_cells(tiles[:4].copy(), core, model="watershed", progress=False)
+    density = cells.n_obs / (4 * (256 * 0.5 / 1000) ** 2)
+    assert 1000 < density < 20000  # nuclei per mm^2 of cellular tissue
+    assert 5 < cells.obs["area_um2"].median() < 60
+    assert (cells.obs["hematoxylin_od"] > 0.1).all()  # above the threshold by construction
