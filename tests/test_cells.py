@@ -6,7 +6,7 @@ import pytest
 from scipy.spatial import cKDTree
 
 import pathkit as pk
-from pathkit.cells import cell_polygons, synthetic_nuclei, write_rgb_slide
+from pathkit.cells import cell_polygons, haematoxylin, synthetic_nuclei, write_rgb_slide
 from pathkit.errors import ModelNotFoundError, WeightsError
 
 MPP = 0.5
@@ -118,3 +118,12 @@ def test_real_tma_core_nuclei(shared_data):
     assert 1000 < density < 20000  # nuclei per mm^2 of cellular tissue
     assert 5 < cells.obs["area_um2"].median() < 60
     assert (cells.obs["hematoxylin_od"] > 0.1).all()  # above the threshold by construction
+
+
+def test_haematoxylin_equals_rgb2hed():
+    from skimage.color import rgb2hed
+
+    rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    rgb[0, :3] = [[0, 0, 0], [255, 255, 255], [40, 20, 90]]
+    ref = rgb2hed(rgb)[..., 0]
+    np.testing.assert_allclose(haematoxylin(rgb), ref, atol=1e-6)
