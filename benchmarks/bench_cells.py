@@ -10,8 +10,8 @@ Rows (best of `--repeat` interleaved rounds, this process, one thread):
   (16-um margins read around each tile, border cells merged, outlines kept);
 - CMU-1: every tile of the real CMU-1 sample with tissue (min_tissue 0.1).
 
-Peak RSS is measured in a fresh subprocess per run (``resource.getrusage`` maxrss) for a whole generated slide
-of ``--big`` px a side, outlines streamed to parquet. Only ``watershed`` runs here: the deep entries have no
+Peak RSS is measured in a fresh subprocess (``resource.getrusage`` maxrss) that opens, tiles and segments a whole
+generated slide of ``--big`` px a side (made by another process), outlines streamed to parquet. Only ``watershed`` runs here: the deep entries have no
 inference in pathkit yet (they raise WeightsError). The machine is shared by other jobs: ratios measured in the
 same run are the figures to trust. Writes benchmarks/results/bench_cells.json.
 """
@@ -30,15 +30,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
-_RSS = r"""
-import resource, sys, time
-import pathkit as pk
+_MAKE = r"""
+import sys
 from pathkit.cells import synthetic_nuclei, write_rgb_slide
 side, folder = int(sys.argv[1]), sys.argv[2]
 rgb, truth = synthetic_nuclei(side, side, 0.5, n=side * side // 6000, random_state=1)
-path = write_rgb_slide(folder + "/big.tif", rgb, 0.5)
-del rgb
-slide = pk.read_slide(path)
+write_rgb_slide(folder + "/big.tif", rgb, 0.5)
+print(len(truth))
+"""
+
+# a fresh process that only opens, tiles and segments, so that its peak RSS is the segmentation's
+_RSS = r"""
+import resource, sys, time
+import pathkit as pk
+side, folder, n_true = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+truth = [0] * int(n_true)
+slide = pk.read_slide(folder + "/big.tif")
 tiles = pk.pp.tile(slide, tile_px=256, mpp=0.5, min_tissue=0.0, qc=False)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter()
@@ -54,7 +61,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--side", type=int, default=2048)
-    ap.add_argument("--big", type=int, default=8192)
+    ap.add_argument("--big", type=int, default=4096)
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import pathkit as pk
@@ -99,8 +106,11 @@ def main():
         ratio = f"{r['ratio_vs_baseline']:10.2f}" if r["ratio_vs_baseline"] else f"{'-':>10s}"
         print(f"{k:10s} {t:8.2f} {counts[k]:7d} {r['cells_per_s']:9.0f} {tps} {ratio}")
 
-    out = subprocess.run([sys.executable, "-c", _RSS, str(args.big), str(tmp)], capture_output=True, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    made = subprocess.run([sys.executable, "-c", _MAKE, str(args.big), str(tmp)], capture_output=True, text=True,
+                          env=env, check=True)
+    out = subprocess.run([sys.executable, "-c", _RSS, str(args.big), str(tmp), made.stdout.split()[-1]],
+                         capture_output=True, text=True, env=env, check=True)
     n, n_true, nt, dt, before, peak = out.stdout.split()[-6:]
     rss = {"side_px": args.big, "cells": int(n), "true_nuclei": int(n_true), "tiles": int(nt),
            "seconds": float(dt), "rss_before_mb": float(before), "peak_rss_mb": float(peak)}
