@@ -23,7 +23,7 @@ import pandas as pd
 import pathkit as pk
 
 # %% tags=["parameters"]
-MODEL = "watershed"          # a cell segmenter of pk.list_models("cell_segmenter")
+SEGMENTER = "watershed"      # a cell segmenter of pk.list_models("cell_segmenter")
 MAX_TILES = 60               # tiles of CMU-1 to segment (None: every tissue tile)
 RUN_CO_OCCURRENCE = True     # squidpy's co-occurrence curve (compiles numba kernels: about a minute once)
 OUT = "pathkit_out"          # folder for the QuPath file
@@ -45,7 +45,7 @@ slide = pk.datasets.cmu1_small()
 tiles = pk.pp.tile(slide, tile_px=256, mpp=0.5, min_tissue=0.5)
 if MAX_TILES is not None and tiles.n_obs > MAX_TILES:
     tiles = tiles[np.linspace(0, tiles.n_obs - 1, MAX_TILES).round().astype(int)].copy()
-cells = pk.tl.segment_cells(tiles, slide, model=MODEL)
+cells = pk.tl.segment_cells(tiles, slide, model=SEGMENTER)
 print(f"{cells.n_obs} nuclei in {tiles.n_obs} tiles")
 cells.obs.drop(columns="polygon_wkb").describe().T[["mean", "50%", "min", "max"]]
 
@@ -66,7 +66,7 @@ pk.pl.cells(cells, slide=slide, color="area_um2", region=(x0 - 200, y0 - 200, x0
 # %%
 core = pk.read_slide(pk.datasets.fetch("nuclei/instanseg/HE_example.tif"))
 core_tiles = pk.pp.tile(core, tile_px=256, mpp=0.5, min_tissue=0.2)
-core_cells = pk.tl.segment_cells(core_tiles, core, model=MODEL)
+core_cells = pk.tl.segment_cells(core_tiles, core, model=SEGMENTER)
 print(f"{core_cells.n_obs} nuclei in {core_tiles.n_obs} tiles of {core.slide_id}")
 pk.pl.cells(core_cells, slide=core, color="hematoxylin_od", max_outlines=0)
 

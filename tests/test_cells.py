@@ -6,7 +6,7 @@ import pytest
 from scipy.spatial import cKDTree
 
 import pathkit as pk
-from pathkit.cells import cell_polygons, synthetic_nuclei, write_rgb_slide
+from pathkit.cells import cell_polygons, haematoxylin, synthetic_nuclei, write_rgb_slide
 from pathkit.errors import ModelNotFoundError, WeightsError
 
 MPP = 0.5
@@ -99,3 +99,31 @@ def test_missing_weights_and_unknown_model(generated):
         pk.tl.segment_cells(tiles, slide, model="stardist", progress=False)
     with pytest.raises(pk.errors.TableError, match="pk.pp.tile"):
         pk.tl.segment_cells(tiles.obs, slide, model="watershed")
+
+
+def test_fluorescence_is_refused(shared_data):
+    with pytest.warns(UserWarning, match="read anyway"):
+        dapi = pk.read_slide(shared_data / "slides" / "Stritt_test3-DAPI.ndpi", allow_non_brightfield=True)
+    tiles = pk.pp.tile(dapi, tile_px=256, mpp=0.5, min_tissue=0.0, qc=False)
+    with pytest.raises(pk.errors.NotBrightfieldError, match="DAPI"):
+        pk.tl.segment_cells(tiles[:2].copy(), dapi, model="watershed", progress=False)
+
+
+def test_real_tma_core_nuclei(shared_data):
+    """InstanSeg's real H&E TMA core: no annotations, so bounds a pathologist would accept for 0.5-um nuclei."""
+    core = pk.read_slide(shared_data / "nuclei" / "instanseg" / "HE_example.tif")
+    tiles = pk.pp.tile(core, tile_px=256, mpp=0.5, min_tissue=0.5, qc=False)
+    cells = pk.tl.segment_cells(tiles[:4].copy(), core, model="watershed", progress=False)
+    density = cells.n_obs / (4 * (256 * 0.5 / 1000) ** 2)
+    assert 1000 < density < 20000  # nuclei per mm^2 of cellular tissue
+    assert 5 < cells.obs["area_um2"].median() < 60
+    assert (cells.obs["hematoxylin_od"] > 0.1).all()  # above the threshold by construction
+
+
+def test_haematoxylin_equals_rgb2hed():
+    from skimage.color import rgb2hed
+
+    rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    rgb[0, :3] = [[0, 0, 0], [255, 255, 255], [40, 20, 90]]
+    ref = rgb2hed(rgb)[..., 0]
+    np.testing.assert_allclose(haematoxylin(rgb), ref, atol=1e-6)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import TableError
+from ..errors import NotBrightfieldError, TableError
 from ._features import COLUMNS, measure_cells
 from ._models import cell_segmenter
 
@@ -158,6 +158,10 @@ def segment_cells(tiles, slide=None, model: str = "instanseg", *, weights=None, 
         The deep model's weights are not available here.
     pathkit.errors.TableError
         `tiles` is not the AnnData of ``pk.pp.tile``.
+    pathkit.errors.NotBrightfieldError
+        The slide is fluorescence or multiplex (opened with ``allow_non_brightfield=True``). IHC slides are
+        brightfield: nuclei are segmented on the haematoxylin counterstain, and strongly DAB-stained nuclei
+        may be missed.
     """
     import anndata as ad
 
@@ -169,6 +173,12 @@ def segment_cells(tiles, slide=None, model: str = "instanseg", *, weights=None, 
         raise TableError("segment_cells needs the tiles AnnData of pk.pp.tile(slide) (obs x, y and "
                          "uns['tile_spec'])")
     slide = slide_of_tiles(tiles, slide)
+    if slide.properties.get("pathkit.modality") == "non-brightfield":
+        # the haematoxylin channel of a fluorescence / multiplex image is meaningless: refuse, never guess
+        raise NotBrightfieldError(
+            f"{slide.path}: not a brightfield slide (read with allow_non_brightfield=True); the cell segmenters "
+            "here read haematoxylin from RGB H&E. For a nuclear stain (DAPI), threshold that channel instead; "
+            "IHC (DAB) slides are brightfield and segment on their haematoxylin counterstain.")
     seg = cell_segmenter(model, weights=weights, params=params, device=device)
     size0 = float(spec["size_level0"])
     f = seg.mpp / slide.mpp  # level-0 px per read px
@@ -189,13 +199,11 @@ def segment_cells(tiles, slide=None, model: str = "instanseg", *, weights=None, 
         side = core + 2 * halo
         rgb = slide.read_level0_box((ox, oy, ox + side * f, oy + side * f), (side, side))
         labels, probs, h = seg(rgb)
-        table, wkb = measure_cells(labels, h, seg.mpp, (ox, oy), f, probs, seg.classes)
-        keep = (~table["touches_edge"].to_numpy()) & \
-            (owner(table[["x", "y"]].to_numpy()) == i) if len(table) else np.zeros(0, bool)
-        table = table[keep].drop(columns=["touches_edge", "_label"])
+        table, wkb = measure_cells(labels, h, seg.mpp, (ox, oy), f, probs, seg.classes,
+                                   keep=lambda xy, i=i: owner(xy) == i)
         table["tile"] = i
         frames.append(table)
-        sink.add([w for w, k in zip(wkb, keep) if k])
+        sink.add(wkb)
     sink.close()
     cols = [*COLUMNS, *(["cell_type", "cell_type_prob"] if seg.classes else []), "tile"]
     obs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)

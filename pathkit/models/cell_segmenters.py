@@ -46,8 +46,10 @@ register(CellSegmenterSpec(
     weights_help=("InstanSeg's brightfield_nuclei weights are not in pathkit and cannot be fetched offline. "
                   "With network access, `pip install \"pathkit[cells]\"` then in Python "
                   "`from instanseg import InstanSeg; InstanSeg('brightfield_nuclei')` downloads the model to "
-                  "instanseg's bioimageio_models folder. pathkit does not run that TorchScript file as it is: "
-                  "pathkit's InstanSeg inference is not built yet (issue 23); use model='watershed' meanwhile."),
+                  "instanseg's bioimageio_models folder. pathkit does not run that TorchScript file as it is; "
+                  "it builds InstanSeg's UNet (pathkit.cells._instanseg_net.InstanSegUNet, identical to the "
+                  "authors' on random weights) but not yet its seed-and-embedding clustering, so InstanSeg "
+                  "inference is not available (issue 23): use model='watershed' meanwhile."),
 ))
 
 register(CellSegmenterSpec(

@@ -1,0 +1,131 @@
+"""Speed and memory of `pk.tl.segment_cells` on CPU, per cell segmenter.
+
+    python benchmarks/bench_cells.py [--repeat 3] [--side 2048]
+
+Rows (best of `--repeat` interleaved rounds, this process, one thread):
+
+- baseline: the same segmenter called once on the whole generated image in memory (no tiles, no margins,
+  no slide reads): what the tiling costs is the ratio against it;
+- pathkit: ``pk.tl.segment_cells`` over 256-px tiles at 0.5 um/px of the same image written as a slide
+  (16-um margins read around each tile, border cells merged, outlines kept);
+- CMU-1: every tile of the real CMU-1 sample with tissue (min_tissue 0.1).
+
+Peak RSS is measured in a fresh subprocess (``resource.getrusage`` maxrss) that opens, tiles and segments a whole
+generated slide of ``--big`` px a side (made by another process), outlines streamed to parquet. Only ``watershed`` runs here: the deep entries have no
+inference in pathkit yet (they raise WeightsError). The machine is shared by other jobs: ratios measured in the
+same run are the figures to trust. Writes benchmarks/results/bench_cells.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+_MAKE = r"""
+import sys
+from pathkit.cells import synthetic_nuclei, write_rgb_slide
+side, folder = int(sys.argv[1]), sys.argv[2]
+rgb, truth = synthetic_nuclei(side, side, 0.5, n=side * side // 6000, random_state=1)
+write_rgb_slide(folder + "/big.tif", rgb, 0.5)
+print(len(truth))
+"""
+
+# a fresh process that only opens, tiles and segments, so that its peak RSS is the segmentation's
+_RSS = r"""
+import resource, sys, time
+import pathkit as pk
+side, folder, n_true = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+truth = [0] * int(n_true)
+slide = pk.read_slide(folder + "/big.tif")
+tiles = pk.pp.tile(slide, tile_px=256, mpp=0.5, min_tissue=0.0, qc=False)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0 = time.perf_counter()
+cells = pk.tl.segment_cells(tiles, slide, model="watershed", progress=False,
+                            polygons_path=folder + "/big.parquet")
+dt = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(cells.n_obs, len(truth), tiles.n_obs, dt, before / 1024, peak / 1024)
+"""
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--side", type=int, default=2048)
+    ap.add_argument("--big", type=int, default=4096)
+    args = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import pathkit as pk
+    from pathkit.cells import synthetic_nuclei, watershed_nuclei, write_rgb_slide
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_cells_"))
+    rgb, truth = synthetic_nuclei(args.side, args.side, 0.5, n=args.side * args.side // 6000, random_state=0)
+    slide = pk.read_slide(write_rgb_slide(tmp / "gen.tif", rgb, 0.5))
+    tiles = pk.pp.tile(slide, tile_px=256, mpp=0.5, min_tissue=0.0, qc=False)
+    cmu = pk.datasets.cmu1_small()
+    cmu_tiles = pk.pp.tile(cmu, tile_px=256, mpp=0.5, min_tissue=0.1, qc=False)
+    counts = {}
+
+    def base():
+        counts["baseline"] = int(watershed_nuclei(rgb, 0.5)[0].max())
+
+    def tiled():
+        counts["pathkit"] = pk.tl.segment_cells(tiles, slide, model="watershed", progress=False).n_obs
+
+    def real():
+        counts["CMU-1"] = pk.tl.segment_cells(cmu_tiles, cmu, model="watershed", progress=False).n_obs
+
+    fns = {"baseline": base, "pathkit": tiled, "CMU-1": real}
+    times = {k: [] for k in fns}
+    for _ in range(args.repeat):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    n_tiles = {"baseline": None, "pathkit": tiles.n_obs, "CMU-1": cmu_tiles.n_obs}
+    rows = []
+    print(f"watershed, one thread; generated image {args.side}x{args.side} px ({len(truth)} nuclei), CMU-1 "
+          f"{cmu_tiles.n_obs} tiles; best of {args.repeat}; shared machine")
+    print(f"{'run':10s} {'s':>8s} {'cells':>7s} {'cells/s':>9s} {'tiles/s':>8s} {'x baseline':>10s}")
+    for k in fns:
+        t = min(times[k])
+        r = {"run": k, "seconds": t, "cells": counts[k], "cells_per_s": counts[k] / t,
+             "tiles_per_s": n_tiles[k] / t if n_tiles[k] else None,
+             "ratio_vs_baseline": t / min(times["baseline"]) if k != "CMU-1" else None}
+        rows.append(r)
+        tps = f"{r['tiles_per_s']:8.1f}" if r["tiles_per_s"] else f"{'-':>8s}"
+        ratio = f"{r['ratio_vs_baseline']:10.2f}" if r["ratio_vs_baseline"] else f"{'-':>10s}"
+        print(f"{k:10s} {t:8.2f} {counts[k]:7d} {r['cells_per_s']:9.0f} {tps} {ratio}")
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    made = subprocess.run([sys.executable, "-c", _MAKE, str(args.big), str(tmp)], capture_output=True, text=True,
+                          env=env, check=True)
+    out = subprocess.run([sys.executable, "-c", _RSS, str(args.big), str(tmp), made.stdout.split()[-1]],
+                         capture_output=True, text=True, env=env, check=True)
+    n, n_true, nt, dt, before, peak = out.stdout.split()[-6:]
+    rss = {"side_px": args.big, "cells": int(n), "true_nuclei": int(n_true), "tiles": int(nt),
+           "seconds": float(dt), "rss_before_mb": float(before), "peak_rss_mb": float(peak)}
+    print(f"whole slide {args.big}x{args.big} px: {n} cells ({n_true} generated) in {nt} tiles, {float(dt):.1f} s, "
+          f"peak RSS {float(peak):.0f} MB (before segmenting {float(before):.0f} MB)")
+    import skimage
+    import sklearn
+
+    info = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.processor() or
+            platform.machine(), "python": platform.python_version(), "scikit-image": skimage.__version__,
+            "scikit-learn": sklearn.__version__, "pathkit": pk.__version__, "repeat": args.repeat}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "bench_cells.json").write_text(json.dumps({"info": info, "rows": rows, "whole_slide": rss},
+                                                         indent=1))
+
+
+if __name__ == "__main__":
+    main()
