@@ -41,7 +41,7 @@ def main():
     target = np.array(Image.open(DATA / "stain" / "torchstain" / "target.png").convert("RGB"))
     norms = {"none": None, "macenko": pk.pp.fit_stain(target, "macenko"),
              "reinhard": pk.pp.fit_stain(target, "reinhard")}
-    kw = dict(device="cpu", dtype="float32", batch_size=args.batch_size, num_workers=0, progress=False)
+    kw = {"device": "cpu", "dtype": "float32", "batch_size": args.batch_size, "num_workers": 0, "progress": False}
     pk.tl.embed_tiles(tiles, slide, "lunit_vits16", weights="random", key_added="warm", **kw)  # model load
     times = {k: [] for k in norms}
     for _ in range(args.repeats):
