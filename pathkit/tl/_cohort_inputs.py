@@ -188,9 +188,17 @@ class OutDirLock:
                           "this folder")
 
     def release(self) -> None:
+        """Remove the lock file if it is still this process's (someone may have deleted and retaken it)."""
+        from .. import _owner
+
         if self._held:
             self._held = False
-            self.path.unlink(missing_ok=True)
+            try:
+                holder = json.loads(self.path.read_text() or "{}")
+            except (OSError, ValueError):
+                return
+            if holder.get("pid") == os.getpid() and holder.get("host") == _owner.host():
+                self.path.unlink(missing_ok=True)
 
     def __enter__(self):
         return self.acquire()
