@@ -62,11 +62,13 @@ t0 = time.perf_counter()
 cohort = pk.tl.embed_cohort(SLIDES, run, tile_model=TILE_MODEL, weights=WEIGHTS, slide_model=SLIDE_MODEL,
                             progress=False)
 print(f"first run: {time.perf_counter() - t0:.1f} s")
+KEY = next(iter(cohort.obsm))   # X_mean_<tile model> (a slide encoder bound to its tile model: X_<slide model>)
 cohort.obs[["status", "error", "n_tiles", "seconds"]]
 
 # %% [markdown]
 # The corrupt file is `failed`, with the reason; the others are `ok`. The cohort holds one slide embedding per
-# row in `obsm["X_mean"]` (NaN for the failed slide), and `uns["cohort"]` counts the outcomes. Each slide's tile
+# row in `obsm["X_mean_<tile model>"]` (NaN for the failed slide; the key names the tile model, so several tile
+# models can share one output folder), and `uns["cohort"]` counts the outcomes. Each slide's tile
 # AnnData is on disk, next to `cohort_state.json` (what was done, with which settings) and `cohort.h5ad`:
 
 # %%
@@ -87,7 +89,7 @@ again = pk.tl.embed_cohort(SLIDES, run, tile_model=TILE_MODEL, weights=WEIGHTS, 
 print(f"re-run: {time.perf_counter() - t0:.1f} s")
 import numpy as np
 ok = again.obs.status != "failed"
-print("same slide embeddings:", np.allclose(again.obsm["X_mean"][ok.values], cohort.obsm["X_mean"][ok.values]))
+print("same slide embeddings:", np.allclose(again.obsm[KEY][ok.values], cohort.obsm[KEY][ok.values]))
 again.obs[["status", "error", "n_tiles"]]
 
 # %% [markdown]
@@ -113,7 +115,7 @@ dcohort = pk.tl.embed_cohort(SLIDES, drun, tile_model=TILE_MODEL, weights=WEIGHT
 print(f"dask run: {time.perf_counter() - t0:.1f} s")
 ok = dcohort.obs.status == "ok"
 print("equal to the in-process run:",
-      np.allclose(dcohort[ok.values].obsm["X_mean"], cohort[dcohort.obs_names[ok.values]].obsm["X_mean"], atol=1e-5))
+      np.allclose(dcohort[ok.values].obsm[KEY], cohort[dcohort.obs_names[ok.values]].obsm[KEY], atol=1e-5))
 client.close()
 cluster.close()
 dcohort.obs[["status", "error", "n_tiles", "seconds"]]

@@ -70,3 +70,22 @@ def malloc_trim() -> None:
         _LIBC[0].malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (macOS, musl, Windows): nothing to trim
         pass
+
+
+def h5ad_safe_obs(df):
+    """A copy of a DataFrame that ``write_h5ad`` can store: an object column holding no value becomes float
+    (all NaN), and one mixing strings with numbers or other objects holds their ``str`` (missing values stay
+    missing). h5ad refuses both with a TypeError that names no column."""
+    import pandas as pd
+
+    out = df.copy()
+    for c in out.columns:
+        s = out[c]
+        if s.dtype != object:
+            continue
+        present = s.notna()
+        if not present.any():
+            out[c] = pd.Series(np.nan, index=s.index, dtype=float)
+        elif not s[present].map(lambda v: isinstance(v, str)).all():
+            out[c] = s.map(lambda v: v if not pd.notna(v) or isinstance(v, str) else str(v)).where(present, np.nan)
+    return out

@@ -74,6 +74,8 @@ class RawBatch:
     place: np.ndarray
     n: int
     tile_px: int
+    error: str = ""  # a read error met in a DataLoader worker, raised (one line) where the batch is decoded
+    tiles: tuple = ()  # stored-tile index of each stream, to name the one that fails to decode
 
     def streams(self) -> list:
         b = self.bounds
@@ -182,8 +184,31 @@ class RawTileReader:
             fh.seek(int(st["offsets"][index]))
             data = fh.read(cnt)
         if data[:2] != b"\xff\xd8":
-            raise ValueError(f"{self.slide.path}: level {self.level} tile {index} is not a JPEG stream")
+            raise self._error(index, "its stored bytes are not a JPEG stream")
         return st["head"] + data[2:]
+
+    def _error(self, index: int, why: str):
+        """The SlideReadError read_tile (tifffile) gives for a bad region, naming the stored tile."""
+        from .errors import SlideReadError
+
+        st = self.st
+        tx, ty = index % st["nx"], index // st["nx"]
+        return SlideReadError(f"{self.slide.path}: failed to read level {self.level} region at ({tx * st['tw']}, "
+                              f"{ty * st['th']}) size {st['tw']}x{st['th']} (stored tile {index}): {why}. The file is "
+                              "corrupt there; copy or download it again")
+
+    def _decode(self, streams: list, device, tiles) -> list:
+        """Decode a batch; a stream the decoder refuses raises the SlideReadError naming its tile."""
+        try:
+            return _decode_jpeg(streams, device)
+        except RuntimeError:
+            for s, idx in zip(streams, tiles):
+                try:
+                    _decode_jpeg([s], device)
+                except RuntimeError as exc:
+                    why = str(exc).rsplit(",", 1)[-1].strip() or type(exc).__name__
+                    raise self._error(int(idx), f"JPEG decode failed: {why}") from None
+            raise
 
     def _layout(self, xs, ys, tile_px: int):
         """Stored tiles needed (in first-use order) and placements with u indexing that list."""
@@ -210,30 +235,41 @@ class RawTileReader:
 
     def fetch(self, xs, ys, tile_px: int) -> RawBatch:
         """Read (not decode) what tiles at level-0 (xs, ys) need: cheap enough for a DataLoader worker."""
+        from .errors import SlideReadError
+
         tiles, place = self._layout(xs, ys, int(tile_px))
-        chunks, bounds, keep = [], [0], {}
+        chunks, bounds, keep, used = [], [0], {}, []
         for u, idx in enumerate(tiles):
-            s = self._stream(idx)
+            try:
+                s = self._stream(idx)
+            except SlideReadError as exc:  # raised by decode, in the main process, without a worker traceback
+                return RawBatch(data=torch.empty(0, dtype=torch.uint8), bounds=np.zeros(1, np.int64),
+                                place=np.zeros((0, 8), np.int64), n=len(xs), tile_px=int(tile_px), error=str(exc))
             if s is None:
                 keep[u] = -1
                 continue
             keep[u] = len(chunks)
             chunks.append(s)
+            used.append(idx)
             bounds.append(bounds[-1] + len(s))
         if len(place):
             place[:, 1] = [keep[int(u)] for u in place[:, 1]]
         buf = bytearray(b"".join(chunks))
         data = torch.frombuffer(buf, dtype=torch.uint8) if buf else torch.empty(0, dtype=torch.uint8)
         return RawBatch(data=data, bounds=np.asarray(bounds, dtype=np.int64), place=place, n=len(xs),
-                        tile_px=int(tile_px))
+                        tile_px=int(tile_px), tiles=tuple(used))
 
     # ------------------------------------------------------------------ decoding
     def decode(self, batch: RawBatch, device=None) -> torch.Tensor:
         """uint8 [B, tile_px, tile_px, 3] on `device` (default: the reader's) from a `fetch` result."""
+        from .errors import SlideReadError
+
+        if batch.error:
+            raise SlideReadError(batch.error)
         dev = self.device if device is None else torch.device(device)
         self.check_device(dev)
         streams = batch.streams()
-        decoded = _decode_jpeg(streams, dev) if streams else []
+        decoded = self._decode(streams, dev, batch.tiles) if streams else []
         return _assemble(decoded, batch.place, batch.n, batch.tile_px, dev)
 
     def read_batch(self, xs, ys, tile_px: int = 256) -> torch.Tensor:
@@ -262,7 +298,7 @@ class RawTileReader:
                     todo.append(u)
                     streams.append(torch.frombuffer(bytearray(s), dtype=torch.uint8))
         if streams:
-            for u, img in zip(todo, _decode_jpeg(streams, "cpu")):
+            for u, img in zip(todo, self._decode(streams, "cpu", [tiles[u] for u in todo])):
                 decoded[u] = img
             with st["lock"]:
                 for u in todo:

@@ -349,7 +349,7 @@ def test_cohort_records_bad_slides_and_embeds_good_ones(tmp_path):
     assert err["blank"].startswith("TableError") and "no tissue tiles" in err["blank"]
     # 768 px at 0.5 mpp, all tissue: a 3 x 3 grid of 256-px tiles
     assert obs["n_tiles"].tolist() == [9, 0, 0, 9, 0, 0]
-    X = c.obsm["X_mean"]
+    X = c.obsm["X_mean_vit_tiny_test"]
     assert np.isfinite(X[[0, 3]]).all() and np.isnan(X[[1, 2, 4, 5]]).all()
     tile = ad.read_h5ad(tmp_path / "out" / "good1.h5ad")
     np.testing.assert_allclose(X[3], tile.obsm["X_vit_tiny_test"].mean(0), rtol=1e-5, atol=1e-6)

@@ -36,7 +36,7 @@ def in_process(slides, tmp_path_factory):
 def _same(c, ref):
     assert c.obs["status"].tolist() == ["ok", "ok"], c.obs["error"].tolist()
     assert c.obs["n_tiles"].tolist() == ref.obs["n_tiles"].tolist() == [6, 6]
-    np.testing.assert_allclose(c.obsm["X_mean"], ref.obsm["X_mean"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(c.obsm["X_mean_vit_tiny_test"], ref.obsm["X_mean_vit_tiny_test"], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow
@@ -95,7 +95,7 @@ def test_cohort_files_are_plain_anndata(in_process):
     out = in_process.uns["cohort"]["out_dir"]
     t = ad.read_h5ad(f"{out}/s0.h5ad")
     assert t.obsm[f"X_{MODEL}"].shape == (6, 192) and t.n_vars == 0
-    np.testing.assert_allclose(t.uns["slide_embeddings"]["mean"], t.obsm[f"X_{MODEL}"].mean(0), rtol=1e-5,
+    np.testing.assert_allclose(t.uns["slide_embeddings"][f"mean_{MODEL}"], t.obsm[f"X_{MODEL}"].mean(0), rtol=1e-5,
                                atol=1e-6)
 
 

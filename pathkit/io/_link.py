@@ -15,6 +15,7 @@ import warnings
 
 import pandas as pd
 
+from .._io import h5ad_safe_obs
 from ..errors import TableError
 from ..tcga import parse_barcodes
 from ._link_policies import POLICIES, _apply_policy
@@ -166,12 +167,14 @@ def link(cohort, clinical=None, rna=None, *, on: str = "patient", slides_per_pat
         table, rep = _side_table(rdf, rkey, "rna", level if level != "column" else on,
                                  rna_duplicates or duplicates, numeric=True)
         _match_report(rep, ids, table.index)
+        _refuse_transposed(table, ids, level if level != "column" else "column")
         rep["n_genes"] = int(table.shape[1])
         report["rna"] = rep
         rna_mod = (table, {"on": on, "slides_key": id_col})
     elif old_rna is not None:
         rna_mod = old_rna
 
+    adata.obs = h5ad_safe_obs(adata.obs)  # pathkit's outputs are always writable
     summary = summarise_report(report)
     old = adata.uns.get("link_report")
     if isinstance(old, dict):  # linking again (another table): earlier tables' entries stay, same names replaced
@@ -188,6 +191,18 @@ def link(cohort, clinical=None, rna=None, *, on: str = "patient", slides_per_pat
     if rna_mod is None:
         return adata
     return make_mudata(adata, rna_mod)
+
+
+def _refuse_transposed(table: pd.DataFrame, ids: pd.Series, level: str) -> None:
+    """An RNA table with genes as rows: none of its row ids is a cohort id, but its column names are."""
+    want = set(ids.dropna().astype(str))
+    if not want or set(map(str, table.index)) & want:
+        return
+    cols, _ = _level_ids(pd.Series(list(map(str, table.columns))), level)
+    hits = sorted(set(cols.dropna()) & want)
+    if hits:
+        raise TableError(f"rna: no row id is a cohort id, but {len(hits)} column name(s) are (e.g. {hits[:3]}): the "
+                         "table looks transposed (genes as rows). Pass rna.T (ids as rows, genes as columns)")
 
 
 def summarise_report(report: dict) -> str:

@@ -15,24 +15,90 @@ ID_COLUMNS = ("patient_id", "case_id", "bcr_patient_barcode", "submitter_id", "s
 MAX_LISTED = 50  # ids listed per problem in the report; counts are always complete
 
 # ---------------------------------------------------------------------------------------------- inputs
-def read_table(table, what: str = "table") -> pd.DataFrame:
-    """A DataFrame from a DataFrame or a CSV/TSV/parquet path; a CSV's unnamed first column (a saved pandas
-    index) becomes the index. ``N/A``, ``NA``, empty cells read as missing (pandas' defaults)."""
+def read_table(table, what: str = "table", id_columns=()) -> pd.DataFrame:
+    """A DataFrame from a DataFrame or a CSV/TSV/parquet/Excel path; a CSV's unnamed first column (a saved
+    pandas index) becomes the index. ``N/A``, ``NA``, empty cells read as missing (pandas' defaults).
+
+    Text files: the separator is the one of ``, ; tab |`` the header uses most (``;`` files, as Excel writes
+    them in many locales, read with a decimal comma); UTF-8, else Latin-1 with a warning. Id columns
+    (``patient_id``, ``case_id``, ``bcr_patient_barcode``... and `id_columns`) are read as text, so ``0012``
+    stays ``0012`` and ``1001`` does not become ``1001.0`` when a value is missing."""
     if isinstance(table, pd.DataFrame):
         return table
-    if isinstance(table, (str, Path)):
-        p = Path(table)
-        if not p.is_file():
-            raise TableError(f"{what} file not found: {p}")
-        if p.suffix == ".parquet":
-            return pd.read_parquet(p)
-        df = pd.read_csv(p, sep="\t" if p.suffix in (".tsv", ".txt") else ",")
-        first = str(df.columns[0]) if len(df.columns) else ""
-        if first.startswith("Unnamed: 0") or first == "":
-            df = df.set_index(df.columns[0])
-            df.index.name = None
-        return df
-    raise TableError(f"{what} must be a DataFrame or a path to a CSV/TSV/parquet file, got {type(table).__name__}")
+    if not isinstance(table, (str, Path)):
+        raise TableError(f"{what} must be a DataFrame or a path to a CSV/TSV/parquet/xlsx file, got "
+                         f"{type(table).__name__}")
+    p = Path(table)
+    if not p.is_file():
+        raise TableError(f"{what} file not found: {p}")
+    if p.stat().st_size == 0:
+        raise TableError(f"{what} file {p} is empty (0 bytes); export the table again")
+    as_text = {c: str for c in (*ID_COLUMNS, *TEXT_ID_COLUMNS, *id_columns)}
+    suffix = p.suffix.lower()
+    if suffix == ".parquet":
+        return pd.read_parquet(p)
+    if suffix in (".xlsx", ".xlsm"):
+        try:
+            import openpyxl  # noqa: F401
+        except ImportError:
+            raise TableError(f"{what} file {p}: reading .xlsx needs openpyxl: pip install openpyxl") from None
+        df = pd.read_excel(p, dtype=as_text)
+    elif suffix == ".xls":
+        raise TableError(f"{what} file {p}: the old Excel .xls format is not read; save it as .xlsx or CSV")
+    else:
+        df = _read_text(p, what, as_text)
+    if df.shape[1] == 0:
+        raise TableError(f"{what} file {p} has no columns; export the table again")
+    first = str(df.columns[0]) if len(df.columns) else ""
+    if first.startswith("Unnamed: 0") or first == "":
+        df = df.set_index(df.columns[0])
+        df.index.name = None
+    return df
+
+
+TEXT_ID_COLUMNS = ("barcode", "sample", "file_name", "case_submitter_id", "patient")
+_SEPARATORS = (",", ";", "\t", "|")
+
+
+def _read_text(p: Path, what: str, as_text: dict) -> pd.DataFrame:
+    import warnings
+
+    head = p.read_bytes()[:65536]
+    try:
+        head.decode("utf-8")
+        encoding = "utf-8-sig"
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 4:  # not only a character cut at the end of the sample
+            encoding = "latin-1"
+        else:
+            encoding = "utf-8-sig"
+    header = next((ln for ln in head.decode(encoding, errors="replace").splitlines() if ln.strip()), "")
+    counts = {c: header.count(c) for c in _SEPARATORS}
+    sep = max(counts, key=counts.get) if any(counts.values()) else ("\t" if p.suffix.lower() in (".tsv", ".txt")
+                                                                    else ",")
+    decimal = "," if sep == ";" else "."
+    try:
+        try:
+            df = pd.read_csv(p, sep=sep, decimal=decimal, encoding=encoding, dtype=as_text)
+        except UnicodeDecodeError:
+            encoding = "latin-1"
+            df = pd.read_csv(p, sep=sep, decimal=decimal, encoding=encoding, dtype=as_text)
+    except pd.errors.EmptyDataError:
+        raise TableError(f"{what} file {p} holds no table (only blank lines); export the table again") from None
+    except pd.errors.ParserError as e:
+        raise TableError(f"{what} file {p}: cannot read it as {sep!r}-separated text ({' '.join(str(e).split())}); "
+                         "check the separator and quoting, or read it with pandas and pass the DataFrame") from None
+    if encoding == "latin-1":
+        warnings.warn(f"{what} file {p} is not UTF-8: read as Latin-1 (check accented names); save it as UTF-8 "
+                      "to silence this", UserWarning, stacklevel=4)
+    return df
+
+
+def _separator_hint(df: pd.DataFrame) -> str:
+    if len(df.columns) == 1:
+        return (f". The table has one column named {str(df.columns[0])[:60]!r}: its separator was not recognised; "
+                "read it with pandas (sep=...) and pass the DataFrame")
+    return ""
 
 
 def _slide_stem(name):
@@ -90,13 +156,20 @@ def _level_ids(values: pd.Series, level: str) -> tuple[pd.Series, pd.Series]:
             # a patient-level barcode has no sample: it cannot be matched at sample level
             out[tcga & part.isna()] = None
         nonstr = s.notna() & ~s.map(lambda v: isinstance(v, str))
-        out[nonstr] = s[nonstr].map(str)
+        out[nonstr] = s[nonstr].map(_id_text)
         return out, tcga & s.notna()
-    out = s.map(lambda v: v if v is None or isinstance(v, str) else str(v))
+    out = s.map(lambda v: v if v is None or isinstance(v, str) else _id_text(v))
     if level == "slide":
         out = out.map(_slide_stem)
     tcga = parse_barcodes(out.map(lambda v: v if isinstance(v, str) else None), errors="coerce")["error"].isna()
     return out, tcga & out.notna()
+
+
+def _id_text(v) -> str:
+    """An id that is not text, as text: 1001.0 (a column of ints turned float by a missing value) -> "1001"."""
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return str(int(v))
+    return str(v)
 
 
 def _pick_id_column(df: pd.DataFrame, key, what: str, level: str) -> pd.Series:
@@ -104,7 +177,10 @@ def _pick_id_column(df: pd.DataFrame, key, what: str, level: str) -> pd.Series:
         if key == "index":
             return pd.Series(df.index, index=df.index)
         if key not in df.columns:
-            raise TableError(f"{what}: id column {key!r} not found; columns are {list(df.columns)[:20]}")
+            close = [c for c in df.columns if str(c).strip().lower() == str(key).strip().lower()]
+            hint = f"; did you mean {close[0]!r}?" if close else ";"
+            raise TableError(f"{what}: id column {key!r} not found{hint} columns are {list(df.columns)[:20]}"
+                             f"{_separator_hint(df)}")
         return df[key]
     prefer = {"patient": ID_COLUMNS, "sample": ("sample_id", "sample", "barcode") + ID_COLUMNS,
               "slide": ("slide_id", "file_name")}.get(level, (level,))
@@ -113,8 +189,9 @@ def _pick_id_column(df: pd.DataFrame, key, what: str, level: str) -> pd.Series:
             return df[c]
     if not isinstance(df.index, pd.RangeIndex):
         return pd.Series(df.index, index=df.index)
-    raise TableError(f"{what}: no id column found (looked for {list(prefer)} and a named index); pass "
-                     f"the column name (e.g. clinical_key='case_id')")
+    raise TableError(f"{what}: no id column found (looked for {list(prefer)} and a named index; columns are "
+                     f"{list(df.columns)[:20]}); pass the column name (e.g. clinical_key='case_id')"
+                     f"{_separator_hint(df)}")
 
 
 def _listed(values) -> list:
@@ -133,10 +210,21 @@ def _side_table(df: pd.DataFrame, key, what: str, level: str, duplicates: str, n
     if "slide_id" in body.columns and not numeric:
         body["slide_id"] = body["slide_id"].map(_slide_stem)  # "x.svs" and "x" name the same slide
     if numeric:
+        dupcols = pd.unique(body.columns[body.columns.duplicated()])
+        if len(dupcols):
+            raise TableError(f"{what}: {len(dupcols)} gene name(s) appear in more than one column, e.g. "
+                             f"{list(dupcols[:10])}; make them unique (e.g. Ensembl ids) or combine them (e.g. "
+                             "df.T.groupby(level=0).mean().T) before linking")
         nonnum = [c for c in body.columns if not pd.api.types.is_numeric_dtype(body[c])]
         if nonnum:
             raise TableError(f"{what}: expected a numeric patients x genes table; non-numeric column(s) "
                              f"{nonnum[:10]} (pass the id column as rna_key, or drop them)")
+        vals = body.to_numpy(dtype=float)
+        inf = np.isinf(vals)
+        if inf.any():
+            cols = list(body.columns[inf.any(axis=0)][:10])
+            raise TableError(f"{what}: {int(inf.sum())} infinite value(s) in {int(inf.any(axis=0).sum())} column(s), "
+                             f"e.g. {cols} (a log of 0?); replace them (e.g. log1p, or NaN) before linking")
     present = ids.notna()
     rep = {"n_rows": len(df), "n_nan_ids": int((~present).sum()),
            "n_ids": int(ids[present].nunique()),

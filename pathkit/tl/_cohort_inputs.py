@@ -193,12 +193,71 @@ class OutDirLock:
                           "this folder")
 
     def release(self) -> None:
+        """Remove the lock file if it is still this process's (someone may have deleted and retaken it)."""
+        from .. import _owner
+
         if self._held:
             self._held = False
-            self.path.unlink(missing_ok=True)
+            try:
+                holder = json.loads(self.path.read_text() or "{}")
+            except (OSError, ValueError):
+                return
+            if holder.get("pid") == os.getpid() and holder.get("host") == _owner.host():
+                self.path.unlink(missing_ok=True)
 
     def __enter__(self):
         return self.acquire()
 
     def __exit__(self, *exc):
         self.release()
+
+
+def _abs_weights(weights, what: str):
+    """A local weights path made absolute (workers may run elsewhere) and checked now; hub / special values
+    as they are."""
+    from ..errors import WeightsError
+
+    if weights is None or not isinstance(weights, (str, Path)):
+        return weights
+    w = str(weights)
+    if w in ("random",) or w.startswith(("hf_hub:", "hf-hub:", "http://", "https://")):
+        return w
+    p = Path(w).expanduser()
+    if not p.exists():
+        raise WeightsError(f"{what}={w!r}: no such file (from {Path.cwd()}); pass the path of a local weights "
+                           "file, 'hf_hub:<repo>', or None for the registry's weights")
+    return str(p.absolute())
+
+
+def _check_slide_model(slide_model, tile_model: str, slide_kwargs: dict) -> str:
+    """The slide model's key, after checking that it exists and takes `tile_model`'s features."""
+    from ..errors import ModelNotFoundError
+    from ..models.registry import get_spec
+
+    if slide_model != "mean":
+        spec = get_spec(slide_model, kind="slide")
+        bound = (spec.extra or {}).get("tile_model")
+        if bound and bound != tile_model and not slide_kwargs.get("use_rep"):
+            raise ModelNotFoundError(f"slide model {spec.name!r} takes {bound!r} tile features, not {tile_model!r}: "
+                                     f"pass tile_model={bound!r} (or slide_model='mean' for {tile_model!r})")
+    return _slide_key(slide_model, slide_kwargs, tile_model)
+
+
+def _slide_key(slide_model, slide_kwargs=None, tile_model=None) -> str:
+    """Key of the slide embedding in uns["slide_embeddings"] / the cohort's obsm["X_<key>"]. A slide model
+    that is not bound to one tile model (``"mean"``) gets the tile model in its key (``mean_uni``), so the
+    slide vectors of several tile models sit side by side in one out_dir."""
+    if slide_kwargs and slide_kwargs.get("key_added"):
+        return str(slide_kwargs["key_added"])
+    if slide_model in ("mean", None):
+        base, bound = "mean", None
+    else:
+        from ..models.registry import get_spec
+
+        spec = get_spec(slide_model, kind="slide")
+        base, bound = spec.name, (spec.extra or {}).get("tile_model")
+    if bound or tile_model is None:
+        return base
+    from .embed import feature_key
+
+    return f"{base}_{feature_key(tile_model)[2:]}"

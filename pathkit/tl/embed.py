@@ -141,6 +141,27 @@ def _torch_threads(num_threads):
         torch.set_num_threads(before)
 
 
+def _unwrapped(loader):
+    """Iterate `loader`; a pathkit error raised in a DataLoader worker comes back as itself, in one line, not
+    as torch's "Caught ... in DataLoader worker process" message with the worker's traceback."""
+    from ..errors import PathkitError
+
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except PathkitError as exc:
+            text = str(exc)
+            if not text.startswith("Caught ") or "Traceback" not in text:
+                raise
+            last = [ln for ln in text.strip().splitlines() if ln.strip()][-1]
+            name = f"{type(exc).__module__}.{type(exc).__name__}: "
+            raise type(exc)(last.removeprefix(name)) from None
+        yield batch
+
+
 def _run_encoder(encoder, spec, slide, xs, ys, tile_spec, dev, amp_dtype, batch_size, num_workers, progress,
                  stain=None):
     from tqdm.auto import tqdm
@@ -154,7 +175,7 @@ def _run_encoder(encoder, spec, slide, xs, ys, tile_spec, dev, amp_dtype, batch_
     start = n_batches = 0
     with tqdm(total=n, unit="tile", desc=f"embed {slide.slide_id}", disable=not progress) as bar, \
             torch.inference_mode():
-        for batch in loader:
+        for batch in _unwrapped(loader):
             batch = batch.to(dev, non_blocking=True)
             if stain is not None:  # on the uint8 tiles, before the model's own resize and normalisation
                 batch = stain.transform_batch(batch)

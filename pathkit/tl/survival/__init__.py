@@ -9,6 +9,7 @@ of the column they come from (days, months); results name that column. Risk scor
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -85,6 +86,13 @@ def logrank(data, time, event, groupby, *, dropna: bool = False) -> LogrankResul
     groups = _groups(df, df[gcol])
     if len(groups) < 2:
         raise TableError(f"logrank needs at least two groups in {gcol!r}; found {groups}")
+    if int(df["event"].sum()) == 0:
+        raise TableError(f"logrank: no event among the {len(df)} rows: the groups cannot be compared (every "
+                         "survival curve stays at 1); check the event column (1 = event observed)")
+    if len(groups) > 10 and pd.api.types.is_numeric_dtype(df[gcol]):
+        warnings.warn(f"logrank: {gcol!r} is numeric with {len(groups)} distinct values, so each value is a group; "
+                      f"for a continuous score make groups first (pk.tl.risk_groups) or use pk.tl.cox",
+                      UserWarning, stacklevel=2)
     codes = pd.Categorical(df[gcol], categories=groups).codes.astype(int)
     k = len(groups)
     t, e = df["time"].to_numpy(), df["event"].to_numpy()
@@ -153,6 +161,9 @@ def risk_groups(cohort, score, method: str | float = "median", key_added: str = 
     valid = s.dropna()
     if valid.empty:
         raise TableError(f"score {score!r} has no numeric values")
+    if valid.nunique() < 2:
+        raise TableError(f"score {score!r} has a single value ({valid.iloc[0]:g}) over {len(valid)} rows: it cannot "
+                         "split them into risk groups")
     if isinstance(method, str):
         qs = {"median": [0.5], "tertile": [1 / 3, 2 / 3], "quartile": [0.25, 0.5, 0.75]}
         if method not in qs:
@@ -168,6 +179,10 @@ def risk_groups(cohort, score, method: str | float = "median", key_added: str = 
         raise ValueError(f"{len(cutoffs) + 1} labels needed for method {method!r}, got {labels}")
     codes = np.searchsorted(np.asarray(cutoffs), s.to_numpy(), side="left")
     cat = pd.Categorical.from_codes(np.where(s.isna(), -1, codes), categories=labels, ordered=True)
+    empty = [lab for lab, n in zip(labels, np.bincount(codes[s.notna().to_numpy()], minlength=len(labels))) if n == 0]
+    if empty:
+        warnings.warn(f"risk_groups: group(s) {empty} are empty (ties in {score!r} at the cutoffs {cutoffs})",
+                      UserWarning, stacklevel=2)
     out = pd.Series(cat, index=df.index, name=key_added)
     df[key_added] = out
     if hasattr(cohort, "uns"):

@@ -82,6 +82,25 @@ def _embedding_block(data, spec: str, n_components: int | None, index) -> pd.Dat
     return pd.DataFrame(X, index=index, columns=names)
 
 
+def _refuse_collinear(X: pd.DataFrame, penalizer: float) -> None:
+    """Name the covariates that are linear combinations of earlier ones (lifelines only says 'collinear')."""
+    if X.shape[1] < 2 or penalizer > 0:
+        return
+    A = X.to_numpy(dtype=float)
+    A = A - A.mean(axis=0)
+    kept, bad = [], []
+    for j in range(A.shape[1]):
+        cols = [*kept, j]
+        if np.linalg.matrix_rank(A[:, cols], tol=1e-8 * max(1.0, float(np.abs(A).max()))) < len(cols):
+            bad.append(X.columns[j])
+        else:
+            kept.append(j)
+    if bad:
+        raise TableError(f"covariate(s) {bad} are linear combinations of the others (collinear) over the {len(X)} rows "
+                         f"used (e.g. one-hot levels that sum to another column, or a copy); drop them or pass "
+                         "penalizer=0.1")
+
+
 def cox(data, time, event, covariates, *, penalizer: float = 0.0, l1_ratio: float = 0.0, strata=None,
         reference: dict | None = None, n_components: int | None = None, dropna: bool = False,
         alpha: float = 0.05) -> CoxResult:
@@ -156,6 +175,9 @@ def cox(data, time, event, covariates, *, penalizer: float = 0.0, l1_ratio: floa
             levels = list(s.cat.categories) if isinstance(s.dtype, pd.CategoricalDtype) else sorted(
                 pd.unique(s.astype(str)))
             levels = [lv for lv in levels if (s.astype(str) == str(lv)).any()]
+            if len(levels) < 2:
+                raise TableError(f"covariate {c!r} has a single value {levels} over the {len(df)} rows used: it "
+                                 "cannot be estimated; drop it")
             ref = reference.get(c, levels[0])
             if str(ref) not in map(str, levels):
                 raise TableError(f"reference level {ref!r} of {c!r} not among its values {levels}")
@@ -171,8 +193,20 @@ def cox(data, time, event, covariates, *, penalizer: float = 0.0, l1_ratio: floa
     const = [c for c in design.columns if c not in ("time", "event", *strata_cols) and design[c].nunique() < 2]
     if const:
         raise TableError(f"covariates {const} are constant over the {len(design)} rows used; drop them")
+    if int(design["event"].sum()) == 0:
+        raise TableError(f"cox: no event among the {len(design)} rows used: hazard ratios cannot be estimated "
+                         "(R's coxph gives none either); check the event column (1 = event observed)")
+    _refuse_collinear(design.drop(columns=["time", "event", *strata_cols]), penalizer)
+    from lifelines.exceptions import ConvergenceError
+
     cph = CoxPHFitter(penalizer=penalizer, l1_ratio=l1_ratio, alpha=alpha)
-    cph.fit(design, duration_col="time", event_col="event", strata=strata_cols or None)
+    try:
+        cph.fit(design, duration_col="time", event_col="event", strata=strata_cols or None)
+    except ConvergenceError as e:
+        first = str(e).strip().splitlines()[0]
+        raise TableError(f"cox did not converge with covariates {list(design.columns[2:])}: {first}. Common causes: "
+                         "a covariate that separates events perfectly, or too few events; drop covariates or pass "
+                         "penalizer=0.1") from None
     s = cph.summary
     params = cph.params_.copy()
     params.name = "coef"

@@ -69,6 +69,10 @@ def _survival_frame(data, time, event, extra: Sequence[tuple[Any, str]] = (), dr
         out["time"] = pd.to_numeric(out["time"]).astype(float)
     except (ValueError, TypeError) as e:
         raise TableError(f"time column {names['time']!r} is not numeric: {e}") from None
+    inf = ~np.isfinite(out["time"].to_numpy())
+    if inf.any():
+        raise TableError(f"time column {names['time']!r} has {int(inf.sum())} infinite value(s); a follow-up time "
+                         "must be finite: censor those rows at their last follow-up (event 0) or drop them")
     if (out["time"] < 0).any():
         raise TableError(f"time column {names['time']!r} has {int((out['time'] < 0).sum())} negative values")
     ev = out["event"]
