@@ -177,7 +177,8 @@ fig.update_layout(legend=dict(orientation="h", y=-0.3), yaxis_title="balanced ac
 # > (TITAN's tokenizer, text tower and projection; PRISM's Perceiver and cross-attending BioGPT), reduced and
 # > with **random weights** written here, so that this section runs without downloads. The cohort below is
 # > **planted**: 30 slide embeddings built to lie near the text embedding of their class, with noise. Zero-shot
-# > and search then work by construction; the captions are random words. With real weights: embed the
+# > and search then work by construction; the captions are meaningless (with the tiny demonstration
+# > vocabulary, mostly `<unk>`). With real weights: embed the
 # > cohort with `pk.tl.embed_cohort(slides, out, tile_model="conch_v15", slide_model="titan")` and use
 # > `model="titan"` (the cohort's `obsm["X_titan"]`).
 
@@ -199,7 +200,7 @@ pinv = np.linalg.pinv(txt.proj.cpu().numpy().astype(np.float64))  # slide space 
 X, truth = [], []
 for i in range(30):
     c = i % 3
-    X.append(t[c] @ pinv + rng.normal(size=pinv.shape[1]) * 0.8 * np.linalg.norm(t[c] @ pinv) / pinv.shape[1] ** 0.5)
+    X.append(t[c] @ pinv + rng.normal(size=pinv.shape[1]) * 0.1 * np.linalg.norm(t[c] @ pinv) / pinv.shape[1] ** 0.5)
     truth.append(list(thoracic)[c])
 ids = [f"TH-{i:02d}" for i in range(30)]
 slide_cohort = ad.AnnData(obs=pd.DataFrame({"truth": truth}, index=ids))

@@ -61,12 +61,15 @@ class _CrossAttention(nn.Module):
         self.q_proj = nn.Linear(dim, dim)
         self.out_proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+    def keys_values(self, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, m, _ = ctx.shape
+        return (self.k_proj(ctx).view(b, m, self.heads, -1).transpose(1, 2),
+                self.v_proj(ctx).view(b, m, self.heads, -1).transpose(1, 2))
+
+    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         b, n, d = x.shape
         q = self.q_proj(x).view(b, n, self.heads, -1).transpose(1, 2)
-        k = self.k_proj(ctx).view(b, ctx.shape[1], self.heads, -1).transpose(1, 2)
-        v = self.v_proj(ctx).view(b, ctx.shape[1], self.heads, -1).transpose(1, 2)
-        a = F.scaled_dot_product_attention(q, k, v)
+        a = F.scaled_dot_product_attention(q, kv[0], kv[1])
         return self.out_proj(a.transpose(1, 2).reshape(b, n, d))
 
 
@@ -86,6 +89,7 @@ class PrismDecoder(nn.Module):
         self.lm = BioGptForCausalLM(BioGptConfig(**cfg)).eval()
         self.first_x_attn_layer = self.lm.config.num_hidden_layers // 2
         self._ctx: torch.Tensor | None = None
+        self._kv: dict = {}
         self._lock = threading.Lock()
         for layer in self.lm.biogpt.layers[self.first_x_attn_layer:]:
             layer.x_attn_layer_norm = nn.LayerNorm(self.lm.config.hidden_size)
@@ -106,20 +110,25 @@ class PrismDecoder(nn.Module):
             raise RuntimeError("PrismDecoder: the image latents are missing; call generate(latents) / "
                                "forward(ids, latents)")
         a = output[0] if isinstance(output, tuple) else output
-        if ctx.shape[0] != a.shape[0]:  # beam search runs batch x num_beams rows, each slide's beams together
-            ctx = ctx.repeat_interleave(a.shape[0] // ctx.shape[0], dim=0)
+        # the latents' keys / values are the same at every decoding step: projected once per call (the
+        # authors recompute them each step; 512 latents x 12 layers, most of a step's work)
+        kv = self._kv.get(id(layer))
+        if kv is None:
+            kv = self._kv[id(layer)] = layer.x_attn.keys_values(ctx.to(a.dtype))
+        if kv[0].shape[0] != a.shape[0]:  # beam search runs batch x num_beams rows, each slide's beams together
+            kv = tuple(t.repeat_interleave(a.shape[0] // t.shape[0], dim=0) for t in kv)
         h = layer._pk_input + a
-        a = a + layer.x_attn(layer.x_attn_layer_norm(h), ctx.to(a.dtype))
+        a = a + layer.x_attn(layer.x_attn_layer_norm(h), kv)
         layer._pk_input = None
         return (a, *output[1:]) if isinstance(output, tuple) else a
 
     def _with_latents(self, latents, fn):
         with self._lock:
-            self._ctx = latents
+            self._ctx, self._kv = latents, {}
             try:
                 return fn()
             finally:
-                self._ctx = None
+                self._ctx, self._kv = None, {}
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
