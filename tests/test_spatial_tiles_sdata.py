@@ -107,6 +107,12 @@ def test_spatialdata_round_trip(slide, tmp_path):
     assert np.array_equal(img["scale0"]["image"][:, 100:164, 900:1000].values,
                           slide.read_region((900, 100), 0, (100, 64)).transpose(2, 0, 1))
     assert img["scale1"]["image"].shape == (3, 768, 1024)
+    coarse = pk.io.to_spatialdata(sp, slide, image_mpp=2.0).images["he"]
+    from spatialdata.transformations import get_transformation
+
+    assert coarse.shape == (3, 384, 512)  # small enough for one level: a plain image
+    np.testing.assert_allclose(get_transformation(coarse, "global").to_affine_matrix(
+        ("x", "y"), ("x", "y")), [[4, 0, 0], [0, 4, 0], [0, 0, 1]])
     sdata.write(tmp_path / "x.zarr")
     back = spatialdata.read_zarr(tmp_path / "x.zarr")
     circles = back.shapes["spots"]
