@@ -158,3 +158,11 @@ def test_from_spatialdata_reads_a_lazyslide_like_zarr(tmp_path):
     np.testing.assert_array_equal(tiles.obs["y"], y)
     np.testing.assert_array_equal(tiles.obsm["X_uni"], feats)
     assert tiles.uns["tile_spec"]["tile_px"] == 224 and tiles.uns["tile_spec"]["mpp"] == 0.5
+
+
+def test_tile_spots_refuses_another_slide(slide, tmp_path):
+    sp = _spots(slide)
+    other = pk.read_slide(pk.datasets.synthetic_slide(tmp_path / "o.svs", width=2048, height=1536, mpp=0.5,
+                                                      seed=3))
+    with pytest.raises(TableError, match="not .*o.svs: pass the slide the spot pixels refer to"):
+        pk.pp.tile_spots(other, sp)
