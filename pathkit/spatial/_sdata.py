@@ -56,11 +56,13 @@ def _image(slide, image_mpp: float | None):
     n_levels = 0
     while max(w, h) / 2 ** n_levels > MIN_SIDE * 2 and n_levels < 12:
         n_levels += 1
-    stub = da.zeros((3, h, w), dtype=np.uint8, chunks=(3, CHUNK, CHUNK))
+    # a few large chunks: the stub only gives the pyramid its shapes and transformations (its data is replaced)
+    stub = da.zeros((3, h, w), dtype=np.uint8, chunks=(3, 16 * CHUNK, 16 * CHUNK))
     to_global = Identity() if f == 1.0 else Scale([W / w, H / h], axes=("x", "y"))
     tree = Image2DModel.parse(stub, dims=("c", "y", "x"), c_coords=["r", "g", "b"],
                               scale_factors=[2] * n_levels if n_levels else None,
-                              transformations={"global": to_global})
+                              transformations={"global": to_global},
+                              chunks=(3, 16 * CHUNK, 16 * CHUNK) if n_levels else None)
     if not n_levels:
         return tree.copy(data=_lazy_level(slide, (h, w), (W, H)))
     for name in list(tree.children):
