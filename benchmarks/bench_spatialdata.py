@@ -108,13 +108,12 @@ def main():
     for s in steps:
         b = best[s]
         print(f"{s:<16}{b['seconds']:>10.2f}{b['seconds'] / base:>9.2f}{b['peak_beyond_mb']:>17.0f}")
-    import anndata
-    import spatialdata
+    from importlib.metadata import version
 
     out = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.processor(),
            "cpu_count": os.cpu_count(), "load_1min": os.getloadavg()[0], "n_tiles": best["h5ad"]["n_tiles"],
            "image_mpp": args.image_mpp, "repeat": args.repeat, "pathkit": pk.__version__,
-           "spatialdata": spatialdata.__version__, "anndata": anndata.__version__, "python": platform.python_version(),
+           "spatialdata": version("spatialdata"), "anndata": version("anndata"), "python": platform.python_version(),
            "results": best}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bench_spatialdata.json").write_text(json.dumps(out, indent=2))
