@@ -22,7 +22,7 @@ IDS = [f"{p.parent.name}/{p.name}" for p in NOTEBOOKS]
 
 
 def test_notebooks_exist_with_sources():
-    assert len([p for p in NOTEBOOKS if p.parent.name == "notebooks"]) >= 8  # 09_cells (issue 23) and others
+    assert len([p for p in NOTEBOOKS if p.parent.name == "notebooks"]) == 10  # 01-07, 08 spatial, 09 cells, 10 stain
     assert len([p for p in NOTEBOOKS if p.parent.name == "tutorials"]) == 3
     assert sorted(p.with_suffix(".ipynb") for p in sync.sources()) == NOTEBOOKS
 

@@ -99,3 +99,21 @@ def test_hvg_default_and_errors():
         pk.tl.predict_expression(a, "X_uni", level="spot", n_permutations=0)
     with pytest.raises(ValueError, match="level"):
         pk.tl.predict_expression(a, "X_emb", level="tile")
+
+
+def test_predict_to_whole_slide_tiles():
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    a = _spots()
+    tiles = ad.AnnData(obs=pd.DataFrame(index=[str(i) for i in range(30)]))
+    tiles.obsm["X_emb"] = np.random.default_rng(5).normal(size=(30, a.obsm["X_emb"].shape[1])).astype(np.float32)
+    pk.tl.predict_expression(a, "X_emb", level="spot", genes=["P", "N0"], n_pcs=16, n_permutations=0,
+                             predict_to=tiles)
+    Y = np.log1p(a[:, ["P", "N0"]].layers["counts"].toarray().astype(np.float64))
+    pipe = make_pipeline(StandardScaler(), PCA(16, svd_solver="full"), Ridge(alpha=100 / (16 * 2)))
+    want = pipe.fit(a.obsm["X_emb"].astype(np.float64), Y).predict(tiles.obsm["X_emb"].astype(np.float64))
+    np.testing.assert_allclose(tiles.obsm["predicted_expression"].to_numpy(), want, atol=1e-8)
+    assert list(tiles.obsm["predicted_expression"].columns) == ["P", "N0"]

@@ -107,6 +107,12 @@ def test_spatialdata_round_trip(slide, tmp_path):
     assert np.array_equal(img["scale0"]["image"][:, 100:164, 900:1000].values,
                           slide.read_region((900, 100), 0, (100, 64)).transpose(2, 0, 1))
     assert img["scale1"]["image"].shape == (3, 768, 1024)
+    coarse = pk.io.to_spatialdata(sp, slide, image_mpp=2.0).images["he"]
+    from spatialdata.transformations import get_transformation
+
+    assert coarse.shape == (3, 384, 512)  # small enough for one level: a plain image
+    np.testing.assert_allclose(get_transformation(coarse, "global").to_affine_matrix(
+        ("x", "y"), ("x", "y")), [[4, 0, 0], [0, 4, 0], [0, 0, 1]])
     sdata.write(tmp_path / "x.zarr")
     back = spatialdata.read_zarr(tmp_path / "x.zarr")
     circles = back.shapes["spots"]
@@ -152,3 +158,11 @@ def test_from_spatialdata_reads_a_lazyslide_like_zarr(tmp_path):
     np.testing.assert_array_equal(tiles.obs["y"], y)
     np.testing.assert_array_equal(tiles.obsm["X_uni"], feats)
     assert tiles.uns["tile_spec"]["tile_px"] == 224 and tiles.uns["tile_spec"]["mpp"] == 0.5
+
+
+def test_tile_spots_refuses_another_slide(slide, tmp_path):
+    sp = _spots(slide)
+    other = pk.read_slide(pk.datasets.synthetic_slide(tmp_path / "o.svs", width=2048, height=1536, mpp=0.5,
+                                                      seed=3))
+    with pytest.raises(TableError, match="not .*o.svs: pass the slide the spot pixels refer to"):
+        pk.pp.tile_spots(other, sp)

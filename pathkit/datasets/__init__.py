@@ -20,6 +20,7 @@ from ._loaders import (
 )
 from ._sample import SAMPLE_NAME, SAMPLE_SHA256, SAMPLE_URL, SYNTHETIC_SAMPLE_NAME, sample_slide
 from ._synthetic import default_blobs, synthetic_slide, synthetic_truth, truth_mask
+from ._spatial import her2st
 
 __all__ = [
     "SAMPLE_NAME",
@@ -46,6 +47,7 @@ __all__ = [
     "tcga_tables",
     "truth_mask",
 ]
+__all__ += ["her2st"]
 
 
 def __getattr__(name):

@@ -98,7 +98,7 @@ def _r2_mse(pred, Y):
 def predict_spot_expression(spots, use_rep: str, *, genes=None, n_top_genes: int = 50, n_pcs: int = 256,
                             alpha: float | None = None, folds: int = 5, section_key: str | None = None,
                             target_sum: float | None = None, n_permutations: int = 100, random_state=0,
-                            key_added: str | None = "predicted") -> pd.DataFrame:
+                            key_added: str | None = "predicted", predict_to=None) -> pd.DataFrame:
     """See :func:`pathkit.tl.predict_expression` with ``level="spot"``."""
     import anndata as ad
 
@@ -165,7 +165,35 @@ def predict_spot_expression(spots, use_rep: str, *, genes=None, n_top_genes: int
         spots.uns[f"{key_added}_expression"] = {
             "genes": list(genes), "use_rep": use_rep, "scheme": scheme, "target_sum": target_sum or 0,
             "scale": "log1p(counts)" if target_sum is None else f"log1p(counts / total * {target_sum:g})"}
+    if predict_to is not None:
+        _predict_tiles(predict_to, E, Y, genes, use_rep, n_pcs, alpha, key_added or "predicted", spots)
     return out.sort_values("r", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def _predict_tiles(tiles, E, Y, genes, use_rep, n_pcs, alpha, key, spots):
+    """Fit the protocol's pipeline on every spot and predict every tile of a whole slide (same encoder,
+    same tile size and mpp): ``tiles.obsm["<key>_expression"]`` (tiles x genes, log1p scale)."""
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if use_rep not in tiles.obsm:
+        raise TableError(f"predict_to: the tiles have no obsm[{use_rep!r}]; embed them with the same model")
+    spec_s, spec_t = spots.uns.get("tile_spec") or {}, tiles.uns.get("tile_spec") or {}
+    for k in ("tile_px", "mpp"):
+        if k in spec_s and k in spec_t and float(spec_s[k]) != float(spec_t[k]):
+            raise TableError(f"predict_to: the spot tiles have {k}={spec_s[k]} but the tiles {spec_t[k]}; "
+                             "tile the slide as the spots were (pk.pp.tile(slide, tile_px, mpp))")
+    n = int(min(n_pcs, len(E) - 1, E.shape[1]))
+    pipe = make_pipeline(StandardScaler(), PCA(n, svd_solver="full"),
+                         Ridge(alpha=100.0 / (n * len(genes)) if alpha is None else alpha))
+    pipe.fit(E, Y)
+    T = np.asarray(tiles.obsm[use_rep], dtype=np.float64)
+    tiles.obsm[f"{key}_expression"] = pd.DataFrame(pipe.predict(T), index=tiles.obs_names,
+                                                   columns=list(genes))
+    tiles.uns[f"{key}_expression"] = {"genes": list(genes), "use_rep": use_rep, "scale": "log1p(counts)",
+                                      "trained_on": str((spots.uns.get("spot_spec") or {}).get("library_id", ""))}
 
 
 def _top_hvg(spots, n_top_genes: int, target_sum):

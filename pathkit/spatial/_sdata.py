@@ -43,24 +43,33 @@ def _chunks(n):
     return tuple([CHUNK] * (n // CHUNK) + ([n % CHUNK] if n % CHUNK else []))
 
 
-def _image(slide):
+def _image(slide, image_mpp: float | None):
+    """The slide as a multiscale image: level 0 at ``image_mpp`` (default the slide's), then halved down to
+    about MIN_SIDE px; mapped to level-0 px ("global") by a scale when coarser than the slide."""
     import dask.array as da
     from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Identity, Scale
 
-    w, h = (int(v) for v in slide.dimensions)
+    W, H = (int(v) for v in slide.dimensions)
+    f = 1.0 if image_mpp is None else max(1.0, float(image_mpp) / float(slide.mpp))
+    w, h = max(1, int(W / f)), max(1, int(H / f))
     n_levels = 0
     while max(w, h) / 2 ** n_levels > MIN_SIDE * 2 and n_levels < 12:
         n_levels += 1
-    stub = da.zeros((3, h, w), dtype=np.uint8, chunks=(3, CHUNK, CHUNK))
+    # a few large chunks: the stub only gives the pyramid its shapes and transformations (its data is replaced)
+    stub = da.zeros((3, h, w), dtype=np.uint8, chunks=(3, 16 * CHUNK, 16 * CHUNK))
+    to_global = Identity() if f == 1.0 else Scale([W / w, H / h], axes=("x", "y"))
     tree = Image2DModel.parse(stub, dims=("c", "y", "x"), c_coords=["r", "g", "b"],
-                              scale_factors=[2] * n_levels if n_levels else None)
+                              scale_factors=[2] * n_levels if n_levels else None,
+                              transformations={"global": to_global},
+                              chunks=(3, 16 * CHUNK, 16 * CHUNK) if n_levels else None)
     if not n_levels:
-        return tree.copy(data=_lazy_level(slide, (h, w), (w, h)))
+        return tree.copy(data=_lazy_level(slide, (h, w), (W, H)))
     for name in list(tree.children):
         node = tree[name]
         var = next(iter(node.data_vars))
         lvl = node[var]
-        node[var] = lvl.copy(data=_lazy_level(slide, (lvl.sizes["y"], lvl.sizes["x"]), (w, h)))
+        node[var] = lvl.copy(data=_lazy_level(slide, (lvl.sizes["y"], lvl.sizes["x"]), (W, H)))
     return tree
 
 
@@ -114,7 +123,7 @@ def _collect(data) -> dict:
     return {str(k): a for k, a in data.items() if "tile_spec" in a.uns or "spot_spec" in a.uns}
 
 
-def to_spatialdata(data, slide=None, *, image: bool = True):
+def to_spatialdata(data, slide=None, *, image: bool = True, image_mpp: float | None = None):
     """A :class:`spatialdata.SpatialData` of the slide, its tiles and spots, in level-0 px (``"global"``).
 
     Parameters
@@ -127,6 +136,9 @@ def to_spatialdata(data, slide=None, *, image: bool = True):
     image
         Include the H&E as image ``"he"``: a multiscale pyramid (factor 2 down to about 512 px) whose chunks
         are read from the slide only when used (``sdata.write`` streams them), never a copy in RAM.
+    image_mpp
+        Resolution of the image's finest level in um/px (default: the slide's own); a coarser one (e.g. 2.0)
+        writes far fewer pixels. The image stays registered to the shapes (a scale to level-0 px).
 
     Returns
     -------
@@ -154,7 +166,7 @@ def to_spatialdata(data, slide=None, *, image: bool = True):
             if first is None:
                 raise TableError("no slide given and no uns['slide'] to find it: pass slide=, or image=False")
             slide = slide_of_tiles(first)
-        images["he"] = _image(read_slide(slide))
+        images["he"] = _image(read_slide(slide), image_mpp)
     return SpatialData(images=images, shapes=shapes, tables=tables)
 
 

@@ -49,7 +49,7 @@ def predict_expression(data, use_rep: str, *, rna=None, genes=None, alpha: float
                        folds: int = 5, n_permutations: int = 100, aggregate: str = "mean", random_state=0,
                        key_added: str | None = "predicted", level: str = "patient",
                        section_key: str | None = None, n_top_genes: int = 50, n_pcs: int = 256,
-                       target_sum: float | None = None) -> pd.DataFrame:
+                       target_sum: float | None = None, predict_to=None) -> pd.DataFrame:
     """Predict each gene from slide embeddings with a ridge probe; Pearson r on held-out patients.
 
     With ``level="spot"``, ``data`` is a spots AnnData (``pk.io.read_visium`` / ``read_st`` / ...) whose spot
@@ -91,6 +91,10 @@ def predict_expression(data, use_rep: str, *, rna=None, genes=None, alpha: float
         ``level="spot"`` only: the ``obs`` column of the section of each spot (leave-one-section-out when it
         holds several); genes chosen when ``genes`` is None; principal components of the embeddings;
         counts per spot before log1p (None: plain log1p, as HEST).
+    predict_to
+        ``level="spot"`` only: a tiles AnnData of a whole slide embedded with the same model, tile size and
+        mpp; the pipeline fitted on every spot predicts each tile into ``obsm["<key_added>_expression"]``
+        (tiles x genes, a DataFrame), from space to whole slides and cohorts.
 
     Returns
     -------
@@ -105,7 +109,7 @@ def predict_expression(data, use_rep: str, *, rna=None, genes=None, alpha: float
         return predict_spot_expression(
             data, use_rep, genes=genes, n_top_genes=n_top_genes, n_pcs=n_pcs, alpha=alpha, folds=folds,
             section_key=section_key, target_sum=target_sum, n_permutations=n_permutations,
-            random_state=random_state, key_added=key_added)
+            random_state=random_state, key_added=key_added, predict_to=predict_to)
     if level != "patient":
         raise ValueError(f"level must be 'patient' or 'spot', not {level!r}")
     from sklearn.linear_model import RidgeCV
