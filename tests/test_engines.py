@@ -280,3 +280,17 @@ def test_embed_tiles_engine_on_a_real_slide(shared_data):
     assert tiles.n_obs > 10
     err = np.abs(tiles.obsm["X_a"] - tiles.obsm["X_t"]).max()
     assert 0 < err <= MAX_ABS  # another runtime (not torch again), equal within float32 rounding
+
+
+def test_cli_passes_engine_and_threads_and_resume_ignores_them():
+    from pathkit import cli
+    from pathkit.tl import cohort
+
+    args = cli.build_parser().parse_args(["embed", "a.svs", "--model", "uni", "--out", "o", "--engine",
+                                          "onnxruntime", "--num-threads", "1"])
+    kw = cli._cohort_args(args)["embed_kwargs"]
+    assert kw["engine"] == "onnxruntime" and kw["num_threads"] == 1
+    assert cli.build_parser().parse_args(["embed", "a.svs", "--model", "uni", "--out", "o"]).engine == "auto"
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["embed", "a.svs", "--model", "uni", "--out", "o", "--engine", "tvm"])
+    assert {"engine", "num_threads"} <= cohort._NEUTRAL  # a cohort resumes across engines (parity-checked)
