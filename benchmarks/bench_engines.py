@@ -191,7 +191,7 @@ def main(argv=None) -> int:
                 res = _run(cfg)
                 res["round"] = r
                 rows.append(res)
-                print(json.dumps({k: v for k, v in res.items() if k != "info"})[:300], flush=True)
+                print(json.dumps({k: v for k, v in res.items() if k != "info"}), flush=True)
     table = _summarise(rows, engines, tmp)
     threads = None if args.no_threads else _threads_split(
         {"model": args.threads_model, "batch_size": args.batch_size, "out": str(tmp), "synth_tiles": args.synth_tiles,

@@ -141,7 +141,11 @@ def test_export_is_made_once_and_reused_across_calls():
     rec = json.loads((folders[0] / f"onnxruntime-{info1['engine_version']}.json").read_text())
     assert rec["parity_ok"] and rec["max_abs_err"] <= MAX_ABS
     mtime = (folders[0] / "model.onnx").stat().st_mtime_ns
-    _select.clear_runner_cache()
+    assert _select._RUNNER_CACHE
+    from pathkit.tl.embed import clear_model_cache
+
+    clear_model_cache()  # frees the compiled engine model too
+    assert not _select._RUNNER_CACHE
     run2, info2 = prepare_encoder(enc, spec, winfo, engine="onnxruntime", num_threads=1)
     assert run2.checked  # parity already on record for this engine version: not checked again
     assert (folders[0] / "model.onnx").stat().st_mtime_ns == mtime  # not exported again
