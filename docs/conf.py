@@ -66,6 +66,7 @@ API_MODULES = {
     "pathkit.datasets": "Example data",
     "pathkit.models": "Models: the registry and the encoders",
     "pathkit.widgets": "Interactive widgets",
+    "pathkit.engines": "CPU inference engines for tile encoders (OpenVINO, ONNX Runtime)",
 }
 
 

@@ -141,7 +141,11 @@ def test_export_is_made_once_and_reused_across_calls():
     rec = json.loads((folders[0] / f"onnxruntime-{info1['engine_version']}.json").read_text())
     assert rec["parity_ok"] and rec["max_abs_err"] <= MAX_ABS
     mtime = (folders[0] / "model.onnx").stat().st_mtime_ns
-    _select.clear_runner_cache()
+    assert _select._RUNNER_CACHE
+    from pathkit.tl.embed import clear_model_cache
+
+    clear_model_cache()  # frees the compiled engine model too
+    assert not _select._RUNNER_CACHE
     run2, info2 = prepare_encoder(enc, spec, winfo, engine="onnxruntime", num_threads=1)
     assert run2.checked  # parity already on record for this engine version: not checked again
     assert (folders[0] / "model.onnx").stat().st_mtime_ns == mtime  # not exported again
@@ -280,3 +284,17 @@ def test_embed_tiles_engine_on_a_real_slide(shared_data):
     assert tiles.n_obs > 10
     err = np.abs(tiles.obsm["X_a"] - tiles.obsm["X_t"]).max()
     assert 0 < err <= MAX_ABS  # another runtime (not torch again), equal within float32 rounding
+
+
+def test_cli_passes_engine_and_threads_and_resume_ignores_them():
+    from pathkit import cli
+    from pathkit.tl import cohort
+
+    args = cli.build_parser().parse_args(["embed", "a.svs", "--model", "uni", "--out", "o", "--engine",
+                                          "onnxruntime", "--num-threads", "1"])
+    kw = cli._cohort_args(args)["embed_kwargs"]
+    assert kw["engine"] == "onnxruntime" and kw["num_threads"] == 1
+    assert cli.build_parser().parse_args(["embed", "a.svs", "--model", "uni", "--out", "o"]).engine == "auto"
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["embed", "a.svs", "--model", "uni", "--out", "o", "--engine", "tvm"])
+    assert {"engine", "num_threads"} <= cohort._NEUTRAL  # a cohort resumes across engines (parity-checked)

@@ -28,7 +28,8 @@ _RUNNER_CACHE: dict = {}
 
 
 def family(spec) -> str:
-    """The model family of a registry entry (what `AUTO_RULES` is keyed by)."""
+    """The model family of a registry entry, the key of ``AUTO_RULES`` (``"vit"``, ``"swin"``, ``"beit"``,
+    ``"resnet"``, ``"clip_tower"``, ``"hf_vit"``, ...)."""
     arch = spec.arch
     if arch.startswith("pathkit:"):
         name = arch.split(":", 1)[1]
@@ -46,7 +47,9 @@ def resolve_num_threads(num_threads) -> int:
 
 
 class EngineEncoder:
-    """Callable like the torch encoder. The first call runs the first `N_PARITY_TILES` tiles through both
+    """An engine runner in the place of a torch tile encoder (made by :func:`prepare_encoder`).
+
+    Callable like the torch encoder. The first call runs the first `N_PARITY_TILES` tiles through both
     the engine and torch (float32); outside tolerance, ``engine="auto"`` continues on torch with a one-line
     warning and an explicit engine raises :class:`~pathkit.errors.EngineError`. The outcome is recorded
     in the export folder, so later sessions skip an engine that failed."""
@@ -113,11 +116,33 @@ def _pick_auto(spec) -> tuple[str | None, str]:
 
 def prepare_encoder(encoder, spec, winfo: dict, engine="auto", device="cpu", dtype=torch.float32,
                     num_threads=None):
-    """(callable, info): the torch `encoder` itself or an :class:`EngineEncoder` running its cached export.
+    """The callable that computes a tile encoder's features: `encoder` itself or an engine running its export.
 
-    info holds ``engine``, ``engine_version``, ``engine_reason`` (why this engine), ``num_threads`` and,
-    for an engine, ``engine_precision``, ``export_seconds`` (first export, possibly an earlier session) and
-    after the first batch ``parity_max_abs_err`` / ``parity_min_cosine``.
+    Parameters
+    ----------
+    encoder
+        The torch tile encoder (weights loaded, on `device`).
+    spec
+        Its registry entry (:class:`~pathkit.models.registry.ModelSpec`).
+    winfo
+        The weights info of :func:`~pathkit.models.load_tile_encoder` (its ``sha256`` keys the export cache;
+        without one the parameters are hashed).
+    engine
+        ``"auto"``, ``"torch"``, ``"openvino"`` or ``"onnxruntime"`` (see :func:`pathkit.tl.embed_tiles`).
+    device
+        Where the pixels are: engines run on ``"cpu"`` only.
+    dtype
+        The compute dtype (:func:`pathkit._device.resolve_dtype`); bfloat16 becomes OpenVINO's bf16 hint.
+    num_threads
+        Engine threads; None: ``torch.get_num_threads()``.
+
+    Returns
+    -------
+    tuple
+        ``(callable, info)``. info holds ``engine``, ``engine_version``, ``engine_reason`` (why this engine),
+        ``num_threads`` and, for an engine, ``engine_precision``, ``dtype``, ``export_seconds`` (first export,
+        possibly in an earlier session) and, after the first batch, ``parity_max_abs_err`` and
+        ``parity_min_cosine``.
     """
     if engine not in CHOICES:
         raise ValueError(f"engine={engine!r} is not one of {CHOICES}")

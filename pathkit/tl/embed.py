@@ -125,8 +125,11 @@ def _cached_encoder(spec, weights, dev, load):
 
 
 def clear_model_cache() -> None:
-    """Free the tile encoder that embed_tiles keeps loaded between calls."""
+    """Free the tile encoder (and its compiled engine model) that embed_tiles keeps loaded between calls."""
+    from ..engines import clear_runner_cache
+
     _ENCODER_CACHE.clear()
+    clear_runner_cache()
 
 
 @contextlib.contextmanager
