@@ -207,6 +207,20 @@ def test_callback_errors_are_shown_in_the_widget_and_logged(explorer, caplog):
     assert "ValueError: bad split" in sv._error_widget().value
 
 
+def test_layout_tile_view_beside_the_slide_and_legend_below_the_axis_title(explorer):
+    """Issue 29: at 1440 x 900 the tile view, wrapped after the UMAP, fell below the fold; the UMAP's
+    horizontal legend (y = -0.02) covered its x-axis title."""
+    ex = explorer
+    panels = ex.widget.children[-1].children
+    assert panels[0] is ex.slide_figure and ex.tile_image in panels[1].children and panels[2] is ex.umap_figure
+    assert 500 + ex.tile_view_px + 16 <= 1000              # slide + tile view fit a 1440-px screen's column
+    lay = ex.umap_figure.layout
+    plot_h = lay.height - lay.margin.t - lay.margin.b
+    top = lay.legend.y * plot_h                              # px from the plot's bottom edge (negative: below)
+    assert lay.legend.yanchor == "top" and top <= -45        # below tick labels (~20 px) and title (~20 px)
+    assert lay.margin.b >= -top + 25                         # and room for a row of legend items
+
+
 def test_umap_lasso_geometry(explorer):
     ex, a = explorer, explorer.tiles
     u = a.obsm["X_umap"]

@@ -68,6 +68,11 @@ def points_in_selections(x, y, selections) -> np.ndarray:
 _SEL_KEY = __import__("re").compile(r"selections\[(\d+)\](?:\.(\w+))?")
 
 
+#: Where the UMAP panel's horizontal legend starts (paper units, below the x-axis title) and the bottom margin
+#: that holds it.
+UMAP_LEGEND_Y, UMAP_LEGEND_MARGIN = -0.16, 90
+
+
 class SlideExplorer(StaticFallback):
     """Explore one slide's tiles in JupyterLab.
 
@@ -163,11 +168,12 @@ class SlideExplorer(StaticFallback):
             self.umap_figure.observe(self.callback(lambda ch: self._on_relayout("umap", ch["new"])),
                                      names="_js2py_relayout")
 
-        figs = [self.slide_figure] + ([self.umap_figure] if self._has_umap else [])
         side = W.VBox([W.HTML("<b>tile</b>"), self.tile_image, self.values,
                        W.HTML("<b>hover</b>"), self.hover_image, self.hover_caption, self._marker()],
                       layout=W.Layout(width=f"{tile_view_px + 16}px", overflow="hidden"))
-        panels = W.Box(figs + [side], layout=W.Layout(display="flex", flex_flow="row wrap",
+        # the tile view right of the slide: at 1440 x 900 the three panels (500 + 420 + 240 px) do not fit
+        # beside each other in JupyterLab's column, and a tile view wrapped last fell below the fold
+        panels = W.Box([self.slide_figure, side] + ([self.umap_figure] if self._has_umap else []), layout=W.Layout(display="flex", flex_flow="row wrap",
                                                       align_items="flex-start", width="100%"))
         self.widget = W.VBox([W.HBox([self.color_dropdown, self.clear_button, self.status]),
                               self._error_widget(), panels],
@@ -212,8 +218,9 @@ class SlideExplorer(StaticFallback):
             if self._has_umap:
                 ufig = pl.umap(self.tiles, color=color, thumbnails=False, use_rep=self.use_rep, height=460,
                                width=420)
-                ufig.update_layout(margin={"l": 10, "r": 10, "t": 30, "b": 10},
-                                   legend={"orientation": "h", "y": -0.02, "yanchor": "top"})
+                # the horizontal legend goes below the x-axis title (at y = -0.02 it covered "UMAP1")
+                ufig.update_layout(margin={"l": 10, "r": 10, "t": 30, "b": UMAP_LEGEND_MARGIN},
+                                   legend={"orientation": "h", "y": UMAP_LEGEND_Y, "yanchor": "top"})
                 self._umap_point_traces = len(ufig.data)
                 ufig.add_trace(go.Scatter(x=[], y=[], mode="markers", name="selected", hoverinfo="skip",
                                           marker={"symbol": "circle-open", "size": 11, "color": "black",
