@@ -24,6 +24,10 @@ def _executed(tmp_path: Path) -> Path:
             new_output("display_data", data={"application/vnd.jupyter.widget-view+json": widget,
                                              "text/plain": "embed CMU-1:   0%|          | 0/50 [00:00<?, ?tile/s]"}),
             new_output("stream", name="stderr", text=warn)]),
+        new_code_cell("table", outputs=[
+            new_output("execute_result", execution_count=1,
+                       data={"text/html": "<td>/tmp/pathkit-nb-q3uqqdy0/pathkit_out/a.h5ad</td>",
+                             "text/plain": "0  /tmp/pathkit-nb-q3uqqdy0/pathkit_out/a.h5ad"})]),
         new_code_cell("sv", outputs=[
             new_output("display_data", data={"application/vnd.jupyter.widget-view+json": widget,
                                              "text/plain": "VBox(children=(HBox(children=(Dropdown("}),
@@ -54,7 +58,8 @@ def test_for_docs_drops_live_views_and_machine_paths(tmp_path):
     assert "anndata/_core/aligned_df.py:68: ImplicitModificationWarning" in stream
     assert "pathkit_out/s.h5ad written" in stream
     # the widget's static copies stay, as HTML for the page; a view with a figure keeps the figure
-    outs = nb.cells[1].outputs
+    assert nb.cells[1].outputs[0]["data"]["text/html"] == "<td>pathkit_out/a.h5ad</td>"
+    outs = nb.cells[2].outputs
     assert len(outs) == 2 and all("text/html" in o["data"] for o in outs)
     assert outs[0]["data"]["text/plain"] == "SurvivalExplorer: static copy"
 

@@ -88,10 +88,11 @@ def for_docs(path) -> bool:
                 text = clean_text(out.get("text", ""))
                 changed |= text != out.get("text", "")
                 out["text"] = text
-            if isinstance(data.get("text/plain"), str):
-                text = clean_text(data["text/plain"])
-                changed |= text != data["text/plain"]
-                data["text/plain"] = text
+            for mime in ("text/plain", "text/html"):   # tables show paths too (a cohort's output files)
+                if isinstance(data.get(mime), str):
+                    text = clean_text(data[mime])
+                    changed |= text != data[mime]
+                    data[mime] = text
             fig = data.get("application/vnd.plotly.v1+json")
             if fig is not None:
                 layout = fig.setdefault("layout", {})
