@@ -39,7 +39,8 @@ def _executed(tmp_path: Path) -> Path:
                              "text/plain": "SlideExplorer"})]),
     ]
     path = tmp_path / "nb.ipynb"
-    nbformat.write(new_notebook(cells=cells), path)
+    state = {"application/vnd.jupyter.widget-state+json": {"state": {"abc": {"value": "50/50"}}}}
+    nbformat.write(new_notebook(cells=cells, metadata={"widgets": state}), path)
     return path
 
 
@@ -52,7 +53,7 @@ def test_for_docs_drops_live_views_and_machine_paths(tmp_path):
     text = nbformat.writes(nb)
     assert "widget-view" not in text and "VBox(children" not in text and "0/50" not in text
     assert "/tmp/" not in text and "ipykernel_" not in text and "site-packages" not in text
-    assert str(REPO) not in text
+    assert str(REPO) not in text and "widget-state" not in text and "widgets" not in nb.metadata
     stream = nb.cells[0].outputs[0]["text"]
     assert stream.startswith("<cell>:6: UserWarning: model 'vit_tiny_test' has RANDOM weights")
     assert "anndata/_core/aligned_df.py:68: ImplicitModificationWarning" in stream

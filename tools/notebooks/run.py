@@ -72,7 +72,8 @@ def for_docs(path) -> bool:
 
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
-    changed = False
+    # the widgets' saved state (tqdm bars, figures) only feeds live views, which a static page has none of
+    changed = nb.metadata.pop("widgets", None) is not None
     for cell in nb.cells:
         if cell.get("cell_type") != "code":
             continue
