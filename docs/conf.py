@@ -146,3 +146,24 @@ def _write_data_page() -> None:
 
 
 _write_data_page()
+
+
+def _viewcode_backlinks(app, exc) -> None:
+    """An object exported by two modules (``pk.link`` and ``pk.io.link``) has two API pages; viewcode keeps one
+    anchor prefix per source module (the first module seen) for all its objects, so six "[docs]" links of the
+    source pages pointed at anchors their page does not have. Each API page is named for its object
+    (``api/generated/<module>.<name>``) and holds that id: point every back-link at it."""
+    import re
+
+    if exc is not None or app.builder.format != "html":
+        return
+    link = re.compile(r'(href="[^"#]*api/generated/)([^"#/]+)\.html#[^"]*"')
+    for page in (Path(app.outdir) / "_modules").rglob("*.html"):
+        text = page.read_text(encoding="utf-8")
+        fixed = link.sub(lambda m: f'{m.group(1)}{m.group(2)}.html#{m.group(2)}"', text)
+        if fixed != text:
+            page.write_text(fixed, encoding="utf-8")
+
+
+def setup(app):
+    app.connect("build-finished", _viewcode_backlinks)

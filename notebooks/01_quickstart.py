@@ -34,7 +34,7 @@ slide.thumbnail(400)
 
 # %%
 tissue = pk.pp.find_tissue(slide)
-tiles = pk.pp.tile(slide, tile_px=256, mpp=0.5, min_tissue=0.1, tissue=tissue)   # an AnnData, one row per tile
+tiles = pk.pp.tile(slide, tile_px=256, mpp=0.5, min_tissue=0.1, tissue=tissue, focus=True)  # focus: sharpness
 print(f"{tissue.fraction:.1%} tissue, {tiles.n_obs} tiles")
 tiles.obs.head()
 

@@ -225,11 +225,16 @@ sep = pd.Series({s: roc_auc_score(t.obs["cluster"] == "A", t.obs[key]) for s, t 
                  if t.obs["cluster"].nunique() == 2})
 print(f"attention AUROC for cluster A, held-out slides: median {sep.median():.2f} "
       f"(IQR {sep.quantile(0.25):.2f}-{sep.quantile(0.75):.2f})")
-sid = held.obs[f"{MIL_MODEL}_prob_high"].astype(float).idxmax()
-t = tiles[held.obs.loc[sid, "slide_id"]]
+# the example: among held-out slides with both clusters well represented (25-75 % cluster A), the one whose
+# attention separates them best (a slide of nearly all A, as the most "high" slide is, shows no contrast)
+share_a = pd.Series({s: float((t.obs["cluster"] == "A").mean()) for s, t in held_tiles.items()})
+mixed = sep[sep.index.isin(share_a[(share_a >= 0.25) & (share_a <= 0.75)].index)]
+sid = (mixed if len(mixed) else sep).sub(0.5).abs().idxmax()
+t = tiles[sid]
 df = t.obs.assign(x=t.obsm["spatial"][:, 0], y=t.obsm["spatial"][:, 1])
 fig = px.scatter(df, x="x", y="y", color=key, symbol="cluster", color_continuous_scale="Inferno", height=500,
-                 title=f"{sid[:23]}: {MIL_MODEL} importance at the tile positions (symbol: tile cluster)")
+                 title=f"{sid[:23]}: {MIL_MODEL} importance at the tile positions (symbol: tile cluster; "
+                       f"{share_a[sid]:.0%} A, attention AUROC {sep[sid]:.2f})")
 fig.update_traces(marker_size=9).update_yaxes(autorange="reversed", scaleanchor="x")
 fig.update_layout(legend=dict(orientation="h", y=-0.15))
 

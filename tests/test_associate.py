@@ -211,3 +211,26 @@ def test_tile_composition_reads_a_cohorts_tile_files(egfr_cohort, tmp_path):
     comp = slides.obsm["composition_leiden"]
     np.testing.assert_allclose(comp["A"].to_numpy()[:2], share[:2])
     assert comp.iloc[2].isna().all() and len(props) == 2
+
+
+def test_volcano_labels_do_not_overlap():
+    """Issue 29: notebook 04's volcano stacked its top labels on one another (pathways co-vary, so the most
+    significant tests sit close together). Each label box, at the figure's size and 9-px font, is free."""
+    from pathkit.pl._associate import VOLCANO_PX, label_boxes
+
+    rng = np.random.default_rng(0)
+    n = 141
+    stat = np.r_[0.55 + rng.normal(0, 0.02, 12), rng.normal(0, 0.15, n - 12)]     # a tight top cluster
+    p = np.r_[10 ** -rng.uniform(9, 11, 12), rng.uniform(1e-3, 1, n - 12)]
+    tab = pd.DataFrame({"feature": "A", "target": [f"HALLMARK_SET_{i}" for i in range(n)], "statistic": stat,
+                        "pvalue": p, "qvalue": np.minimum(p * n, 1)})
+    fig = pk.pl.volcano(tab, label_top=10)
+    assert (fig.layout.width, fig.layout.height) == VOLCANO_PX
+    ann = list(fig.layout.annotations)
+    assert len(ann) == 10 and all(a.showarrow for a in ann)
+    y = -np.log10(p)
+    rows = [int(np.flatnonzero(np.isclose(stat, a.x) & np.isclose(y, a.y))[0]) for a in ann]
+    boxes = label_boxes(stat, y, [a.text for a in ann], [(a.ax, a.ay) for a in ann], rows)
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)

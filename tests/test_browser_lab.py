@@ -286,6 +286,12 @@ def test_widgets_in_jupyterlab_reach_the_kernel(lab):
         lab.wait(lambda want=want: lab.kernel_eval("[int(i) for i in sx.selected]") == want, timeout=20,
                  what=f"box {k} selection reached the kernel")
     lab.shot("slide_explorer_selected")
+    # the copy the notebook saves follows the selection (issue 29: it froze at "0 selected" after the first
+    # box, plotly.js's drawn box in the layout made the refresh raise, and the error was swallowed)
+    static_text = ("return window.jupyterapp.shell.currentWidget.content.model.cells.get(3).outputs.toJSON()"
+                   ".map(o => (o.data || {})['text/plain'] || '').join('\\n')")
+    lab.wait(lambda: f"{len(want)} selected" in lab.js(static_text), timeout=20, what="saved copy updated")
+    assert "callback failed" not in sx_cell.text
     # 3. change a dropdown (the colour key)
     Select(sx_cell.find_element(By.CSS_SELECTOR, "select")).select_by_visible_text("score")
     lab.wait(lambda: lab.kernel_eval("sx.color") == "score", what="dropdown change reached the kernel")

@@ -101,3 +101,15 @@ def test_notebook_runs(path, shared_data, tmp_path, monkeypatch):
         dest = Path(keep) / path.parent.name / path.name
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(out, dest)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_kaplan_meier_titles_do_not_repeat_the_logrank_p(path):
+    """pk.pl.kaplan_meier appends the log-rank p to its title: a title that holds one too prints it twice
+    (issue 29: tutorial 03's last figure)."""
+    import nbformat
+
+    text = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+    for call in re.findall(r"pk\.pl\.kaplan_meier\((?:[^()]|\([^()]*\))*\)", text, flags=re.S):
+        title = re.search(r"title=(.*)", call, flags=re.S)
+        assert not (title and re.search(r"log-?rank|p = ", title.group(1))) or "logrank=False" in call, call

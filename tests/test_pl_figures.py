@@ -355,3 +355,24 @@ def test_slide_opens_uns_path_and_colours_by_obsm_feature(real_tiles):
     a.uns["slide"] = dict(a.uns["slide"], path="/nonexistent/slide.svs")
     with pytest.raises(FileNotFoundError, match="slide="):
         pk.pl.slide(a, "score")
+
+
+def test_umap_hover_thumbnails_in_a_notebook_warn(fake_slide, monkeypatch):
+    """Issue 29: thumbnails="hover" in a notebook embedded 1.17 MB that JupyterLab never shows: it warns there
+    (from the caller's line), and stays quiet in a script, where write_html's page shows the thumbnails."""
+    import warnings
+
+    import IPython
+
+    a = tile_adata()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                       # a script: no warning
+        pk.pl.umap(a, slide=fake_slide, thumbnails="hover", max_thumbnails=5, thumb_px=16)
+
+    class Kernel:
+        kernel = object()
+
+    monkeypatch.setattr(IPython, "get_ipython", lambda: Kernel())
+    with pytest.warns(UserWarning, match=r"embeds 5 PNG thumbnails .* never shows") as rec:
+        pk.pl.umap(a, slide=fake_slide, thumbnails="hover", max_thumbnails=5, thumb_px=16)
+    assert rec[0].filename == __file__

@@ -156,6 +156,71 @@ def test_slide_box_selection_from_geometry(explorer):
     assert ex.selected.tolist() == []
 
 
+def test_static_copy_follows_a_selection_with_the_drawn_box_in_the_layout(explorer, monkeypatch):
+    """Issue 29: plotly.js leaves the drawn box in the FigureWidget's layout in its own form, which plotly.py's
+    validation refuses (ValueError); the static copy built from it failed inside the callback, silently, and
+    the saved notebook kept "0 selected" while the kernel held the selection."""
+    import IPython.display
+
+    ex = explorer
+    shown = []
+    monkeypatch.setattr(IPython.display, "update_display",
+                        lambda b, raw, display_id: shown.append((display_id, b)))
+    ex._static_shown = 1                                  # displayed once: refreshes update the saved copy
+    # the front end's box, as plotly.js keeps it (with keys plotly.py does not know)
+    ex.slide_figure._layout["selections"] = [{"type": "rect", "x0": 10, "x1": 200, "y0": 10, "y1": 150,
+                                              "xref": "x", "yref": "y", "_input": {"type": "rect"}}]
+    ex.select_tiles([1, 2, 3])
+    texts = [b["text/plain"] for _, b in shown]
+    assert texts and "3 selected" in texts[-1]
+    fig = shown[-2 if ex.umap_figure is not None else -1][1]["application/vnd.plotly.v1+json"]
+    sel = next(t for t in fig["data"] if t.get("name") == "selected")
+    assert len([v for v in sel["x"] if v is not None]) == 15   # 3 tiles x 5 corners
+    assert "selections" not in fig["layout"]
+
+
+def test_callback_errors_are_shown_in_the_widget_and_logged(explorer, caplog):
+    """Issue 29: an exception in a front-end callback was swallowed (ipywidgets sends it to the browser's
+    hidden log); now the widget shows it and the 'pathkit.widgets' logger records the traceback."""
+    ex = explorer
+
+    def boom(rows):
+        raise RuntimeError("tile store unreachable")
+
+    ex.select_tiles = boom
+    box = {"type": "rect", "x0": 0, "x1": 500, "y0": 0, "y1": 500}
+    with caplog.at_level("ERROR", logger="pathkit.widgets"):
+        relayout(ex.slide_figure, {"selections": [box]})
+    assert "RuntimeError: tile store unreachable" in ex._error_widget().value
+    assert ex._error_widget() in ex.widget.children
+    assert any("tile store unreachable" in r.getMessage() for r in caplog.records)
+    del ex.select_tiles                                    # the next callback that works clears the message
+    relayout(ex.slide_figure, {"selections": [box]})
+    assert ex._error_widget().value == ""
+    # the survival explorer's dropdown and slider report the same way
+    rng = np.random.default_rng(0)
+    d = pd.DataFrame({"time": rng.exponential(10, 40), "event": rng.integers(0, 2, 40), "a": rng.normal(size=40),
+                      "b": rng.normal(size=40)})
+    sv = pk.widgets.SurvivalExplorer(d, "time", "event")
+    sv._update = lambda cut: (_ for _ in ()).throw(ValueError("bad split"))
+    sv.cutoff_slider.value = float(d["a"].quantile(0.3))
+    assert "ValueError: bad split" in sv._error_widget().value
+
+
+def test_layout_tile_view_beside_the_slide_and_legend_below_the_axis_title(explorer):
+    """Issue 29: at 1440 x 900 the tile view, wrapped after the UMAP, fell below the fold; the UMAP's
+    horizontal legend (y = -0.02) covered its x-axis title."""
+    ex = explorer
+    panels = ex.widget.children[-1].children
+    assert panels[0] is ex.slide_figure and ex.tile_image in panels[1].children and panels[2] is ex.umap_figure
+    assert 500 + ex.tile_view_px + 16 <= 1000              # slide + tile view fit a 1440-px screen's column
+    lay = ex.umap_figure.layout
+    plot_h = lay.height - lay.margin.t - lay.margin.b
+    top = lay.legend.y * plot_h                              # px from the plot's bottom edge (negative: below)
+    assert lay.legend.yanchor == "top" and top <= -45        # below tick labels (~20 px) and title (~20 px)
+    assert lay.margin.b >= -top + 25                         # and room for a row of legend items
+
+
 def test_umap_lasso_geometry(explorer):
     ex, a = explorer, explorer.tiles
     u = a.obsm["X_umap"]

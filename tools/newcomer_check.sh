@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The newcomer check: build pathkit's wheel, install it into a fresh venv outside the repository, and run
-# notebook 01 and tutorial 03 from an empty temporary folder with only PATHKIT_DATA_DIR set (and PATH/HOME).
+# notebooks 01, 02, 03 and tutorial 03 from an empty temporary folder with only PATHKIT_DATA_DIR set (and PATH/HOME).
 # To stay fast, the fresh venv sees the CI venv's installed dependencies through a .pth line (their own .pth
 # files, among them the CI venv's editable pathkit, are not processed), and pathkit comes from the wheel only.
 # Usage: tools/newcomer_check.sh [CI_VENV]   (default .venv); needs PATHKIT_DATA_DIR.
@@ -24,7 +24,8 @@ SITE=$("$TMP/venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()[
 "$CI_VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > "$SITE/ci-deps.pth"
 "$TMP/venv/bin/python" -m pip install -q --no-deps --no-index "$WHEEL"
 mkdir "$TMP/empty" "$TMP/out"
-cp notebooks/01_quickstart.ipynb tutorials/03_survival_with_histology.ipynb "$TMP/out/"
+cp notebooks/01_quickstart.ipynb notebooks/02_slide_embeddings_longnet.ipynb notebooks/03_multimodal_cohort.ipynb \
+  tutorials/03_survival_with_histology.ipynb "$TMP/out/"
 cd "$TMP/empty"
 PK=$(env -i PATH=/usr/bin:/bin "$TMP/venv/bin/python" -c "import pathkit; print(pathkit.__file__)")
 case "$PK" in "$TMP"/venv/*) ;; *) echo "pathkit imported from $PK, not from the wheel"; exit 1;; esac
@@ -36,6 +37,9 @@ run_nb() {  # notebook, parameters (YAML)
 }
 t0=$(date +%s)
 run_nb 01_quickstart.ipynb '{"TILE_MODEL": "vit_tiny_test"}' || { echo "newcomer: notebook 01 failed"; exit 1; }
+# 02 makes its tile bag from the shipped CMU-1 sample, 03 links public TCGA tables (issue 29: no untraced data)
+run_nb 02_slide_embeddings_longnet.ipynb '{"TILE_MODEL": "vit_tiny_test"}' || { echo "newcomer: notebook 02 failed"; exit 1; }
+run_nb 03_multimodal_cohort.ipynb '{}' || { echo "newcomer: notebook 03 failed"; exit 1; }
 run_nb 03_survival_with_histology.ipynb '{}' || { echo "newcomer: tutorial 03 failed"; exit 1; }
-echo "newcomer check: wheel $(basename "$WHEEL") ran notebook 01 and tutorial 03 from an empty folder in $(( $(date +%s) - t0 )) s"
+echo "newcomer check: wheel $(basename "$WHEEL") ran notebooks 01-03 and tutorial 03 from an empty folder in $(( $(date +%s) - t0 )) s"
 ls "$TMP/empty"

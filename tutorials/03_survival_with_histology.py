@@ -171,10 +171,9 @@ pd.Series(cidx, name="out-of-fold c-index").round(3).to_frame()
 data.obs["score"] = scores["histology + molecular"]
 sub = data[scored].copy()
 pk.tl.risk_groups(sub, "score", method="median")
-p = pk.tl.logrank(sub, time="time_months", event="event", groupby="risk_group").p_value
+# kaplan_meier runs the log-rank test itself and puts its p under the title
 fig = pk.pl.kaplan_meier(sub, time="time_months", event="event", groupby="risk_group",
-                         title=f"out-of-fold histology + molecular score: c-index {cidx['histology + molecular']:.2f},"
-                               f" log-rank p = {p:.1g}")
+                         title=f"out-of-fold histology + molecular score: c-index {cidx['histology + molecular']:.2f}")
 fig
 
 # %% [markdown]

@@ -3,7 +3,7 @@
 ``pk.datasets.registry`` lists every file (upstream URL pinned to a commit or a stable id, sha256, size,
 licence, citation); :func:`fetch` downloads one once into :func:`data_dir` (``$PATHKIT_DATA_DIR``, default
 the user cache) and verifies it. The loaders (:func:`cmu1_small`, :func:`tcga_coadread`, :func:`tcga_cdr`,
-:func:`tcga_coad_bag`, ...) return ready objects. ``CMU-1-Small-Region.svs`` ships inside the package, so
+:func:`tile_bag`, ...) return ready objects. ``CMU-1-Small-Region.svs`` ships inside the package, so
 the quickstart runs offline. :func:`synthetic_slide` writes slides of known geometry for tests.
 """
 from ._fetch import DataNotAvailableError, data_dir, fetch, get_registry
@@ -12,11 +12,11 @@ from ._loaders import (
     hallmarks,
     tcga_blca,
     tcga_cdr,
-    tcga_coad_bag,
     tcga_coadread,
     tcga_cohort,
     tcga_frozen_slide,
     tcga_tables,
+    tile_bag,
 )
 from ._sample import SAMPLE_NAME, SAMPLE_SHA256, SAMPLE_URL, SYNTHETIC_SAMPLE_NAME, sample_slide
 from ._synthetic import default_blobs, synthetic_slide, synthetic_truth, truth_mask
@@ -40,11 +40,11 @@ __all__ = [
     "synthetic_truth",
     "tcga_blca",
     "tcga_cdr",
-    "tcga_coad_bag",
     "tcga_coadread",
     "tcga_cohort",
     "tcga_frozen_slide",
     "tcga_tables",
+    "tile_bag",
     "truth_mask",
 ]
 __all__ += ["her2st"]

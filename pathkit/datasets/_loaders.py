@@ -119,17 +119,48 @@ def hallmarks() -> pd.DataFrame:
     return pd.read_csv(fetch("tcga/hallmarks_signatures.csv"))
 
 
-def tcga_coad_bag(**kwargs):
-    """Real tile embeddings of a whole TCGA colon adenocarcinoma slide (TCGA-AD-6964 DX1, MSI-high).
+def tile_bag(model: str = "kaiko_vits16", *, weights=None, slide=None, tile_px: int = 256, mpp: float = 0.5,
+             min_tissue: float = 0.1, progress: bool = True):
+    """Tile embeddings of a public slide, made here with pathkit: tissue, tiles, one tile encoder.
 
-    777 tiles x 512 features (float32) with level-0 positions (stored as (y, x); read with
-    ``coords_order="yx"``), 256-px tiles at 0.5 µm/px of a 0.25 µm/px scan. The same patient is in
-    :func:`tcga_coadread` (survival, RNA-seq) and :func:`tcga_cdr`.
-    Source: not traced to a public copy (see ``pk.datasets.registry``); the slide is TCGA open access.
+    The example bag of the notebooks. Every step is pathkit's own (:func:`pathkit.pp.find_tissue`,
+    :func:`pathkit.pp.tile`, :func:`pathkit.tl.embed_tiles`), so the bag is as traceable as its slide and its
+    model: with the default slide (the OpenSlide sample CMU-1-Small-Region, CC0, shipped with pathkit) and
+    ``model="kaiko_vits16"`` it is 50 tiles x 384 features, with ``weights="random"`` (or a test model such
+    as ``"vit_tiny_test"``) it runs offline in seconds but the features carry no biology.
 
-    Returns a tile AnnData from :func:`pathkit.io.read_h5_bag` (keyword arguments override the defaults).
+    Parameters
+    ----------
+    model
+        A tile model of ``pk.list_models("tile")``.
+    weights
+        Passed to :func:`pathkit.tl.embed_tiles` (None: the registry's published weights).
+    slide
+        A :class:`~pathkit.Slide` or a path; None: :func:`cmu1_small`. A slide without mpp in its metadata
+        (e.g. :func:`tcga_frozen_slide`) must be opened with ``pk.read_slide(path, mpp=...)`` first.
+    tile_px, mpp, min_tissue
+        Tile geometry and the tissue share a tile needs, as in :func:`pathkit.pp.tile`.
+    progress
+        Show the embedding progress bar.
+
+    Returns
+    -------
+    A tile AnnData: ``X`` the features (float32, also in ``obsm["X_<model>"]``), obs ``slide_id``, ``x``,
+    ``y`` (level-0 px, top-left corners) and the QC columns (focus scored: every tile is read anyway),
+    ``obsm["spatial"]``, ``uns["slide"]`` (path,
+    mpp), ``uns["tile_spec"]``, ``uns["models"]`` (the model's provenance).
     """
-    from ..io import read_h5_bag
+    import anndata as ad
 
-    args = {"coords_order": "yx", "tile_px": 256, "mpp": 0.5, "slide_mpp": 0.25, **kwargs}
-    return read_h5_bag(fetch("embeddings/TCGA-AD-6964-01Z-00-DX1.features.h5"), **args)
+    from ..pp import find_tissue, tile
+    from ..slide import Slide, read_slide
+    from ..tl.embed import embed_tiles, feature_key
+
+    if slide is None:
+        slide = cmu1_small()
+    elif not isinstance(slide, Slide):
+        slide = read_slide(slide)
+    tiles = tile(slide, tile_px=tile_px, mpp=mpp, min_tissue=min_tissue, tissue=find_tissue(slide), focus=True)
+    embed_tiles(tiles, slide, model, weights=weights, progress=progress)
+    feats = tiles.obsm[feature_key(model)]
+    return ad.AnnData(X=feats, obs=tiles.obs, obsm=dict(tiles.obsm), uns=dict(tiles.uns))

@@ -119,6 +119,8 @@ def _timm_spec(arch: str) -> ModelSpec:
 
 
 def registered(kind: str | None = None) -> list[ModelSpec]:
+    """The registered models as :class:`ModelSpec` entries (``kind``: ``"tile"``, ``"slide"``, ... or None for
+    all), in registration order; :func:`list_models` gives the same as a table."""
     return [s for s in _REGISTRY.values() if kind is None or s.kind == kind]
 
 

@@ -48,14 +48,54 @@ def volcano(data, *, key: str = "associations", q: float = 0.05, label_top: int 
                                    text=text[mask], marker={"color": colour, "size": 5},
                                    hovertemplate="%{text}<br>statistic %{x:.3g}<br>-log10 p %{y:.2f}<extra></extra>"))
     top = np.argsort(-y)[:label_top]
-    for i in top:
-        fig.add_annotation(x=float(t["statistic"].iloc[i]), y=float(y[i]), text=text[i], showarrow=False,
-                           yshift=9, font={"size": 9})
+    xs = t["statistic"].to_numpy(float)
+    for i, (ax, ay) in zip(top, _label_offsets(xs, y, [text[i] for i in top], top)):
+        fig.add_annotation(x=float(xs[i]), y=float(y[i]), text=text[i], showarrow=True, ax=ax, ay=ay,
+                           arrowhead=0, arrowwidth=0.6, arrowcolor="#777", font={"size": 9})
     if sig.any():
         fig.add_hline(y=float(-np.log10(t["pvalue"].to_numpy()[sig].max())), line_dash="dash", line_color="#d62728")
     fig.update_layout(template="plotly_white", title=title or f"associations ({int(sig.sum())} with q < {q})",
-                      xaxis_title="statistic", yaxis_title="-log10 p")
+                      xaxis_title="statistic", yaxis_title="-log10 p", width=VOLCANO_PX[0], height=VOLCANO_PX[1])
     return fig
+
+
+#: The volcano's size in px, and the plot area inside it that the label placement assumes.
+VOLCANO_PX = (760, 520)
+_PLOT_PX = (VOLCANO_PX[0] - 160, VOLCANO_PX[1] - 180)
+_CHAR_PX, _LINE_PX = 5.4, 12.0     # a 9-px label: average character width, line height
+
+
+def label_boxes(xs, ys, texts, offsets, rows):
+    """Pixel boxes (x0, y0, x1, y1; y down) of labels drawn at ``offsets`` (ax, ay) from points ``rows``."""
+    xr = (np.nanmin(xs), np.nanmax(xs))
+    yr = (np.nanmin(ys), np.nanmax(ys))
+    out = []
+    for r, s, (ax, ay) in zip(rows, texts, offsets):
+        px = (xs[r] - xr[0]) / ((xr[1] - xr[0]) or 1) * _PLOT_PX[0]
+        py = _PLOT_PX[1] - (ys[r] - yr[0]) / ((yr[1] - yr[0]) or 1) * _PLOT_PX[1]
+        w = _CHAR_PX * len(s) + 4
+        cx, cy = px + ax, py + ay
+        out.append((cx - w / 2, cy - _LINE_PX / 2, cx + w / 2, cy + _LINE_PX / 2))
+    return out
+
+
+def _label_offsets(xs, ys, texts, rows):
+    """Arrow offsets (ax, ay) in px that keep the labels of the most significant tests from overlapping one
+    another (greedy, most significant first): above or below the point, then further out, then sideways."""
+    placed, out = [], []
+    steps = [(0, d * s) for d in (18, 32, 46, 60, 74, 88, 102, 116) for s in (-1, 1)]
+    for r, s in zip(rows, texts):
+        w = _CHAR_PX * len(s) + 4
+        cands = steps + [(side * (w / 2 + 10), ay) for _, ay in steps for side in (-1, 1)]
+        choice = cands[0]
+        for c in cands:
+            (box,) = label_boxes(xs, ys, [s], [c], [r])
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+                choice = c
+                break
+        placed.extend(label_boxes(xs, ys, [s], [choice], [r]))
+        out.append(choice)
+    return out
 
 
 def association_heatmap(data, *, key: str = "associations", features=None, targets=None, top: int = 30,

@@ -24,6 +24,16 @@ def _hover_texts(adata, cs, extra: list[str]) -> np.ndarray:
     return out
 
 
+def _in_kernel() -> bool:
+    """Whether this runs in a Jupyter kernel (where the figure is shown by the notebook's renderer)."""
+    import sys
+
+    if "IPython" not in sys.modules:
+        return False
+    ip = sys.modules["IPython"].get_ipython()
+    return ip is not None and getattr(ip, "kernel", None) is not None
+
+
 def _thumbnail_rows(n: int, max_thumbnails: int, seed: int) -> np.ndarray:
     if n <= max_thumbnails:
         return np.arange(n)
@@ -103,6 +113,16 @@ def umap(adata, color: str | None = None, *, thumbnails="auto", slide=None, max_
 
         for r in tqdm(rows, desc="thumbnails", disable=len(rows) < 200, leave=False):
             thumbs[int(r)] = _thumbs.data_uri(read(int(r)))
+        if thumbs and _in_kernel():
+            import warnings
+
+            from .._warn import user_stacklevel
+
+            kb = sum(len(u) for u in thumbs.values()) / 1024
+            warnings.warn(f"thumbnails={thumbnails!r} embeds {len(thumbs)} PNG thumbnails ({kb:.0f} KB) in the "
+                          "figure, which JupyterLab's plotly renderer never shows (they show on the page of "
+                          "pk.pl.write_html only). In a notebook, pass widget=True: the hovered tile is read from "
+                          "the slide then, nothing is embedded.", UserWarning, stacklevel=user_stacklevel())
 
     hover = _hover_texts(adata, cs, list(hover_keys))
     custom = np.empty((n, 2), dtype=object)

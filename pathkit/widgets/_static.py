@@ -16,11 +16,29 @@ gone and the static copies show.
 """
 from __future__ import annotations
 
+import functools
+import html
 import json
+import logging
+import traceback
 import uuid
+
+#: Logger of widget callbacks: an exception in a front-end event is logged here with its traceback.
+log = logging.getLogger("pathkit.widgets")
 
 #: Class of the marker element inside a live view (the CSS rule keys on it).
 LIVE_CLASS = "pk-live"
+
+
+def static_copy(fw):
+    """A plain ``go.Figure`` of a FigureWidget's current state, for the static copy. The front end's drawn
+    box/lasso (``layout.selections``, in plotly.js's own form, which plotly.py's validation may refuse) is
+    left out: the widgets draw the selection as a trace of their own."""
+    import plotly.graph_objects as go
+
+    d = fw.to_dict()
+    d.get("layout", {}).pop("selections", None)
+    return go.Figure(d, skip_invalid=True)
 
 
 def figure_bundle(fig, summary: str = "") -> dict:
@@ -62,6 +80,35 @@ class StaticFallback:
     def _view_bundle(self, **kwargs) -> dict:
         """The live view's own mimebundle (widget-view + text/plain)."""
         return dict(self.widget._repr_mimebundle_(**kwargs))
+
+    def _error_widget(self):
+        """The ipywidgets.HTML in which a failed callback shows its error (empty otherwise)."""
+        import ipywidgets as W
+
+        if getattr(self, "_error_html", None) is None:
+            self._error_html = W.HTML("")
+        return self._error_html
+
+    def callback(self, fn):
+        """``fn`` wrapped for a front-end event (click, selection, dropdown, slider). ipywidgets sends an
+        exception raised there to the browser's hidden log console, so the widget would look frozen; here it
+        is shown in the widget (red, with the error's type and message) and logged on ``pathkit.widgets``
+        with its traceback. The next callback that succeeds clears the message."""
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            err = self._error_widget()
+            try:
+                out = fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - shown and logged, never silent
+                log.error("%s: a widget callback failed\n%s", type(self).__name__, traceback.format_exc())
+                err.value = ('<pre style="color:#b00020;white-space:pre-wrap;margin:4px 0">'
+                             f"{html.escape(type(self).__name__)} callback failed: "
+                             f"{html.escape(type(exc).__name__)}: {html.escape(str(exc))}</pre>")
+                return None
+            if err.value:
+                err.value = ""
+            return out
+        return run
 
     def _marker(self):
         """The ipywidgets.HTML holding the live marker (added to the view by the widget)."""

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..pl._colors import available_keys, format_value
 from ..pl._thumbs import png_bytes, thumb_reader, tile_geometry
-from ._static import StaticFallback
+from ._static import StaticFallback, static_copy
 
 NONE = "(none)"
 
@@ -66,6 +66,11 @@ def points_in_selections(x, y, selections) -> np.ndarray:
 
 
 _SEL_KEY = __import__("re").compile(r"selections\[(\d+)\](?:\.(\w+))?")
+
+
+#: Where the UMAP panel's horizontal legend starts (paper units, below the x-axis title) and the bottom margin
+#: that holds it.
+UMAP_LEGEND_Y, UMAP_LEGEND_MARGIN = -0.16, 90
 
 
 class SlideExplorer(StaticFallback):
@@ -143,13 +148,13 @@ class SlideExplorer(StaticFallback):
         self.hover_caption = W.HTML("<i>hover a UMAP point</i>" if self._has_umap else "")
         self.status = W.HTML()
         self.clear_button = W.Button(description="clear selection", layout=W.Layout(width="auto"))
-        self.clear_button.on_click(lambda _: self.select_tiles([]))
+        self.clear_button.on_click(self.callback(lambda _: self.select_tiles([])))
         self._reader = thumb_reader(tiles, slide, thumb_px, required=False) if self._has_umap else None
         self._thumb_cache: dict[int, bytes] = {}
 
         self._render(color)
-        self.color_dropdown.observe(lambda ch: self._render(None if ch["new"] == NONE else ch["new"]),
-                                    names="value")
+        self.color_dropdown.observe(
+            self.callback(lambda ch: self._render(None if ch["new"] == NONE else ch["new"])), names="value")
         # the selection geometry arrives in plotly.js's relayout message; plotly.py drops a whole new
         # "selections" array when it applies the message to layout, so read the message itself
         self._drawn: dict[str, list[dict]] = {"slide": [], "umap": []}
@@ -157,24 +162,26 @@ class SlideExplorer(StaticFallback):
         for fw in (self.slide_figure, self.umap_figure):
             if fw is not None:  # plotly.py raises on edits of a drawn box ("selections[0].x0"): draw new ones
                 fw._config = dict(fw._config or {}, editSelection=False)
-        self.slide_figure.observe(lambda ch: self._on_relayout("slide", ch["new"]), names="_js2py_relayout")
+        self.slide_figure.observe(self.callback(lambda ch: self._on_relayout("slide", ch["new"])),
+                                  names="_js2py_relayout")
         if self._has_umap:
-            self.umap_figure.observe(lambda ch: self._on_relayout("umap", ch["new"]), names="_js2py_relayout")
+            self.umap_figure.observe(self.callback(lambda ch: self._on_relayout("umap", ch["new"])),
+                                     names="_js2py_relayout")
 
-        figs = [self.slide_figure] + ([self.umap_figure] if self._has_umap else [])
         side = W.VBox([W.HTML("<b>tile</b>"), self.tile_image, self.values,
                        W.HTML("<b>hover</b>"), self.hover_image, self.hover_caption, self._marker()],
                       layout=W.Layout(width=f"{tile_view_px + 16}px", overflow="hidden"))
-        panels = W.Box(figs + [side], layout=W.Layout(display="flex", flex_flow="row wrap",
+        # the tile view right of the slide: at 1440 x 900 the three panels (500 + 420 + 240 px) do not fit
+        # beside each other in JupyterLab's column, and a tile view wrapped last fell below the fold
+        panels = W.Box([self.slide_figure, side] + ([self.umap_figure] if self._has_umap else []), layout=W.Layout(display="flex", flex_flow="row wrap",
                                                       align_items="flex-start", width="100%"))
-        self.widget = W.VBox([W.HBox([self.color_dropdown, self.clear_button, self.status]), panels],
+        self.widget = W.VBox([W.HBox([self.color_dropdown, self.clear_button, self.status]),
+                              self._error_widget(), panels],
                              layout=W.Layout(max_width="100%"))
 
     # -- static fallback ---------------------------------------------------------------------------------
     def static_figures(self) -> list:
-        import plotly.graph_objects as go
-
-        return [go.Figure(f) for f in (self.slide_figure, self.umap_figure) if f is not None]
+        return [static_copy(f) for f in (self.slide_figure, self.umap_figure) if f is not None]
 
     def static_summary(self) -> str:
         return (f"SlideExplorer: {self._n} tiles, colour {self.color or 'none'}, {len(self.selected)} selected"
@@ -207,12 +214,13 @@ class SlideExplorer(StaticFallback):
         try:
             replace_figure(self.slide_figure, sfig)
             tiles_trace = self.slide_figure.data[self._trace_index(self.slide_figure, "tiles")]
-            tiles_trace.on_click(self._on_click)
+            tiles_trace.on_click(self.callback(self._on_click))
             if self._has_umap:
                 ufig = pl.umap(self.tiles, color=color, thumbnails=False, use_rep=self.use_rep, height=460,
                                width=420)
-                ufig.update_layout(margin={"l": 10, "r": 10, "t": 30, "b": 10},
-                                   legend={"orientation": "h", "y": -0.02, "yanchor": "top"})
+                # the horizontal legend goes below the x-axis title (at y = -0.02 it covered "UMAP1")
+                ufig.update_layout(margin={"l": 10, "r": 10, "t": 30, "b": UMAP_LEGEND_MARGIN},
+                                   legend={"orientation": "h", "y": UMAP_LEGEND_Y, "yanchor": "top"})
                 self._umap_point_traces = len(ufig.data)
                 ufig.add_trace(go.Scatter(x=[], y=[], mode="markers", name="selected", hoverinfo="skip",
                                           marker={"symbol": "circle-open", "size": 11, "color": "black",
@@ -222,8 +230,8 @@ class SlideExplorer(StaticFallback):
                 replace_figure(self.umap_figure, ufig)
                 for i in range(self._umap_point_traces):
                     t = self.umap_figure.data[i]
-                    t.on_click(self._on_click)
-                    t.on_hover(self._on_hover)
+                    t.on_click(self.callback(self._on_click))
+                    t.on_hover(self.callback(self._on_hover))
         finally:
             self._rendering = False
         self._draw_selection(refresh=False)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ._maxstat import maxstat, p_lausen94, standardized
-from ._static import StaticFallback
+from ._static import StaticFallback, static_copy
 from .slide_explorer import replace_figure
 
 HIGH, LOW = "high", "low"
@@ -213,16 +213,14 @@ class SurvivalExplorer(StaticFallback):
         self.maxstat = None
         self._quiet = False
         self.set_covariate(covariate, cutoff=cutoff)
-        self.covariate_dropdown.observe(lambda ch: self._on_covariate(ch["new"]), names="value")
-        self.cutoff_slider.observe(lambda ch: self._on_cutoff(ch["new"]), names="value")
+        self.covariate_dropdown.observe(self.callback(lambda ch: self._on_covariate(ch["new"])), names="value")
+        self.cutoff_slider.observe(self.callback(lambda ch: self._on_cutoff(ch["new"])), names="value")
         self.widget = W.VBox([W.HBox([self.covariate_dropdown, self.cutoff_slider],
                                      layout=W.Layout(flex_flow="row wrap")),
-                              self.label, self.figure, self._marker()])
+                              self.label, self._error_widget(), self.figure, self._marker()])
 
     def static_figures(self) -> list:
-        import plotly.graph_objects as go
-
-        return [go.Figure(self.figure)]
+        return [static_copy(self.figure)]
 
     def static_summary(self) -> str:
         import re as _re

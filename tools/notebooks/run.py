@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -42,30 +43,70 @@ def execute(path, out, *, cwd=None, parameters=None, timeout: int = 900) -> floa
     return time.perf_counter() - t0
 
 
+#: Machine-specific path prefixes that executed outputs show (warnings name their file): the kernel's cell
+#: files, the kernel's temporary working folder, installed packages, this checkout.
+_PATHS = [(re.compile(r"(?:/[^\s:'\"]*)?/ipykernel_\d+/\d+\.py"), "<cell>"),
+          (re.compile(r"/[^\s:'\"]*/pathkit-nb-[^/\s]+/"), ""),
+          (re.compile(r"/[^\s:'\"]*/(?:site|dist)-packages/"), ""),
+          (re.compile(re.escape(str(REPO)) + "/"), "")]
+_WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
+def clean_text(text: str) -> str:
+    """Output text without the build machine's paths (``/tmp/ipykernel_123/456.py:6: UserWarning`` ->
+    ``<cell>:6: UserWarning``; installed packages and this checkout as relative paths)."""
+    for pat, repl in _PATHS:
+        text = pat.sub(repl, text)
+    return text
+
+
 def for_docs(path) -> bool:
     """Make an executed notebook renderable as a static, offline page: each plotly figure (mime
     ``application/vnd.plotly.v1+json``) gets a ``text/html`` form that uses the site's plotly.js (no CDN, no
-    MathJax). Returns whether the file changed."""
+    MathJax); live widget views go (a static page has no widget models: their ``text/plain`` would show a
+    raw ``VBox(children=...`` repr or a progress bar frozen at 0 %; pathkit's widgets leave static copies of
+    their figures right after the view); stream and text outputs lose the build machine's paths. Returns
+    whether the file changed."""
     import nbformat
     import plotly.io as pio
 
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
-    changed = False
+    # the widgets' saved state (tqdm bars, figures) only feeds live views, which a static page has none of
+    changed = nb.metadata.pop("widgets", None) is not None
     for cell in nb.cells:
+        if cell.get("cell_type") != "code":
+            continue
+        kept = []
         for out in cell.get("outputs", []):
             data = out.get("data", {})
+            if _WIDGET in data:
+                changed = True
+                if not set(data) - {_WIDGET, "text/plain"}:
+                    continue           # a view and its repr only (a widget box, a tqdm bar): nothing to show
+                del data[_WIDGET]      # a view with a static form (a figure): keep the static form
+            if out.get("output_type") == "stream":
+                text = clean_text(out.get("text", ""))
+                changed |= text != out.get("text", "")
+                out["text"] = text
+            for mime in ("text/plain", "text/html"):   # tables show paths too (a cohort's output files)
+                if isinstance(data.get(mime), str):
+                    text = clean_text(data[mime])
+                    changed |= text != data[mime]
+                    data[mime] = text
             fig = data.get("application/vnd.plotly.v1+json")
-            if fig is None:
-                continue
-            layout = fig.setdefault("layout", {})
-            layout.pop("width", None)  # follow the page's column width
-            height = layout.get("height") or 500
-            data["text/html"] = pio.to_html(fig, include_plotlyjs=False, include_mathjax=False, full_html=False,
-                                            default_width="100%", default_height=f"{height}px", validate=False,
-                                            config={"responsive": True})
-            del data["application/vnd.plotly.v1+json"]
-            changed = True
+            if fig is not None:
+                layout = fig.setdefault("layout", {})
+                layout.pop("width", None)  # follow the page's column width
+                height = layout.get("height") or 500
+                data["text/html"] = pio.to_html(fig, include_plotlyjs=False, include_mathjax=False,
+                                                full_html=False, default_width="100%",
+                                                default_height=f"{height}px", validate=False,
+                                                config={"responsive": True})
+                del data["application/vnd.plotly.v1+json"]
+                changed = True
+            kept.append(out)
+        cell["outputs"] = kept
     if changed:
         nbformat.write(nb, path)
     return changed
