@@ -85,8 +85,8 @@ print("slide vector:", vec.shape, "| stored in uns['slide_embeddings'][%r]" % SL
 # %% [markdown]
 # ## Coordinates: `"grid"` vs `"level0"`
 #
-# `coords="grid"` maps each tile to the 256-px, 0.5-mpp cell that holds its centre, whatever the scan's
-# resolution. `coords="level0"` is what the reference code does with raw level-0 pixels: cells of 256 level-0 px.
+# `coords="grid"` maps each tile to the 256-px, 0.5-mpp cell that holds its top-left corner (TRIDENT's and the
+# authors' convention), whatever the scan's resolution. `coords="level0"` is what the reference code does with raw level-0 pixels: cells of 256 level-0 px.
 # On this 20x scan (0.499 µm/px) a tile is 256 level-0 px wide, so both put a tile in the same cell. On a 40x
 # scan (0.25 µm/px, most TCGA diagnostic slides) a tile is 512 level-0 px wide: the grid still puts neighbours one
 # cell apart, raw pixels put them **two** cells apart, and the position embeddings the model sees are not the
@@ -108,9 +108,9 @@ def as_40x(a):
     return b
 
 def to_grid(xy, mpp0, tile_px=256, mpp=0.5):
-    """What coords="grid" does: the 0.5-mpp pixel position of the 256-px cell holding each tile's centre."""
-    size0 = tile_px * mpp / mpp0                      # a tile's side in level-0 px
-    return np.floor((xy + size0 / 2) * mpp0 / 0.5 / 256) * 256
+    """What coords="grid" does: the 0.5-mpp pixel position of the 256-px cell holding each tile's top-left corner
+    (half a level-0 pixel in, so that corners rounded by the tiler never fall into the cell before)."""
+    return np.floor((xy + 0.5) * mpp0 / mpp / tile_px) * tile_px
 
 bag40 = as_40x(bag)
 x20, x40 = bag.obs["x"].to_numpy(float)[:5], bag40.obs["x"].to_numpy(float)[:5]

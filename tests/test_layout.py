@@ -46,3 +46,18 @@ def test_mil_and_survival_are_subpackages():
     assert not list(tl.glob("_mil_*.py")), "MIL modules belong in pathkit/tl/_mil/"
     assert (tl / "_mil" / "__init__.py").exists() and (tl / "survival" / "__init__.py").exists()
     assert not (tl / "_cox.py").exists() and not (tl / "_kaplan_meier.py").exists()
+
+
+def test_each_packages_all_is_one_list_of_names_it_has():
+    import importlib
+
+    for init in sorted(PKG.rglob("__init__.py")):
+        tree = ast.parse(init.read_text())
+        aug = [n for n in ast.walk(tree) if isinstance(n, ast.AugAssign) and getattr(n.target, "id", "") == "__all__"]
+        assert not aug, f"{init}: write __all__ as one list (no __all__ += ...)"
+        if any(isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "__all__" for t in n.targets)
+               for n in tree.body):
+            parts = list(init.relative_to(PKG.parent).parent.parts)
+            mod = importlib.import_module(".".join(parts))
+            assert len(set(mod.__all__)) == len(mod.__all__), f"{init}: duplicated names in __all__"
+            assert not [n for n in mod.__all__ if not hasattr(mod, n)], init

@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import TableError
+from ..io._geojson import FEATURE_WRITERS, _feature, _palette, read_geojson
 
 #: obs columns written as QuPath measurements by default
 MEASUREMENTS = ("area_um2", "perimeter_um", "eccentricity", "solidity", "hematoxylin_od", "cell_type_prob")
@@ -13,7 +14,6 @@ MEASUREMENTS = ("area_um2", "perimeter_um", "eccentricity", "solidity", "hematox
 def cell_features(cells, classification: str | None = "cell_type", measurements=None,
                   object_type: str = "detection") -> list:
     """GeoJSON Features (QuPath detections) of a cells AnnData; used by :func:`pathkit.io.write_geojson`."""
-    from ..io._geojson import _feature, _palette
     from ._polygons import cell_polygons
 
     obs = cells.obs
@@ -61,7 +61,6 @@ def read_qupath_cells(path, slide=None, *, mpp: float | None = None):
     import shapely
 
     from .._io import h5ad_safe
-    from ..io._geojson import read_geojson
     from ..slide import read_slide
 
     if slide is not None:
@@ -95,3 +94,8 @@ def read_qupath_cells(path, slide=None, *, mpp: float | None = None):
     if slide is not None:
         cells.uns["slide"] = h5ad_safe(slide.info())
     return cells
+
+
+FEATURE_WRITERS.append((lambda obj: hasattr(obj, "obs") and hasattr(obj, "uns") and "cells" in obj.uns,
+                        lambda obj, cls, meas, otype: cell_features(obj, cls or "cell_type", meas,
+                                                                    otype or "detection")))

@@ -21,36 +21,12 @@ from ._loaders import (
 from ._sample import SAMPLE_NAME, SAMPLE_SHA256, SAMPLE_URL, SYNTHETIC_SAMPLE_NAME, sample_slide
 from ._synthetic import default_blobs, synthetic_slide, synthetic_truth, truth_mask
 from ._spatial import her2st
-
-__all__ = [
-    "SAMPLE_NAME",
-    "SAMPLE_SHA256",
-    "SAMPLE_URL",
-    "SYNTHETIC_SAMPLE_NAME",
-    "DataNotAvailableError",
-    "cmu1_small",
-    "data_dir",
-    "default_blobs",
-    "fetch",
-    "get_registry",
-    "hallmarks",
-    "registry",
-    "sample_slide",
-    "synthetic_slide",
-    "synthetic_truth",
-    "tcga_blca",
-    "tcga_cdr",
-    "tcga_coadread",
-    "tcga_cohort",
-    "tcga_frozen_slide",
-    "tcga_tables",
-    "tile_bag",
-    "truth_mask",
-]
-__all__ += ["her2st"]
-
-
 def __getattr__(name):
     if name == "registry":  # a fresh DataFrame each time: callers may modify theirs
         return get_registry()
     raise AttributeError(f"module 'pathkit.datasets' has no attribute {name!r}")
+
+__all__ = ["SAMPLE_NAME", "SAMPLE_SHA256", "SAMPLE_URL", "SYNTHETIC_SAMPLE_NAME", "DataNotAvailableError",
+           "cmu1_small", "data_dir", "default_blobs", "fetch", "get_registry", "hallmarks", "registry",
+           "sample_slide", "synthetic_slide", "synthetic_truth", "tcga_blca", "tcga_cdr", "tcga_coadread",
+           "tcga_cohort", "tcga_frozen_slide", "tcga_tables", "tile_bag", "truth_mask", "her2st"]

@@ -13,20 +13,14 @@ from .manifest import (
 )
 from .survival_columns import normalise_survival
 from ._geojson import GeoJSONError, read_geojson, write_geojson
-
-__all__ = ["link", "rna_by_slide", "summarise_report", "cohort_from_table", "read_table", "LinkWarning",
-           "normalise_survival",
-           "validate_manifest", "read_manifest", "write_manifest", "fetch_manifest", "resolve_gdc",
-           "manifest_from_files", "FetchError", "read_h5_bag"]
-__all__ += ["read_geojson", "write_geojson", "GeoJSONError"]
 from ..cells._qupath import read_qupath_cells  # issue 23: cells
-
-__all__ += ["read_qupath_cells"]
 from ..spatial import (
     SpotWarning, from_spatialdata, read_spots, read_st, read_visium, read_xenium, to_spatialdata,
 )
-
-__all__ += ["read_visium", "read_xenium", "read_st", "read_spots", "to_spatialdata", "from_spatialdata",
-            "SpotWarning"]
 from ._dicom_ann import read_dicom_annotations, read_dicom_seg
-__all__ += ["read_dicom_annotations", "read_dicom_seg"]
+
+__all__ = ["link", "rna_by_slide", "summarise_report", "cohort_from_table", "read_table", "LinkWarning",
+           "normalise_survival", "validate_manifest", "read_manifest", "write_manifest", "fetch_manifest",
+           "resolve_gdc", "manifest_from_files", "FetchError", "read_h5_bag", "read_geojson", "write_geojson",
+           "GeoJSONError", "read_qupath_cells", "read_visium", "read_xenium", "read_st", "read_spots",
+           "to_spatialdata", "from_spatialdata", "SpotWarning", "read_dicom_annotations", "read_dicom_seg"]

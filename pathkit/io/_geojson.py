@@ -20,6 +20,11 @@ from ..errors import PathkitError
 
 _OBJECT_TYPES = {"annotation", "detection", "tile", "cell", "tma_core", "root"}
 
+# Writers of other AnnData kinds, registered by their own subpackage (pathkit.cells registers the cells
+# AnnData) so that this module never imports them: (accepts(obj), features(obj, classification,
+# measurements, object_type) -> list of GeoJSON Features).
+FEATURE_WRITERS: list = []
+
 
 class GeoJSONError(PathkitError, ValueError):
     """A GeoJSON file is not a QuPath export, or does not fit the slide."""
@@ -275,10 +280,9 @@ def write_geojson(obj, path, *, classification: str | None = None, measurements=
             meas = {k: float(r[k]) for k in (measurements or []) if pd.notna(r[k])}
             feats.append(_feature(r["geometry"], otype or r.get("object_type", "annotation"), str(r["id"]),
                                   r.get("classification"), r.get("color"), r.get("name"), meas))
-    elif hasattr(obj, "obs") and hasattr(obj, "uns") and "cells" in obj.uns:  # issue 23: cells AnnData
-        from ..cells._qupath import cell_features
-
-        feats = cell_features(obj, classification or "cell_type", measurements, object_type or "detection")
+    elif any(accepts(obj) for accepts, _ in FEATURE_WRITERS):
+        write = next(fn for accepts, fn in FEATURE_WRITERS if accepts(obj))
+        feats = write(obj, classification, measurements, object_type)
     elif hasattr(obj, "obs") and hasattr(obj, "uns"):
         feats = _tile_features(obj, classification, measurements, object_type or "tile")
     else:

@@ -5,14 +5,9 @@ from ._slide import slide
 from ._thumbs import write_html
 from ._qc import qc
 from ._associate import association_heatmap, encoder_comparison, volcano
-
-__all__ = ["kaplan_meier", "umap", "slide", "write_html", "qc"]
-__all__ += ["volcano", "association_heatmap", "encoder_comparison"]
 from ._site import site_effect
-__all__ += ["site_effect"]
 from ..cells._plot import cells  # issue 23: cells
-
-__all__ += ["cells"]
 from ..spatial._plot import spatial
 
-__all__ += ["spatial"]
+__all__ = ["kaplan_meier", "umap", "slide", "write_html", "qc", "volcano", "association_heatmap",
+           "encoder_comparison", "site_effect", "cells", "spatial"]

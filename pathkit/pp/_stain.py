@@ -201,7 +201,7 @@ def _fit_pixels(px: np.ndarray, method: str, Io: float, alpha: float, beta: floa
 
 def _tile_pixels(tiles, slide, n_tiles, random_state, Io, beta):
     from ..slide import slide_of_tiles
-    from ..tl.embed import check_tiles
+    from ..tl._tiles_check import check_tiles
 
     check_tiles(tiles)
     slide = slide_of_tiles(tiles, slide)

@@ -14,21 +14,14 @@ from ._associate import associate
 from ._composition import tile_composition
 from ._probe import compare_encoders, probe
 from ._expression import predict_expression
-
-__all__ = ["embed_tiles", "embed_slide", "embed_cohort", "kaplan_meier", "logrank", "cox",
-           "cindex", "risk_groups", "zero_shot", "zero_shot_eval", "topk_pool",
-           "text_embeddings", "prompts", "umap"]
-__all__ += ["annotate_tiles"]
-__all__ += ["MIL", "MILCVResult", "cross_validate_mil"]
-__all__ += ["pathway_scores", "associate", "tile_composition", "probe", "compare_encoders", "predict_expression"]
 from .slide_text import caption, text_search
-__all__ += ["text_search", "caption"]
 from ._site import harmonize, site_effect
-__all__ += ["site_effect", "harmonize"]
 from ..cells import segment_cells  # issue 23: cells
 from ..cells._aggregate import cell_composition
-
-__all__ += ["segment_cells", "cell_composition"]
 from ..spatial import map_spots
 
-__all__ += ["map_spots"]
+__all__ = ["embed_tiles", "embed_slide", "embed_cohort", "kaplan_meier", "logrank", "cox", "cindex",
+           "risk_groups", "zero_shot", "zero_shot_eval", "topk_pool", "text_embeddings", "prompts", "umap",
+           "annotate_tiles", "MIL", "MILCVResult", "cross_validate_mil", "pathway_scores", "associate",
+           "tile_composition", "probe", "compare_encoders", "predict_expression", "text_search", "caption",
+           "site_effect", "harmonize", "segment_cells", "cell_composition", "map_spots"]

@@ -216,7 +216,7 @@ def probe(adata, label: str, *, use_rep: str, method: str = "linear", k_shot: in
         y, classes = y.astype(float), None
     fold_arg = folds if isinstance(folds, (int, np.integer)) else ad.obs[folds][has].to_numpy()
     if splits == "site":
-        from ._site import site_labels
+        from ._site_labels import site_labels
         from .splits import site_folds
 
         if not isinstance(folds, (int, np.integer)):

@@ -72,7 +72,7 @@ def zero_shot_slides(cohort, classes="tcga_ot", templates=None, model="titan", *
     logit_scale, prompt_set_scores [S, n_sets, 1, C], seed); returns one row per slide (pred, score_*, prob_*).
     Slides without an embedding (NaN rows) get NaN scores and no prediction.
     """
-    from .zeroshot import class_embeddings, encode_prompts, softmax
+    from ._zeroshot_common import class_embeddings, encode_prompts, softmax
 
     seed = int(random_state)
     classes = _prompts.get_classes(classes)

@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..errors import TableError
 from . import prompts as _prompts
-from ._zeroshot_common import _cohort_ids, _slides, softmax
+from ._zeroshot_common import _as_numpy, _cohort_ids, _l2n, _slides, class_embeddings, encode_prompts, softmax
 from ._zeroshot_eval import zero_shot_eval  # re-exported: one public module
 
 __all__ = ["class_embeddings", "encode_prompts", "text_embeddings", "topk_pool", "zero_shot", "zero_shot_eval"]
@@ -52,53 +52,6 @@ def _topk_pool_many(sims: np.ndarray, ks) -> np.ndarray:
         kk = min(int(k), sims.shape[0])
         out.append(csum[kk - 1] / kk)
     return np.stack(out)
-
-
-def _l2n(x: np.ndarray) -> np.ndarray:
-    n = np.linalg.norm(x, axis=-1, keepdims=True)
-    if np.any(n == 0):
-        raise ValueError("a zero vector cannot be L2-normalised (empty tile features or text embedding)")
-    return x / n
-
-
-# -------------------------------------------------------------------------------------------- text
-def _as_numpy(t) -> np.ndarray:
-    if hasattr(t, "detach"):
-        t = t.detach().float().cpu().numpy()
-    return np.asarray(t, dtype=np.float64)
-
-
-def encode_prompts(encoder, classes: dict, templates: list[str], batch_size: int = 64,
-                   progress: bool = False) -> dict:
-    """Embed every (class name x template) prompt once: {class: array [n_names, n_templates, E]},
-    each prompt embedding L2-normalised. `encoder`: anything with `encode_text(list[str]) -> [T, E]`."""
-    import torch
-    from tqdm.auto import tqdm
-
-    texts = [_prompts.fill(t, n) for names in classes.values() for n in names for t in templates]
-    starts = range(0, len(texts), batch_size)
-    with torch.inference_mode():
-        emb = np.concatenate([_as_numpy(encoder.encode_text(texts[i:i + batch_size]))
-                              for i in tqdm(starts, desc=f"text prompts ({len(texts)})", unit="batch",
-                                            disable=not progress or len(starts) < 2)])
-    emb = _l2n(emb)
-    out, i = {}, 0
-    for c, names in classes.items():
-        n = len(names) * len(templates)
-        out[c] = emb[i:i + n].reshape(len(names), len(templates), -1)
-        i += n
-    return out
-
-
-def class_embeddings(prompt_emb: dict, names=None, template_mask=None) -> np.ndarray:
-    """Average the (normalised) prompt embeddings of each class and re-normalise -> [C, E].
-    names: per class, the index of the one name to use (None: all names); template_mask: bool [T]."""
-    rows = []
-    for i, e in enumerate(prompt_emb.values()):
-        e = e if names is None else e[names[i]:names[i] + 1]
-        e = e if template_mask is None else e[:, np.asarray(template_mask, bool)]
-        rows.append(e.reshape(-1, e.shape[-1]).mean(axis=0))
-    return _l2n(np.stack(rows))
 
 
 def text_embeddings(encoder, classes, templates=None) -> np.ndarray:
