@@ -150,6 +150,12 @@ def test_pixels_equal_local_file(server, shared_data, rel):
         web = s._read_level(lvl, 0, 0, w, h)
         assert int(np.count_nonzero(web != local._read_level(lvl, 0, 0, w, h))) == 0
     assert web.std() > 0  # real image content, not blank padding
+    if rel == CAMELYON:  # the tiling runs on a URL slide and finds the same tissue tiles as the local file
+        tw = pk.pp.tile(s, tile_px=64, mpp=s.mpp, min_tissue=0.05)
+        tl = pk.pp.tile(local, tile_px=64, mpp=local.mpp, min_tissue=0.05)
+        assert tw.n_obs == tl.n_obs > 0
+        assert np.array_equal(tw.obs[["x", "y"]].to_numpy(), tl.obs[["x", "y"]].to_numpy())
+        assert tw.uns["slide"]["path"] == url
     info = s.info()
     assert info["path"] == url and info["slide_id"] == ds.SeriesInstanceUID
     # sha256 = sha256(URL + instance UIDs, one a line): an independent recomputation
@@ -172,7 +178,7 @@ def test_two_file_series_and_ready_client(server, shared_data):
     root, _ = server
     url, _ = _series_url(root, shared_data / BOXES[0])
     client = DICOMwebClient(root, headers={"Authorization": TOKEN}, timeout=5)
-    with pk.read_slide(url, client=client) as s, pk.read_slide(shared_data / BOXES[0]) as local:
+    with pk.read_slide(url, backend="wsidicom", client=client) as s, pk.read_slide(shared_data / BOXES[0]) as local:
         assert s.dimensions == local.dimensions and s.level_dimensions == local.level_dimensions
         w, h = s.dimensions
         web = s._read_level(0, 0, 0, w, h)
