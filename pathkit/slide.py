@@ -65,6 +65,8 @@ class Slide:
         if backend != "auto" and backend not in BACKENDS:
             raise ValueError(f"backend={backend!r} is not one of 'auto', {', '.join(map(repr, BACKENDS))}")
         self._url = is_dicomweb_url(path)
+        if not self._url and isinstance(path, str) and path.strip().lower().startswith(("http://", "https://")):
+            parse_url(path)  # any other URL: SlideReadError saying which URLs are read
         if self._url and backend not in ("auto", "wsidicom"):
             raise ValueError(f"{path}: a DICOMweb URL is read by backend='wsidicom', not {backend!r}")
         if backend_options and not self._url:

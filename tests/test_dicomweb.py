@@ -237,6 +237,8 @@ def test_refused_connection_and_bad_options():
     url = f"http://127.0.0.1:{port}/studies/1.2.3/series/4.5.6"
     with pytest.raises(SlideReadError, match=r"did not answer .*Connection"):
         pk.read_slide(url, timeout=1, retries=1)
+    with pytest.raises(SlideReadError, match="not a DICOMweb series URL; expected"):
+        pk.read_slide(f"http://127.0.0.1:{port}/slides/CMU-1.svs")
     with pytest.raises(TypeError, match="unknown DICOMweb option"):
         pk.read_slide(url, sesion=None)
     with pytest.raises(ValueError, match="backend='wsidicom'"):
