@@ -21,6 +21,7 @@ from PIL import Image
 from ._hashing import sha256_path
 from ._ids import is_slide_file, slide_id_from_path
 from .backends import BACKENDS, MppMetadata, PixelInfo, check_path, open_backend
+from .backends.dicomweb import is_dicomweb_url, open_dicomweb, parse_url, sha256_url
 from .errors import MppError, NotBrightfieldError, SlideReadError
 
 # Plausible scanning resolutions: 40x scanners are ~0.25 um/px, 5x overviews ~2 um/px. Anything coarser
@@ -60,10 +61,18 @@ class Slide:
     """
 
     def __init__(self, path, mpp=None, *, backend="auto", allow_implausible_mpp=False,
-                 allow_non_brightfield=False):
+                 allow_non_brightfield=False, **backend_options):
         if backend != "auto" and backend not in BACKENDS:
             raise ValueError(f"backend={backend!r} is not one of 'auto', {', '.join(map(repr, BACKENDS))}")
-        self.path = check_path(path)
+        self._url = is_dicomweb_url(path)
+        if not self._url and isinstance(path, str) and path.strip().lower().startswith(("http://", "https://")):
+            parse_url(path)  # any other URL: SlideReadError saying which URLs are read
+        if self._url and backend not in ("auto", "wsidicom"):
+            raise ValueError(f"{path}: a DICOMweb URL is read by backend='wsidicom', not {backend!r}")
+        if backend_options and not self._url:
+            raise TypeError(f"{path}: options {sorted(backend_options)} are for DICOMweb URLs only")
+        self._backend_options = backend_options
+        self.path = path.strip() if self._url else check_path(path)
         self._mpp_override = None if mpp is None else float(mpp)
         self._allow_implausible_mpp = bool(allow_implausible_mpp)
         self._allow_non_brightfield = bool(allow_non_brightfield)
@@ -72,13 +81,18 @@ class Slide:
         self._lock = threading.Lock()
         self._sha256 = None
         # a file's last suffix is its format even when _ids does not list it (.btf, .jp2 ...)
-        self.slide_id = (self.path.name if self.path.is_dir() else
-                         slide_id_from_path(self.path) if is_slide_file(self.path) else self.path.stem)
+        if self._url:  # the series UID names a DICOMweb slide
+            self.slide_id = parse_url(self.path)[2]
+        else:
+            self.slide_id = (self.path.name if self.path.is_dir() else
+                             slide_id_from_path(self.path) if is_slide_file(self.path) else self.path.stem)
+        self._name = self.path if self._url else self.path.name
         self._open(check=True)
 
     # ---------------------------------------------------------------- opening and metadata
     def _open(self, check: bool) -> None:
-        be = open_backend(self.path, self.backend)
+        be = (open_dicomweb(self.path, **self._backend_options) if self._url else
+              open_backend(self.path, self.backend))
         self._backend = be
         if not check:
             return
@@ -113,7 +127,7 @@ class Slide:
         if meta is not None:
             meta_mpp, origin = (mx + my) / 2.0, meta.origin
             if abs(mx - my) / meta_mpp > 0.02:
-                warnings.warn(f"{self.path.name}: pixels are not square (mpp x {mx:g}, y {my:g}); "
+                warnings.warn(f"{self._name}: pixels are not square (mpp x {mx:g}, y {my:g}); "
                               f"pathkit uses their mean {meta_mpp:g}", stacklevel=5)
         self._mpp_metadata = meta_mpp
         if self._mpp_override is not None:
@@ -121,7 +135,7 @@ class Slide:
             if not math.isfinite(mpp) or mpp <= 0:
                 raise MppError(f"{self.path}: mpp={self._mpp_override!r} is not a positive number of um per pixel")
             if meta_mpp is not None and abs(mpp - meta_mpp) / meta_mpp > 0.1:
-                warnings.warn(f"{self.path.name}: using mpp={mpp:g} given by you; the file's metadata says "
+                warnings.warn(f"{self._name}: using mpp={mpp:g} given by you; the file's metadata says "
                               f"{meta_mpp:g} ({origin})", stacklevel=5)
             self.mpp, self.mpp_source = mpp, "user"
             self.properties["pathkit.mpp-origin"] = "user"
@@ -181,7 +195,7 @@ class Slide:
             raise NotBrightfieldError(
                 f"{self.path}: {reason}. H&E tile models would give meaningless features. Pass "
                 f"allow_non_brightfield=True to read it anyway (channels are shown as RGB).")
-        warnings.warn(f"{self.path.name}: {reason}; read anyway (allow_non_brightfield=True).", stacklevel=5)
+        warnings.warn(f"{self._name}: {reason}; read anyway (allow_non_brightfield=True).", stacklevel=5)
 
     def _probe_image(self) -> np.ndarray:
         """A small image of the whole slide, cheap even for single-level giants (sampled patches)."""
@@ -365,9 +379,10 @@ class Slide:
     # ---------------------------------------------------------------- provenance
     def sha256(self) -> str:
         """sha256 of the file (computed once, then cached); for a DICOM series folder, the sha256 of its
-        files' names and sha256s."""
+        files' names and sha256s; for a DICOMweb series, of its URL and instance UIDs
+        (``pathkit.backends.dicomweb.sha256_url``)."""
         if self._sha256 is None:
-            self._sha256 = sha256_path(self.path)
+            self._sha256 = sha256_url(self.path, self.reader) if self._url else sha256_path(self.path)
         return self._sha256
 
     def info(self) -> dict:
@@ -388,14 +403,16 @@ class Slide:
 
 
 def read_slide(path, mpp: float | None = None, *, backend: str = "auto", allow_implausible_mpp: bool = False,
-               allow_non_brightfield: bool = False) -> Slide:
+               allow_non_brightfield: bool = False, **backend_options) -> Slide:
     """Open a whole-slide image (SVS, NDPI, generic / pyramidal TIFF, OME-TIFF, QPTIFF) or a plain image
     (JPEG, PNG).
 
     Parameters
     ----------
     path
-        The slide file.
+        The slide file, a folder of one DICOM series, or a DICOMweb series URL
+        ``http(s)://HOST[/PREFIX]/studies/<StudyInstanceUID>/series/<SeriesInstanceUID>`` (read by
+        ``"wsidicom"``; ``slide_id`` is the series UID).
     mpp
         Microns per pixel at level 0. Overrides the metadata (``mpp_source="user"``); needed when the file
         has none (plain JPEG / PNG images never have one).
@@ -410,12 +427,18 @@ def read_slide(path, mpp: float | None = None, *, backend: str = "auto", allow_i
     allow_non_brightfield
         Read fluorescence / multiplex images with a warning instead of raising
         :class:`~pathkit.errors.NotBrightfieldError`.
+    **backend_options
+        For a DICOMweb URL only: ``session`` (a ``requests.Session`` carrying the credentials), ``client`` (a
+        ready ``wsidicom.WsiDicomWebClient`` or ``dicomweb_client.DICOMwebClient``), ``timeout`` (seconds per
+        request, default 20) and ``retries`` (default 2); see ``pathkit.backends.dicomweb``. They are kept
+        in pickles (the slide reopens from the URL with them).
 
     Raises
     ------
     SlideReadError
         The file is missing, a dangling link or a symlink loop, not readable, empty, truncated, of a format
-        no backend reads (e.g. DICOM) or otherwise unreadable.
+        no backend reads or otherwise unreadable; a DICOMweb server that refuses the credentials (401 / 403),
+        does not hold the study / series (404) or does not answer within the timeout and retries.
     MppError
         No mpp in the metadata (pass ``mpp=``) or an implausible one.
     NotBrightfieldError
@@ -424,7 +447,7 @@ def read_slide(path, mpp: float | None = None, *, backend: str = "auto", allow_i
     if isinstance(path, Slide):
         return path
     return Slide(path, mpp, backend=backend, allow_implausible_mpp=allow_implausible_mpp,
-                 allow_non_brightfield=allow_non_brightfield)
+                 allow_non_brightfield=allow_non_brightfield, **backend_options)
 
 
 def slide_of_tiles(tiles, slide=None) -> Slide:
@@ -437,7 +460,7 @@ def slide_of_tiles(tiles, slide=None) -> Slide:
         return read_slide(slide)
     info = tiles.uns.get("slide") or {}
     path = info.get("path")
-    if not path or not os.path.exists(path):
+    if not path or not (os.path.exists(path) or is_dicomweb_url(path)):
         raise TableError(f"no slide given and tiles.uns['slide']['path'] ({path!r}) is not a file here: pass the "
                          "slide, e.g. slide=pk.read_slide(path)")
     backend = info.get("backend", "auto")

@@ -4,7 +4,7 @@
 ``tiffslide``  SVS, NDPI, generic / pyramidal TIFF, OME-TIFF, QPTIFF (``tiff.py``)
 ``image``      JPEG, PNG, a single-image TIFF (``image.py``)
 ``openslide``  MRXS, SCN, BIF, VMS / VMU and everything else OpenSlide 4 reads (``openslide.py``)
-``wsidicom``   DICOM WSI: a file, a folder of one series, a DICOMweb series (``dicom.py``)
+``wsidicom``   DICOM WSI: a file, a folder of one series (``dicom.py``), a DICOMweb series (``dicomweb.py``)
 ``pydicom``    a lone DICOM WSI instance wsidicom cannot place in a pyramid (``dicom.py``)
 =============  ====================================================================
 
