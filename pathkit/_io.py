@@ -56,6 +56,8 @@ def h5ad_safe(obj):
         return obj.item()
     if type(obj).__module__ == "torch" and type(obj).__name__ == "dtype":
         return str(obj).replace("torch.", "")
+    if isinstance(obj, str) and type(obj) is not str:  # torch.__version__ (TorchVersion) and kin: h5ad refuses them
+        return str(obj)
     return obj
 
 

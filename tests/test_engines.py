@@ -298,3 +298,18 @@ def test_cli_passes_engine_and_threads_and_resume_ignores_them():
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["embed", "a.svs", "--model", "uni", "--out", "o", "--engine", "tvm"])
     assert {"engine", "num_threads"} <= cohort._NEUTRAL  # a cohort resumes across engines (parity-checked)
+
+
+def test_torch_fallback_record_is_writable_to_h5ad(tmp_path):
+    """The torch path records engine_version = torch.__version__, a TorchVersion (a str subclass) that
+    write_h5ad refuses ("No method registered for writing TorchVersion"): uns must hold a plain str."""
+    import anndata as ad
+    import torch
+
+    from pathkit._io import h5ad_safe
+
+    a = ad.AnnData(np.zeros((2, 1), np.float32))
+    a.uns["models"] = {"X_m": h5ad_safe({"engine": "torch", "engine_version": torch.__version__})}
+    assert type(a.uns["models"]["X_m"]["engine_version"]) is str
+    a.write_h5ad(tmp_path / "a.h5ad")
+    assert ad.read_h5ad(tmp_path / "a.h5ad").uns["models"]["X_m"]["engine_version"] == str(torch.__version__)

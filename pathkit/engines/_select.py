@@ -88,7 +88,7 @@ class EngineEncoder:
         self.runner = None
         self.info.pop("engine_precision", None)
         self.info.pop("dtype", None)
-        self.info.update(engine="torch", engine_version=torch.__version__, engine_reason=why)
+        self.info.update(engine="torch", engine_version=str(torch.__version__), engine_reason=why)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not self.checked:
@@ -99,7 +99,7 @@ class EngineEncoder:
 
 
 def _torch(encoder, info, why):
-    info.update(engine="torch", engine_version=torch.__version__, engine_reason=why)
+    info.update(engine="torch", engine_version=str(torch.__version__), engine_reason=why)
     return encoder, info
 
 
