@@ -313,3 +313,33 @@ def test_torch_fallback_record_is_writable_to_h5ad(tmp_path):
     assert type(a.uns["models"]["X_m"]["engine_version"]) is str
     a.write_h5ad(tmp_path / "a.h5ad")
     assert ad.read_h5ad(tmp_path / "a.h5ad").uns["models"]["X_m"]["engine_version"] == str(torch.__version__)
+
+
+def _embed_in_child(path):
+    import warnings as w
+
+    import pathkit as pk
+
+    slide = pk.read_slide(path)
+    tiles = pk.pp.tile(slide)
+    with w.catch_warnings():
+        w.simplefilter("ignore")
+        pk.tl.embed_tiles(tiles, slide, "vit_tiny_test", key_added="X_c", progress=False, num_workers=0,
+                          num_threads=1)
+    return dict(tiles.uns["models"]["X_c"])
+
+
+def test_a_process_forked_after_an_engine_ran_stays_on_torch(shared_data):
+    """A notebook embeds tiles (auto: OpenVINO), then runs a cohort on a fork-started process pool: the child
+    inherits OpenVINO's dead thread pool and hung for ever compiling the model. It now embeds on torch and says
+    why; an explicit engine there raises."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    path = shared_data / "slides" / "CMU-1-Small-Region.svs"
+    here = _embed_in_child(path)  # the engine runs in this process first
+    assert here["engine"] == "openvino"
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+        child = pool.submit(_embed_in_child, path).result(timeout=300)
+    assert child["engine"] == "torch" and "forked" in child["engine_reason"], child
+    assert not _select._STATE["forked_after_engine"]  # this process itself keeps its engine

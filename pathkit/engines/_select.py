@@ -1,6 +1,7 @@
 """Which engine runs a tile encoder, and the wrapper that checks it against torch on the first batch."""
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -25,6 +26,26 @@ _PATHKIT_FAMILIES = {"ctranspath": "swin", "resnet50_trunc": "resnet", "conch_vi
                      "conch_vision_proj": "clip_tower", "conch_v15": "vit", "plip_vision": "clip_tower",
                      "quiltnet_vision": "clip_tower", "hf_vision": "hf_vit"}
 _RUNNER_CACHE: dict = {}
+
+# An engine's thread pools (OpenVINO's TBB, ONNX Runtime's) do not survive fork(): a process forked after one
+# ran here (a ProcessPoolExecutor or a Dask worker started by fork from a notebook that embedded tiles) hangs
+# for ever when it compiles or runs a model. Such a child stays on torch.
+_STATE = {"engine_ran": False, "forked_after_engine": False}
+
+
+def _after_fork_in_child() -> None:
+    if _STATE["engine_ran"]:
+        _STATE["forked_after_engine"] = True
+        # never destroy the inherited compiled models: their destructors wait on threads the child lacks
+        # (multiprocessing children leave with os._exit, so they are never finalised either)
+        _INHERITED.extend(_RUNNER_CACHE.values())
+        _RUNNER_CACHE.clear()
+
+
+_INHERITED: list = []
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def family(spec) -> str:
@@ -157,6 +178,13 @@ def prepare_encoder(encoder, spec, winfo: dict, engine="auto", device="cpu", dty
             raise ValueError(f"engine={engine!r} runs on the CPU; pass device='cpu' (on {device.type} the torch "
                              "path is used: engine='auto' or 'torch')")
         return _torch(encoder, info, f"auto: torch on {device.type}")
+    if _STATE["forked_after_engine"]:
+        why = ("this process was forked after an inference engine ran in its parent, and engines' thread pools "
+               "do not survive fork")
+        if explicit:
+            raise EngineError(f"engine={engine!r}: {why}; use engine='torch' here, or start workers with the "
+                              "'spawn' or 'forkserver' method")
+        return _torch(encoder, info, f"auto: torch ({why})")
     if explicit:
         version, why = require(engine), f"engine={engine!r}"
     else:
@@ -177,6 +205,7 @@ def prepare_encoder(encoder, spec, winfo: dict, engine="auto", device="cpu", dty
         runner = _RUNNER_CACHE.get(key)
         if runner is None:
             _RUNNER_CACHE.clear()  # one compiled model at a time, as the torch encoder cache
+            _STATE["engine_ran"] = True  # set before the runtime starts its threads
             runner = _RUNNER_CACHE[key] = RUNNERS[engine](folder / ONNX_FILE, threads, precision)
     except ImportError:
         raise
@@ -194,5 +223,8 @@ def prepare_encoder(encoder, spec, winfo: dict, engine="auto", device="cpu", dty
 
 
 def clear_runner_cache() -> None:
-    """Free the compiled engine model kept between calls."""
+    """Free the compiled engine model kept between calls (in a process forked after an engine ran, an inherited
+    model is only forgotten: destroying it would wait on its parent's threads)."""
+    if _STATE["forked_after_engine"]:
+        _INHERITED.extend(_RUNNER_CACHE.values())
     _RUNNER_CACHE.clear()
