@@ -14,44 +14,24 @@ from pathlib import Path
 from .errors import PathkitError
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 1")
-    return v
+def _number(kind, ok, must):
+    """An argparse type: `kind` (int or float) of `text`, refused with `must` unless ok(value)."""
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") \
+                from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"{text} must be {must}")
+        return v
+    return parse
 
 
-def _count(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(v) or v <= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be a number > 0 (microns per pixel, e.g. 0.5)")
-    return v
-
-
-def _share(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(v) or not 0 <= v <= 1:
-        raise argparse.ArgumentTypeError(f"{text} must be a share between 0 and 1 (e.g. 0.1)")
-    return v
+_positive_int = _number(int, lambda v: v >= 1, ">= 1")
+_count = _number(int, lambda v: v >= 0, ">= 0")
+_positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, "a number > 0 (microns per pixel, e.g. 0.5)")
+_share = _number(float, lambda v: math.isfinite(v) and 0 <= v <= 1, "a share between 0 and 1 (e.g. 0.1)")
 
 
 def _add_slide_mpp(p):

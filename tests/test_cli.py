@@ -150,7 +150,10 @@ def test_console_module_subprocess(synth, shared_data):
     assert bad.returncode == 2
     assert "Traceback" not in bad.stderr
     lines = bad.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("pathkit: error:") and "DICOM" in lines[0]
+    # a DICOM slide is read now (issue 24); this one has no mpp: one line naming the file and --mpp, and no
+    # pydicom validation warning about the file's over-long UID on top of it
+    assert len(lines) == 1 and lines[0].startswith("pathkit: error:"), lines
+    assert "pathml_small_dicom.dcm" in lines[0] and "--mpp" in lines[0]
 
 
 @pytest.mark.slow
