@@ -178,7 +178,7 @@ SMALL_LONGNET = ModelSpec(name="longnet_bad_inputs", kind="slide", arch="pathkit
 def test_coordinates_off_the_longnet_grid():
     """A 'slide' 300 mm wide: tiles beyond 1000 cells of 256 px at 0.5 mpp do not fit the position grid."""
     n = 4
-    xs = np.array([0, 256, 512_000, 600_000], np.int64)  # cell of the tile centre: 0, 1, 2000, 2344
+    xs = np.array([0, 256, 512_000, 600_000], np.int64)  # cell of the tile's corner: 0, 1, 2000, 2343
     a = ad.AnnData(obs=pd.DataFrame({"slide_id": "huge", "x": xs, "y": np.zeros(n, np.int64)},
                                     index=[str(i) for i in range(n)]))
     a.obsm["X_tiny"] = np.random.default_rng(0).standard_normal((n, 192)).astype(np.float32)
@@ -190,7 +190,7 @@ def test_coordinates_off_the_longnet_grid():
             pk.tl.embed_slide(a, SMALL_LONGNET, weights="random")
     msg = str(e.value)
     assert "'huge'" in msg and "obs 'x'/'y'" in msg  # the slide and the fields at fault
-    assert "cells x 0..2344" in msg and "max allowed 999" in msg
+    assert "cells x 0..2343" in msg and "max allowed 999" in msg
     assert "crop the slide or split it into regions" in msg
     assert "slide_embeddings" not in a.uns  # nothing half-written
 
