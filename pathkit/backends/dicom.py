@@ -47,19 +47,11 @@ def dicom_files(folder: Path) -> list[Path]:
     return out
 
 
-def _dcmread(pydicom, path, **kw):
-    """pydicom's dcmread without its validation warnings (a UID of 65 characters in a scanner's file): they are
-    about the file, not the user's call, and would print under every read."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The value length", category=UserWarning)
-        return pydicom.dcmread(path, **kw)
-
-
 def _describe(path: Path) -> str:
     """What a DICOM file is (SOP class, modality, image type), for messages."""
     _, pydicom = _imports()
     try:
-        ds = _dcmread(pydicom, path, stop_before_pixels=True)
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
     except Exception as exc:  # noqa: BLE001 - only used to word an error
         return f"unreadable DICOM ({type(exc).__name__}: {exc})"
     sop = ds.get("SOPClassUID")
@@ -91,9 +83,7 @@ class DicomBackend(SlideBackend):
                 raise SlideReadError(f"{path}: a folder without DICOM files (none starts with the DICM "
                                      f"preamble); pass a slide file or a folder of one DICOM series")
             try:
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message="The value length", category=UserWarning)
-                    wsi = wsidicom.WsiDicom.open(files if path.is_dir() else path)
+                wsi = wsidicom.WsiDicom.open(files if path.is_dir() else path)
             except Exception as exc:
                 raise _not_wsi(path, files, exc) from exc
         self.wsi = wsi
@@ -195,7 +185,7 @@ class FramesBackend(SlideBackend):
         self.version = f"pydicom {pydicom.__version__}"
         self.path = path
         try:
-            ds = _dcmread(pydicom, path)
+            ds = pydicom.dcmread(path)
             n = int(ds.get("NumberOfFrames", 1))
             W, H = int(ds.TotalPixelMatrixColumns), int(ds.TotalPixelMatrixRows)
             fw, fh = int(ds.Columns), int(ds.Rows)
@@ -264,7 +254,9 @@ class FramesBackend(SlideBackend):
 
 def open_dicom(path: Path) -> SlideBackend:
     """wsidicom, or the frame reader for a lone VL WSI instance wsidicom cannot place."""
-    with warnings.catch_warnings():  # pydicom validates values lazily, on first access: quiet for the opening
+    # pydicom validates values lazily, on first access, and warns about the file's own flaws (a UID of 65
+    # characters) under every read: one filter around the whole opening, every reader inside it
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The value length", category=UserWarning)
         return _open_dicom(path)
 
@@ -276,7 +268,7 @@ def _open_dicom(path: Path) -> SlideBackend:
         cause = exc.__cause__
         if path.is_file() and cause is not None and type(cause).__name__ == "WsiDicomNotFoundError":
             _, pydicom = _imports()
-            ds = _dcmread(pydicom, path, stop_before_pixels=True)
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
             if str(ds.get("SOPClassUID")) == WSI_SOP_CLASS and "ImageType" not in ds:
                 return FramesBackend(path, why=f"{cause}")
         raise
