@@ -2,7 +2,11 @@
 tile sizes and where results are stored (used by slide_embed and _slide_grid, which import it)."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+
+from ..errors import GridError
 
 
 def _resolve_rep(adata, use_rep, tile_model) -> str:
@@ -98,3 +102,47 @@ def _store(adata, key, vec, info):
     infos = adata.uns.get("slide_embeddings_info")
     adata.uns["slide_embeddings_info"] = {**(dict(infos) if infos else {}), key: info}
     return vec
+
+
+MPP_TOLERANCE = 0.1  # relative: "0.5 mpp" accepts 0.45..0.55 (scanners' 20x vary around 0.5)
+
+
+def check_tile_geometry(adata, spec, *, missing: str = "error", stacklevel: int = 6) -> str:
+    """Refuse tiles of another size / mpp than the entry's ``extra["tile_px"]`` / ``extra["mpp"]`` (each
+    checked when the entry names it); ``extra["geometry"] == "warn"`` (a tiling the authors' code does not
+    state) warns instead. Tiles without ``uns["tile_spec"]`` raise (``missing="error"``) or warn
+    (``"warn"``: coordinate-free encoders). Returns the how-to-redo sentence for further messages."""
+    extra = spec.extra or {}
+    want_px, want_mpp = extra.get("tile_px"), extra.get("mpp")
+    ts = dict(adata.uns.get("tile_spec") or {})
+    tile_model = extra.get("tile_model") or "the tile model"
+    args = ", ".join(f"{k}={v}" for k, v in (("tile_px", want_px), ("mpp", want_mpp)) if v is not None)
+    redo = (f"Tile the slide with pk.pp.tile(slide, {args}) and embed the tiles with "
+            f"pk.tl.embed_tiles(tiles, slide, {tile_model!r}).")
+    if want_px is None and want_mpp is None:
+        return redo
+    sid = _slide_id(adata)
+    wants = " ".join(s for s in (f"{want_px}-px tiles" if want_px else "tiles",
+                                 f"at {want_mpp} mpp" if want_mpp else "") if s)
+    have_px, have_mpp = ts.get("tile_px"), ts.get("mpp")
+    want = "".join(f"'{k}': {v}, " for k, v in (("tile_px", want_px), ("mpp", want_mpp)) if v is not None)
+    if (want_px is not None and have_px is None) or (want_mpp is not None and have_mpp is None):
+        msg = (f"{spec.name} takes {wants}; slide {sid!r} has no tile size / mpp in uns['tile_spec'] "
+               f"({ts or 'missing'}). {redo} For features made elsewhere at that geometry, set "
+               f"tiles.uns['tile_spec'] = {{{want}'slide_mpp': <level-0 mpp>}}.")
+        if missing == "error":
+            raise GridError(msg)
+        warnings.warn(msg + " The geometry is not checked.", UserWarning, stacklevel=stacklevel)
+        return redo
+    bad_px = want_px is not None and int(have_px) != int(want_px)
+    bad_mpp = want_mpp is not None and abs(float(have_mpp) / float(want_mpp) - 1) > MPP_TOLERANCE
+    if bad_px or bad_mpp:
+        msg = (f"{spec.name} was trained on {wants}; slide {sid!r} has {int(have_px) if have_px else '?'}-px "
+               f"tiles at {float(have_mpp):g} mpp (uns['tile_spec']). {redo}" if have_mpp is not None else
+               f"{spec.name} was trained on {wants}; slide {sid!r} has {have_px}-px tiles. {redo}")
+        if extra.get("geometry") == "warn":
+            warnings.warn(msg + f" ({spec.name}'s tiling is not stated in the authors' code: used anyway.)",
+                          UserWarning, stacklevel=stacklevel)
+        else:
+            raise GridError(msg)
+    return redo

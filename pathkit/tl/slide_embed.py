@@ -16,6 +16,7 @@ from ._slide_common import (
     _slide_id,
     _store,
     _tile_size_level0,
+    check_tile_geometry,
 )
 
 GRID_MPP = 0.5  # the released slide encoder's grid: 256-px tiles at 0.5 um/px
@@ -230,8 +231,6 @@ def _embed_set(tile_adata, X, spec, use_rep, key, weights, layers, device, dtype
         raise ValueError(f"{spec.name} returns one vector: use layers='last'")
     _check_dim(tile_adata, X, spec.kwargs.get("in_dim"), spec.name)
     _check_tile_model(tile_adata, use_rep, (spec.extra or {}).get("tile_model"))
-    from ._slide_grid import check_tile_geometry
-
     check_tile_geometry(tile_adata, spec, missing="warn", stacklevel=5)  # coordinate-free: features made elsewhere still run
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
