@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import platform
+import time
 import warnings
 
 import numpy as np
@@ -22,6 +24,10 @@ AUTO_RULES: dict[str, tuple[str, ...]] = {
 # per tile); bf16 engines are held to what bf16 autocast reaches in torch
 TOLERANCE = {"f32": (1e-4, 0.99999), "bf16": (None, 0.999)}
 N_PARITY_TILES = 4
+# engine="auto" keeps an engine only when it beat torch on this CPU by this factor, timed on the first batch
+# (idle AVX2 EPYC, torch 2.14: ViT-S/B engines 0.9-1.12x torch, ViT-L and the ViT-g recipe 0.74-0.93x)
+AUTO_MIN_SPEEDUP = 1.05
+N_TIMED_TILES = 8
 _PATHKIT_FAMILIES = {"ctranspath": "swin", "resnet50_trunc": "resnet", "conch_vision": "clip_tower",
                      "conch_vision_proj": "clip_tower", "conch_v15": "vit", "plip_vision": "clip_tower",
                      "quiltnet_vision": "clip_tower", "hf_vision": "hf_vit"}
@@ -78,7 +84,11 @@ class EngineEncoder:
     def __init__(self, torch_encoder, runner, folder, info: dict, explicit: bool):
         self.torch_encoder, self.runner, self.folder = torch_encoder, runner, folder
         self.info, self.explicit = info, explicit
-        self.checked = _cache.read_record(folder, info["engine"], info["engine_version"]) is not None
+        record = _cache.read_record(folder, info["engine"], info["engine_version"])
+        self.checked = record is not None
+        # auto times the engine against torch once per CPU model and thread count (a shared cache serves
+        # several kinds of nodes)
+        self.timed = explicit or (record is not None and cpu_key(info["num_threads"]) in record.get("speed", {}))
 
     def _check(self, x):
         n = min(N_PARITY_TILES, len(x))
@@ -102,10 +112,37 @@ class EngineEncoder:
             self._fall_back(why)
         self.checked = True
 
+    def _time(self, x):
+        """Time the engine against torch on the first tiles of the first batch (both warm: the parity check ran
+        them), interleaved, best of two, and keep the engine only when it is faster by AUTO_MIN_SPEEDUP."""
+        xs = x[:min(N_TIMED_TILES, len(x))]
+        best = {"engine": float("inf"), "torch": float("inf")}
+        self.runner(xs[:1])  # warm-up for this batch shape
+        for _ in range(2):
+            for name, fn in (("engine", self.runner), ("torch", self.torch_encoder)):
+                t0 = time.perf_counter()
+                with torch.autocast("cpu", enabled=False), torch.inference_mode():
+                    fn(xs.float() if name == "torch" else xs)
+                best[name] = min(best[name], time.perf_counter() - t0)
+        speedup = best["torch"] / max(best["engine"], 1e-9)
+        record = _cache.read_record(self.folder, self.info["engine"], self.info["engine_version"]) or {}
+        record.setdefault("speed", {})[cpu_key(self.info["num_threads"])] = {
+            "speedup": speedup, "engine_s": best["engine"], "torch_s": best["torch"], "tiles": len(xs)}
+        _cache.write_record(self.folder, self.info["engine"], self.info["engine_version"], record)
+        self.info["engine_speedup"] = speedup
+        self.timed = True
+        if speedup < AUTO_MIN_SPEEDUP:
+            self._use_torch(slower_reason(self.info["engine"], speedup, len(xs), self.info["num_threads"]))
+        else:
+            self.info["engine_reason"] += f"; {speedup:.2f}x torch on this CPU"
+
     def _fall_back(self, why: str):
         if self.explicit:
             raise EngineError(f"model {self.info['model']!r}: {why}; use engine='torch' (or 'auto')")
         warnings.warn(f"engine='auto': {self.info['model']} runs on torch: {why}", RuntimeWarning, stacklevel=4)
+        self._use_torch(why)
+
+    def _use_torch(self, why: str):
         self.runner = None
         self.info.pop("engine_precision", None)
         self.info.pop("dtype", None)
@@ -114,9 +151,27 @@ class EngineEncoder:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not self.checked:
             self._check(x)
+        if self.runner is not None and not self.timed:
+            self._time(x)
         if self.runner is None:
             return self.torch_encoder(x)
         return self.runner(x)
+
+
+def cpu_key(threads: int) -> str:
+    """The CPU model and thread count an engine's speed was measured on (the key of its record's ``speed``)."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name} | {threads} threads"
+
+
+def slower_reason(engine: str, speedup: float, tiles: int, threads: int) -> str:
+    return (f"auto: torch, {engine} ran at {speedup:.2f}x torch on this CPU ({tiles} tiles, {threads} threads; "
+            f"auto keeps an engine from {AUTO_MIN_SPEEDUP:.2f}x)")
 
 
 def _torch(encoder, info, why):
@@ -201,6 +256,14 @@ def prepare_encoder(encoder, spec, winfo: dict, engine="auto", device="cpu", dty
         if record is not None and not record.get("parity_ok", False):
             raise EngineError(f"{engine} {version} failed the parity check earlier (max abs err "
                               f"{record.get('max_abs_err', float('nan')):.2e}, cosine {record.get('min_cosine')})")
+        speed = (record or {}).get("speed", {}).get(cpu_key(threads))
+        if not explicit and speed is not None:
+            info["engine_speedup"] = speed["speedup"]
+            if speed["speedup"] < AUTO_MIN_SPEEDUP:  # measured slower here earlier: no compile, no memory
+                info.pop("engine_precision", None)
+                info.pop("dtype", None)
+                return _torch(encoder, info, slower_reason(engine, speed["speedup"], speed["tiles"], threads))
+            info["engine_reason"] = f"{why}; {speed['speedup']:.2f}x torch on this CPU"
         key = (str(folder), engine, threads, precision)
         runner = _RUNNER_CACHE.get(key)
         if runner is None:
