@@ -173,7 +173,7 @@ def test_tile_spots_refuses_another_slide(slide, tmp_path):
 
 
 def test_from_spatialdata_reads_the_zarr_wsidata_writes():
-    """tests/fixtures/parity/wsidata/tiles.zarr was written by wsidata 0.12 itself (make_wsidata_zarr.py): its
+    """tests/fixtures/parity/wsidata/tiles_zarr (a zarr store) was written by wsidata 0.12 itself (make_wsidata_zarr.py): its
     TileSpec sits in the SpatialData's attrs, not on the shapes; tiles of 112 px at 1 um/px on a 0.5 um/px
     slide (224 level-0 px) with 12 px overlap."""
     import json
@@ -181,7 +181,7 @@ def test_from_spatialdata_reads_the_zarr_wsidata_writes():
 
     here = Path(__file__).parent / "fixtures" / "parity" / "wsidata"
     want = json.loads((here / "expected.json").read_text())
-    tiles = pk.io.from_spatialdata(here / "tiles.zarr")
+    tiles = pk.io.from_spatialdata(here / "tiles_zarr")
     np.testing.assert_array_equal(tiles.obs["x"], want["x"])
     np.testing.assert_array_equal(tiles.obs["y"], want["y"])
     np.testing.assert_array_equal(tiles.obsm["X_uni"], np.asarray(want["features"], dtype=np.float32))
