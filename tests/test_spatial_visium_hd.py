@@ -122,3 +122,27 @@ def test_hd_bins_as_squares_in_spatialdata(bins8):
     np.testing.assert_allclose(geom.centroid.x, bins8.obsm["spatial"][:, 0])
     back = pk.io.from_spatialdata(sd, "spots")
     np.testing.assert_array_equal(back.obsm["spatial"], bins8.obsm["spatial"])
+
+
+def test_hd_bins_draw_in_scanpy_and_squidpy_and_write(bins8, tmp_path):
+    import warnings
+
+    import anndata as ad
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import scanpy as sc
+    import squidpy as sq
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sc.pl.spatial(bins8, color=["ERBB2", "total_counts"], show=False)
+        sq.pl.spatial_scatter(bins8, color="ERBB2", shape="square")
+        n_axes = len(plt.gcf().axes)
+        plt.close("all")
+    assert n_axes >= 1
+    bins8.write_h5ad(tmp_path / "bins.h5ad")
+    back = ad.read_h5ad(tmp_path / "bins.h5ad")
+    np.testing.assert_array_equal(back.obsm["spatial"], bins8.obsm["spatial"])
+    assert back.uns["spot_spec"]["spot_shape"] == "square"
