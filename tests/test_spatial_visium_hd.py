@@ -111,6 +111,22 @@ def test_hd_bad_inputs(hd, tmp_path, shared_data):
         pk.io.read_visium(shared_data / "spatial" / "visium_heart_subset", bin_size=8)
     with pytest.raises(TableError, match="counts_file="):
         pk.io.read_visium(hd["outs"], counts_file="matrix.h5")
+    import shutil
+
+    outs = tmp_path / "outs"
+    shutil.copytree(hd["outs"], outs, ignore=shutil.ignore_patterns("square_002um"))
+    spatial = outs / "binned_outputs" / "square_016um" / "spatial"
+    pos = pq.read_table(spatial / "tissue_positions.parquet").to_pandas()
+    kept, _, _, _ = _h5(spatial.parent / "filtered_feature_bc_matrix.h5")
+    pos[pos["barcode"] != kept[0]].to_parquet(spatial / "tissue_positions.parquet", index=False)
+    with pytest.raises(TableError, match=rf"1 of {len(kept)} bin\(s\) \(e.g. \['{kept[0]}'\]\) have no row in "
+                                         "tissue_positions.parquet"):
+        pk.io.read_visium(outs, bin_size=16)
+    (spatial / "scalefactors_json.json").unlink()
+    with pytest.raises(TableError, match="scalefactors_json.json is missing"):
+        pk.io.read_visium(outs, bin_size=16)
+    with pytest.raises(TableError, match=r"square bins of \[8, 16\]"):
+        pk.io.read_visium(outs, bin_size=2)
 
 
 def test_hd_bins_as_squares_in_spatialdata(bins8):
