@@ -145,19 +145,23 @@ def test_from_spatialdata_reads_a_lazyslide_like_zarr(tmp_path):
     y = np.array([0, 0, 0, 224]) + 500
     gdf = gpd.GeoDataFrame({"tile_id": np.arange(4)}, geometry=shapely.box(x, y, x + 224, y + 224))
     shapes = ShapesModel.parse(gdf)
-    shapes.attrs["tile_spec"] = {"width": 224, "height": 224, "mpp": 0.5, "base_width": 224}
+    # wsidata's TileSpec.to_dict(), kept in the SpatialData's attrs under the tiles' key (wsidata.io.add_tiles)
+    spec = {"height": 112, "width": 112, "stride_height": 112, "stride_width": 112, "mpp": 0.5, "ops_level": 0,
+            "ops_downsample": 2.0, "base_level": 0, "base_downsample": 2.0, "tissue_name": None}
     feats = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
     order = [2, 0, 3, 1]
     t = ad.AnnData(X=feats[order], obs=pd.DataFrame({"tile_id": order, "library_id": "tiles"},
                                                     index=[str(i) for i in order]))
     t.obs["library_id"] = t.obs["library_id"].astype("category")
     table = TableModel.parse(t, region="tiles", region_key="library_id", instance_key="tile_id")
-    SpatialData(shapes={"tiles": shapes}, tables={"uni_tiles": table}).write(tmp_path / "w.zarr")
+    SpatialData(shapes={"tiles": shapes}, tables={"uni_tiles": table},
+                attrs={"tile_spec": {"tiles": spec}}).write(tmp_path / "w.zarr")
     tiles = pk.io.from_spatialdata(tmp_path / "w.zarr")
     np.testing.assert_array_equal(tiles.obs["x"], x)
     np.testing.assert_array_equal(tiles.obs["y"], y)
     np.testing.assert_array_equal(tiles.obsm["X_uni"], feats)
-    assert tiles.uns["tile_spec"]["tile_px"] == 224 and tiles.uns["tile_spec"]["mpp"] == 0.5
+    ts = tiles.uns["tile_spec"]
+    assert ts["tile_px"] == 112 and ts["mpp"] == 0.5 and ts["size_level0"] == 224 and ts["overlap"] == 0
 
 
 def test_tile_spots_refuses_another_slide(slide, tmp_path):
@@ -166,3 +170,21 @@ def test_tile_spots_refuses_another_slide(slide, tmp_path):
                                                       seed=3))
     with pytest.raises(TableError, match="not .*o.svs: pass the slide the spot pixels refer to"):
         pk.pp.tile_spots(other, sp)
+
+
+def test_from_spatialdata_reads_the_zarr_wsidata_writes():
+    """tests/fixtures/parity/wsidata/tiles_zarr (a zarr store) was written by wsidata 0.12 itself (make_wsidata_zarr.py): its
+    TileSpec sits in the SpatialData's attrs, not on the shapes; tiles of 112 px at 1 um/px on a 0.5 um/px
+    slide (224 level-0 px) with 12 px overlap."""
+    import json
+    from pathlib import Path
+
+    here = Path(__file__).parent / "fixtures" / "parity" / "wsidata"
+    want = json.loads((here / "expected.json").read_text())
+    tiles = pk.io.from_spatialdata(here / "tiles_zarr")
+    np.testing.assert_array_equal(tiles.obs["x"], want["x"])
+    np.testing.assert_array_equal(tiles.obs["y"], want["y"])
+    np.testing.assert_array_equal(tiles.obsm["X_uni"], np.asarray(want["features"], dtype=np.float32))
+    ts = tiles.uns["tile_spec"]
+    assert (ts["tile_px"], ts["mpp"], ts["size_level0"], ts["overlap"]) == (112, 1.0, 224.0, 12)
+    assert (want["tile_px"], want["mpp"], want["base_width"], want["overlap"]) == (112, 1.0, 224, 12)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The newcomer check: build pathkit's wheel, install it into a fresh venv outside the repository, and run
-# notebooks 01, 02, 03 and tutorial 03 from an empty temporary folder with only PATHKIT_DATA_DIR set (and PATH/HOME).
+# notebooks 01, 02, 03, 08 and tutorial 03 from an empty temporary folder with only PATHKIT_DATA_DIR set (and PATH/HOME).
 # To stay fast, the fresh venv sees the CI venv's installed dependencies through a .pth line (their own .pth
 # files, among them the CI venv's editable pathkit, are not processed), and pathkit comes from the wheel only.
 # Usage: tools/newcomer_check.sh [CI_VENV]   (default .venv); needs PATHKIT_DATA_DIR.
@@ -26,6 +26,9 @@ SITE=$("$TMP/venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()[
 mkdir "$TMP/empty" "$TMP/out"
 cp notebooks/01_quickstart.ipynb notebooks/02_slide_embeddings_longnet.ipynb notebooks/03_multimodal_cohort.ipynb \
   tutorials/03_survival_with_histology.ipynb "$TMP/out/"
+# notebook 08 (spatial, the [spatial] extra) with its CI parameters, read before leaving the repository
+cp notebooks/08_spatial_transcriptomics.ipynb "$TMP/out/"
+P08=$("$CI_VENV/bin/python" -c "import json; print(json.dumps(json.load(open('tools/notebooks/ci_parameters.json'))['notebooks/08_spatial_transcriptomics.ipynb']))")
 cd "$TMP/empty"
 PK=$(env -i PATH=/usr/bin:/bin "$TMP/venv/bin/python" -c "import pathkit; print(pathkit.__file__)")
 case "$PK" in "$TMP"/venv/*) ;; *) echo "pathkit imported from $PK, not from the wheel"; exit 1;; esac
@@ -41,5 +44,8 @@ run_nb 01_quickstart.ipynb '{"TILE_MODEL": "vit_tiny_test"}' || { echo "newcomer
 run_nb 02_slide_embeddings_longnet.ipynb '{"TILE_MODEL": "vit_tiny_test"}' || { echo "newcomer: notebook 02 failed"; exit 1; }
 run_nb 03_multimodal_cohort.ipynb '{}' || { echo "newcomer: notebook 03 failed"; exit 1; }
 run_nb 03_survival_with_histology.ipynb '{}' || { echo "newcomer: tutorial 03 failed"; exit 1; }
-echo "newcomer check: wheel $(basename "$WHEEL") ran notebooks 01-03 and tutorial 03 from an empty folder in $(( $(date +%s) - t0 )) s"
+t8=$(date +%s)
+run_nb 08_spatial_transcriptomics.ipynb "$P08" || { echo "newcomer: notebook 08 failed"; exit 1; }
+echo "newcomer check: notebook 08 in $(( $(date +%s) - t8 )) s"
+echo "newcomer check: wheel $(basename "$WHEEL") ran notebooks 01-03, 08 and tutorial 03 from an empty folder in $(( $(date +%s) - t0 )) s"
 ls "$TMP/empty"

@@ -13,11 +13,12 @@ The spots AnnData (every ``pk.io.read_*`` reader returns it) is what scanpy and 
 :func:`pathkit.pp.tile_spots` adds the tiles contract (``obs`` ``x``, ``y``, ``uns["tile_spec"]``) so that
 :func:`pathkit.tl.embed_tiles` embeds spots directly.
 """
+from ._by_slide import predicted_expression_by_slide
 from ._readers import read_spots, read_st, read_visium
 from ._sdata import from_spatialdata, to_spatialdata
 from ._spots import SpotWarning
 from ._tiles import map_spots, tile_spots
 from ._xenium import read_xenium
 
-__all__ = ["SpotWarning", "from_spatialdata", "map_spots", "read_spots", "read_st", "read_visium", "read_xenium",
-           "tile_spots", "to_spatialdata"]
+__all__ = ["SpotWarning", "from_spatialdata", "map_spots", "predicted_expression_by_slide", "read_spots", "read_st",
+           "read_visium", "read_xenium", "tile_spots", "to_spatialdata"]

@@ -13,7 +13,8 @@ from threadpoolctl import threadpool_limits
 
 from ..errors import TableError
 
-__all__ = ["log1p_expression", "predict_spot_expression", "spatial_folds"]
+__all__ = ["check_same_tiling", "fit_spot_model", "log1p_expression", "predict_spot_expression", "scale_of",
+           "spatial_folds"]
 
 
 def log1p_expression(spots, genes, target_sum: float | None = None) -> np.ndarray:
@@ -164,35 +165,59 @@ def predict_spot_expression(spots, use_rep: str, *, genes=None, n_top_genes: int
         spots.obs[f"{key_added}_fold"] = fold
         spots.uns[f"{key_added}_expression"] = {
             "genes": list(genes), "use_rep": use_rep, "scheme": scheme, "target_sum": target_sum or 0,
-            "scale": "log1p(counts)" if target_sum is None else f"log1p(counts / total * {target_sum:g})"}
+            "scale": scale_of(target_sum)}
     if predict_to is not None:
-        _predict_tiles(predict_to, E, Y, genes, use_rep, n_pcs, alpha, key_added or "predicted", spots)
+        _predict_tiles(predict_to, E, Y, genes, use_rep, n_pcs, alpha, key_added or "predicted", spots, target_sum)
     return out.sort_values("r", ascending=False, kind="stable").reset_index(drop=True)
 
 
-def _predict_tiles(tiles, E, Y, genes, use_rep, n_pcs, alpha, key, spots):
-    """Fit the protocol's pipeline on every spot and predict every tile of a whole slide (same encoder,
-    same tile size and mpp): ``tiles.obsm["<key>_expression"]`` (tiles x genes, log1p scale)."""
+def fit_spot_model(E, Y, n_pcs: int, alpha: float | None):
+    """The protocol's pipeline (standardise, PCA, ridge with HEST's penalty) fitted on every spot."""
     from sklearn.decomposition import PCA
     from sklearn.linear_model import Ridge
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    n = int(min(n_pcs, len(E) - 1, E.shape[1]))
+    pipe = make_pipeline(StandardScaler(), PCA(n, svd_solver="full"),
+                         Ridge(alpha=100.0 / (n * Y.shape[1]) if alpha is None else alpha))
+    return pipe.fit(E, Y)
+
+
+def check_same_tiling(spots, tiles, use_rep: str, what: str) -> None:
+    """The whole-slide tiles must be embedded as the spot tiles were: same tile size and mpp, same model."""
     if use_rep not in tiles.obsm:
-        raise TableError(f"predict_to: the tiles have no obsm[{use_rep!r}]; embed them with the same model")
+        raise TableError(f"{what}: the tiles have no obsm[{use_rep!r}]; embed them with the model of the spot "
+                         "tiles (pk.tl.embed_tiles)")
     spec_s, spec_t = spots.uns.get("tile_spec") or {}, tiles.uns.get("tile_spec") or {}
     for k in ("tile_px", "mpp"):
         if k in spec_s and k in spec_t and float(spec_s[k]) != float(spec_t[k]):
-            raise TableError(f"predict_to: the spot tiles have {k}={spec_s[k]} but the tiles {spec_t[k]}; "
+            raise TableError(f"{what}: the spot tiles have {k}={spec_s[k]} but the tiles {spec_t[k]}; "
                              "tile the slide as the spots were (pk.pp.tile(slide, tile_px, mpp))")
-    n = int(min(n_pcs, len(E) - 1, E.shape[1]))
-    pipe = make_pipeline(StandardScaler(), PCA(n, svd_solver="full"),
-                         Ridge(alpha=100.0 / (n * len(genes)) if alpha is None else alpha))
-    pipe.fit(E, Y)
+    m_s = (spots.uns.get("models") or {}).get(use_rep) or {}
+    m_t = (tiles.uns.get("models") or {}).get(use_rep) or {}
+    for k in ("name", "weights_sha256"):
+        if m_s.get(k) and m_t.get(k) and m_s[k] != m_t[k]:
+            raise TableError(f"{what}: obsm[{use_rep!r}] of the spots and of the tiles come from different "
+                             f"{'models' if k == 'name' else 'weights'} ({m_s[k]} vs {m_t[k]})")
+    width_s, width_t = np.shape(spots.obsm[use_rep])[1], np.shape(tiles.obsm[use_rep])[1]
+    if width_s != width_t:
+        raise TableError(f"{what}: obsm[{use_rep!r}] has {width_s} columns on the spots, {width_t} on the tiles")
+
+
+def scale_of(target_sum) -> str:
+    return "log1p(counts)" if target_sum is None else f"log1p(counts / total * {target_sum:g})"
+
+
+def _predict_tiles(tiles, E, Y, genes, use_rep, n_pcs, alpha, key, spots, target_sum=None):
+    """Fit the protocol's pipeline on every spot and predict every tile of a whole slide (same encoder,
+    same tile size and mpp): ``tiles.obsm["<key>_expression"]`` (tiles x genes, log1p scale)."""
+    check_same_tiling(spots, tiles, use_rep, "predict_to")
+    pipe = fit_spot_model(E, Y, n_pcs, alpha)
     T = np.asarray(tiles.obsm[use_rep], dtype=np.float64)
     tiles.obsm[f"{key}_expression"] = pd.DataFrame(pipe.predict(T), index=tiles.obs_names,
                                                    columns=list(genes))
-    tiles.uns[f"{key}_expression"] = {"genes": list(genes), "use_rep": use_rep, "scale": "log1p(counts)",
+    tiles.uns[f"{key}_expression"] = {"genes": list(genes), "use_rep": use_rep, "scale": scale_of(target_sum),
                                       "trained_on": str((spots.uns.get("spot_spec") or {}).get("library_id", ""))}
 
 

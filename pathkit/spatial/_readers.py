@@ -12,39 +12,12 @@ import numpy as np
 import pandas as pd
 
 from ..errors import TableError
-from ._spots import SpotWarning, spots_anndata
+from ._spots import SpotWarning, _need_spatial, _open_slide, _report, spots_anndata  # noqa: F401 (_xenium)
 
 __all__ = ["read_spots", "read_st", "read_visium"]
 
 VISIUM_SPOT_UM = 55.0   # Visium spot diameter (10x Genomics)
 ST_SPOT_UM = 100.0      # legacy Spatial Transcriptomics arrays (Stahl et al. 2016): 100 um spots, 200 um apart
-
-
-def _need_spatial(what: str):
-    try:
-        import spatialdata_io
-    except ImportError as exc:
-        raise ImportError(f"{what} needs spatialdata-io: pip install \"pathkit[spatial]\" ({exc})") from exc
-    return spatialdata_io
-
-
-def _open_slide(image, mpp):
-    if image is None:
-        return None
-    from ..slide import Slide, read_slide
-
-    return image if isinstance(image, Slide) else read_slide(image, mpp=mpp)
-
-
-def _report(source: str, no_counts: list, no_spot: list) -> dict:
-    """Warn about spots without counts and counts without a spot; return what goes in spot_spec['report']."""
-    if no_counts or no_spot:
-        warnings.warn(f"{source}: {len(no_counts)} spot(s) have no counts (e.g. {no_counts[:3]}) and "
-                      f"{len(no_spot)} count row(s) have no spot position (e.g. {no_spot[:3]}); neither can "
-                      "be placed on the image, so they are left out and listed in "
-                      "uns['spot_spec']['report']", SpotWarning, stacklevel=3)
-    return {"n_spots_without_counts": len(no_counts), "spots_without_counts": list(map(str, no_counts)),
-            "n_counts_without_spots": len(no_spot), "counts_without_spots": list(map(str, no_spot))}
 
 
 def read_st(counts, spots, image=None, mpp: float | None = None, *, library_id: str | None = None,
@@ -124,33 +97,52 @@ def _visium_positions(outs: Path) -> pd.DataFrame:
 
 
 def read_visium(path, *, library_id: str | None = None, counts_file: str = "filtered_feature_bc_matrix.h5",
-                image=None, mpp: float | None = None):
-    """Read a 10x Visium Space Ranger ``outs/`` folder with spatialdata-io.
+                image=None, mpp: float | None = None, bin_size: int | None = None):
+    """Read a 10x Visium or Visium HD Space Ranger ``outs/`` folder with spatialdata-io.
 
     Parameters
     ----------
     path
-        The ``outs/`` folder (``filtered_feature_bc_matrix.h5``, ``spatial/``).
+        The ``outs/`` folder: Visium (``filtered_feature_bc_matrix.h5``, ``spatial/``) or Visium HD
+        (``feature_slice.h5``, ``binned_outputs/square_002um|008um|016um/``, Space Ranger 3.x).
     library_id
         Key of ``uns["spatial"]``; default: the folder's name.
     counts_file
-        The counts file inside ``path``.
+        The counts file inside ``path`` (Visium HD: inside the bin folder; ``"raw_feature_bc_matrix.h5"``
+        for every bin, on tissue or not).
     image
-        The full-resolution H&E given to Space Ranger (path or Slide), optional: the positions are in its
-        pixels and are checked against it.
+        The full-resolution H&E given to Space Ranger (path or Slide; Visium HD: the microscope image, e.g.
+        a tiled BigTIFF ``.btf``, opened lazily), optional: the positions are in its pixels and are checked
+        against it.
     mpp
-        Microns per full-resolution pixel; default: 55 um (the Visium spot) / ``spot_diameter_fullres``.
+        Microns per full-resolution pixel; default: Visium HD's ``microns_per_pixel``, Visium's 55 um (the
+        spot) / ``spot_diameter_fullres``.
+    bin_size
+        Visium HD only: the square bins to read, in um (2, 8 or 16; default 8, 10x Genomics' recommendation).
+        Each bin is one row (a square "spot" of ``bin_size`` um).
 
     Returns
     -------
     anndata.AnnData
         The spots AnnData with ``obs["in_tissue"]``, ``array_row``, ``array_col``; ``uns["spatial"]`` holds
-        Space Ranger's hires / lowres images and scale factors as ``sc.read_visium`` writes them. On-tissue
-        barcodes without counts and counts without a position are reported (``uns["spot_spec"]["report"]``).
+        Space Ranger's hires / lowres images and scale factors as ``sc.read_visium`` writes them (a Visium HD
+        hires image reduced to 2000 px, its scale factor with it). On-tissue barcodes without counts and
+        counts without a position are reported (``uns["spot_spec"]["report"]``). Visium HD:
+        ``uns["spot_spec"]`` has ``assay="visium_hd"``, ``spot_shape="square"``, ``bin_size_um`` and
+        ``spot_diameter_um`` equal to the bin size; ``obsm["spatial"]`` is each bin's centre
+        (``pxl_col_in_fullres``, ``pxl_row_in_fullres`` of ``tissue_positions.parquet``).
     """
-    sdio = _need_spatial("read_visium")
+    from ._visium_hd import HD_BIN_UM, is_visium_hd, read_visium_hd
+
     outs = Path(path)
     library_id = library_id or outs.name
+    if is_visium_hd(outs):
+        return read_visium_hd(outs, bin_size=HD_BIN_UM if bin_size is None else bin_size, library_id=library_id,
+                              counts_file=counts_file, image=image, mpp=mpp)
+    if bin_size is not None:
+        raise TableError(f"bin_size={bin_size!r} is for Visium HD, but {outs} has no binned_outputs/ folder "
+                         "(a Visium outs/ has one spot size, 55 um)")
+    sdio = _need_spatial("read_visium")
     sf = json.loads((outs / "spatial" / "scalefactors_json.json").read_text())
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*region_key.*")

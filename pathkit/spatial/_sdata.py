@@ -99,6 +99,10 @@ def _shapes(adata, kind: str):
         xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2]
         lib = next(iter(adata.uns["spatial"].values()))
         d = float(lib["scalefactors"]["spot_diameter_fullres"])
+        if (adata.uns.get("spot_spec") or {}).get("spot_shape") == "square":  # Visium HD bins
+            gdf = gpd.GeoDataFrame(geometry=shapely.box(xy[:, 0] - d / 2, xy[:, 1] - d / 2, xy[:, 0] + d / 2,
+                                                        xy[:, 1] + d / 2), index=np.arange(len(xy)))
+            return ShapesModel.parse(gdf)
         return ShapesModel.parse(xy, geometry=0, radius=np.full(len(xy), d / 2), index=np.arange(len(xy)))
     spec = adata.uns.get("tile_spec") or {}
     if "size_level0" not in spec:
@@ -143,7 +147,8 @@ def to_spatialdata(data, slide=None, *, image: bool = True, image_mpp: float | N
     Returns
     -------
     spatialdata.SpatialData
-        Shapes ``<name>`` (tiles: squares of ``size_level0``; spots: circles of ``spot_diameter_fullres``)
+        Shapes ``<name>`` (tiles: squares of ``size_level0``; spots: circles of ``spot_diameter_fullres``,
+        Visium HD bins squares of that side)
         annotated by tables ``<name>_table`` (the AnnData with obs ``region`` / ``instance_id`` added,
         noted in ``uns["pathkit_sdata"]``). ``sdata.write("x.zarr")``; read back with
         ``spatialdata.read_zarr`` and :func:`from_spatialdata`.
@@ -185,9 +190,10 @@ def from_spatialdata(sdata, element: str | None = None):
     anndata.AnnData
         For a table written by :func:`to_spatialdata`, the original AnnData (the added obs columns taken
         off). Otherwise pathkit's tiles AnnData built from the square shapes (obs ``x``, ``y`` the level-0
-        top-left, ``obsm["spatial"]``, ``uns["tile_spec"]`` from the shapes' ``tile_spec`` attrs where
-        wsidata wrote one), each table annotating them giving ``obsm["X_<table>"]`` (its ``X``, e.g.
-        LazySlide's ``<model>_tiles`` features, the ``_tiles`` suffix dropped).
+        top-left, ``obsm["spatial"]``, ``uns["tile_spec"]`` from wsidata's ``TileSpec`` of the element in
+        ``sdata.attrs["tile_spec"]``, else the shapes' ``tile_spec`` attrs), each table annotating them
+        giving ``obsm["X_<table>"]`` (its ``X``, e.g. LazySlide's ``<model>_tiles`` features, the ``_tiles``
+        suffix dropped).
     """
     spatialdata = _need()
     if not hasattr(sdata, "shapes"):
@@ -229,11 +235,18 @@ def _foreign_tiles(sdata, element, annot):
     out = ad.AnnData(obs=obs)
     out.obsm["spatial"] = obs[["x", "y"]].to_numpy(np.float64)
     side = float(np.median(b["maxx"].to_numpy() - b["minx"].to_numpy())) if n else 0.0
-    spec = dict(gdf.attrs.get("tile_spec") or {})
+    # wsidata keeps each tile set's TileSpec in the SpatialData's attrs ("tile_spec" -> {<shapes key>: spec})
+    spec = dict(((getattr(sdata, "attrs", None) or {}).get("tile_spec") or {}).get(element)
+                or gdf.attrs.get("tile_spec") or {})
+    tile_px = int(spec.get("width", spec.get("tile_px", round(side))))
+    # a TileSpec's dict holds base_downsample (level-0 px per tile px), not its base_width property
+    size0 = float(spec["base_width"]) if "base_width" in spec else \
+        tile_px * float(spec["base_downsample"]) if "base_downsample" in spec else side
+    stride = spec.get("stride_width")
     out.uns["tile_spec"] = {
-        "tile_px": int(spec.get("width", spec.get("tile_px", round(side)))),
-        "mpp": float(spec.get("mpp", spec.get("base_mpp", 0.0)) or 0.0),
-        "size_level0": float(spec.get("base_width", side)), "overlap": 0, "source": f"spatialdata:{element}"}
+        "tile_px": tile_px, "mpp": float(spec.get("mpp", spec.get("base_mpp", 0.0)) or 0.0),
+        "size_level0": size0, "overlap": max(0, tile_px - int(stride)) if stride is not None else 0,
+        "source": f"spatialdata:{element}"}
     for tname, t, attrs in annot:
         key = attrs.get("instance_key")
         ids = t.obs[key].to_numpy() if key in t.obs.columns else np.arange(t.n_obs)

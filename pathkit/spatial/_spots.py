@@ -12,6 +12,7 @@ from ..errors import TableError
 
 __all__ = ["SpotWarning", "check_inside", "library_id_of", "spots_anndata"]
 
+
 # The longest side of the H&E copy kept in uns["spatial"][...]["images"]["hires"] when pathkit makes one.
 HIRES_PX = 2000
 LOWRES_PX = 600
@@ -19,6 +20,33 @@ LOWRES_PX = 600
 
 class SpotWarning(UserWarning):
     """Spots without counts, counts without spots, or other spots that a reader set aside (and counted)."""
+
+
+def _need_spatial(what: str):
+    try:
+        import spatialdata_io
+    except ImportError as exc:
+        raise ImportError(f"{what} needs spatialdata-io: pip install \"pathkit[spatial]\" ({exc})") from exc
+    return spatialdata_io
+
+
+def _open_slide(image, mpp):
+    if image is None:
+        return None
+    from ..slide import Slide, read_slide
+
+    return image if isinstance(image, Slide) else read_slide(image, mpp=mpp)
+
+
+def _report(source: str, no_counts: list, no_spot: list) -> dict:
+    """Warn about spots without counts and counts without a spot; return what goes in spot_spec['report']."""
+    if no_counts or no_spot:
+        warnings.warn(f"{source}: {len(no_counts)} spot(s) have no counts (e.g. {no_counts[:3]}) and "
+                      f"{len(no_spot)} count row(s) have no spot position (e.g. {no_spot[:3]}); neither can "
+                      "be placed on the image, so they are left out and listed in "
+                      "uns['spot_spec']['report']", SpotWarning, stacklevel=3)
+    return {"n_spots_without_counts": len(no_counts), "spots_without_counts": list(map(str, no_counts)),
+            "n_counts_without_spots": len(no_spot), "counts_without_spots": list(map(str, no_spot))}
 
 
 def _as_counts(X, what: str):

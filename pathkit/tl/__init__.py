@@ -19,9 +19,11 @@ from ._site import harmonize, site_effect
 from ..cells import segment_cells  # issue 23: cells
 from ..cells._aggregate import cell_composition
 from ..spatial import map_spots
+from ..spatial import predicted_expression_by_slide
 
 __all__ = ["embed_tiles", "embed_slide", "embed_cohort", "kaplan_meier", "logrank", "cox", "cindex",
            "risk_groups", "zero_shot", "zero_shot_eval", "topk_pool", "text_embeddings", "prompts", "umap",
            "annotate_tiles", "MIL", "MILCVResult", "cross_validate_mil", "pathway_scores", "associate",
            "tile_composition", "probe", "compare_encoders", "predict_expression", "text_search", "caption",
-           "site_effect", "harmonize", "segment_cells", "cell_composition", "map_spots"]
+           "site_effect", "harmonize", "segment_cells", "cell_composition", "map_spots",
+           "predicted_expression_by_slide"]

@@ -94,7 +94,8 @@ def predict_expression(data, use_rep: str, *, rna=None, genes=None, alpha: float
     predict_to
         ``level="spot"`` only: a tiles AnnData of a whole slide embedded with the same model, tile size and
         mpp; the pipeline fitted on every spot predicts each tile into ``obsm["<key_added>_expression"]``
-        (tiles x genes, a DataFrame), from space to whole slides and cohorts.
+        (tiles x genes, a DataFrame). For a cohort of whole slides against its bulk RNA, see
+        :func:`pathkit.tl.predicted_expression_by_slide`.
 
     Returns
     -------
