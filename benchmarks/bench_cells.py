@@ -11,9 +11,14 @@ Rows (best of `--repeat` interleaved rounds, this process, one thread):
 - CMU-1: every tile of the real CMU-1 sample with tissue (min_tissue 0.1).
 
 Peak RSS is measured in a fresh subprocess (``resource.getrusage`` maxrss) that opens, tiles and segments a whole
-generated slide of ``--big`` px a side (made by another process), outlines streamed to parquet. Only ``watershed`` runs here: the deep entries have no
-inference in pathkit yet (they raise WeightsError). The machine is shared by other jobs: ratios measured in the
-same run are the figures to trust. Writes benchmarks/results/bench_cells.json.
+generated slide of ``--big`` px a side (made by another process), outlines streamed to parquet.
+
+HoVer-Net (``--hovernet-tiles N``, default 0: skipped): ``segment_cells(model="hovernet", weights="random")`` on the
+first N tiles of the generated slide, interleaved with ``watershed`` on the same tiles; HoVer-Net reads at
+0.25 um/px (4x the pixels) and runs 256-px patches stepped by 164 px, ``--threads`` torch threads. Random
+weights: its cell counts are noise, its time is the real network's (same layers), plus the post-processing
+of noise maps. ``--device cuda`` times the network on a GPU. The machine is shared by other jobs: ratios
+measured in the same run are the figures to trust. Writes benchmarks/results/bench_cells.json.
 """
 from __future__ import annotations
 
@@ -62,6 +67,10 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--side", type=int, default=2048)
     ap.add_argument("--big", type=int, default=4096)
+    ap.add_argument("--hovernet-tiles", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--hovernet-only", action="store_true")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import pathkit as pk
@@ -73,6 +82,14 @@ def main():
     tiles = pk.pp.tile(slide, tile_px=256, mpp=0.5, min_tissue=0.0, qc=False)
     cmu = pk.datasets.cmu1_small()
     cmu_tiles = pk.pp.tile(cmu, tile_px=256, mpp=0.5, min_tissue=0.1, qc=False)
+    if args.hovernet_tiles:
+        hovernet = bench_hovernet(pk, slide, tiles[: args.hovernet_tiles].copy(), args)
+    if args.hovernet_only:  # written beside the full run's results, not over them
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "bench_cells_hovernet.json").write_text(json.dumps(
+            {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "python": platform.python_version(),
+             "pathkit": pk.__version__, "repeat": args.repeat, "hovernet": hovernet}, indent=1))
+        return
     counts = {}
 
     def base():
@@ -123,8 +140,62 @@ def main():
             platform.machine(), "python": platform.python_version(), "scikit-image": skimage.__version__,
             "scikit-learn": sklearn.__version__, "pathkit": pk.__version__, "repeat": args.repeat}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bench_cells.json").write_text(json.dumps({"info": info, "rows": rows, "whole_slide": rss},
-                                                         indent=1))
+    (RESULTS / "bench_cells.json").write_text(json.dumps({"info": info, "rows": rows, "whole_slide": rss,
+                                                          **({"hovernet": hovernet} if args.hovernet_tiles
+                                                             else {})}, indent=1))
+
+
+def bench_hovernet(pk, slide, tiles, args):
+    """HoVer-Net (random weights) and watershed on the same tiles, interleaved; the network alone too."""
+    import warnings
+
+    import numpy as np
+    import torch
+
+    from pathkit.cells._models import cell_segmenter
+
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", message=".*RANDOM weights.*")
+    seg = cell_segmenter("hovernet", weights="random", device=args.device)
+    counts, times = {}, {"hovernet": [], "watershed": [], "hovernet network only": []}
+    n_patch = 2
+    patch = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (n_patch, 3, 256, 256))).float()
+    patch = patch.to(seg.device)
+
+    def net_only():
+        with torch.no_grad():
+            seg.model(patch)
+        if seg.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    net_only()  # warm-up (cuDNN autotuning, allocator)
+    for _ in range(args.repeat):
+        for k in ("hovernet", "watershed", "hovernet network only"):
+            t0 = time.perf_counter()
+            if k == "hovernet network only":
+                net_only()
+            else:
+                counts[k] = pk.tl.segment_cells(tiles, slide, model=k, weights="random" if k == "hovernet" else None,
+                                                device=args.device, progress=False).n_obs
+            times[k].append(time.perf_counter() - t0)
+    rows = []
+    print(f"HoVer-Net (random weights, {args.device}, {args.threads} torch thread(s)) vs watershed on the same "
+          f"{tiles.n_obs} tiles of 256 px at 0.5 um/px; best of {args.repeat}; shared machine")
+    print(f"{'run':24s} {'s':>8s} {'cells':>7s} {'cells/s':>9s} {'tiles/s':>8s} {'x watershed':>11s}")
+    for k, ts in times.items():
+        t = min(ts)
+        if k == "hovernet network only":
+            r = {"run": k, "seconds": t, "patches_per_s": n_patch / t}
+            print(f"{k:24s} {t:8.2f} {'-':>7s} {'-':>9s} {'-':>8s} {'-':>11s}  ({n_patch / t:.2f} patches of "
+                  "256 px/s)")
+        else:
+            r = {"run": k, "seconds": t, "cells": counts[k], "cells_per_s": counts[k] / t,
+                 "tiles_per_s": tiles.n_obs / t, "ratio_vs_watershed": t / min(times["watershed"])}
+            print(f"{k:24s} {t:8.2f} {counts[k]:7d} {counts[k] / t:9.1f} {tiles.n_obs / t:8.2f} "
+                  f"{r['ratio_vs_watershed']:11.1f}")
+        rows.append(r)
+    return {"device": args.device, "threads": args.threads, "tiles": int(tiles.n_obs),
+            "torch": torch.__version__, "rows": rows}
 
 
 if __name__ == "__main__":

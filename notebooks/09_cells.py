@@ -13,8 +13,9 @@
 #
 # > **Models.** `model="watershed"` needs no weights (colour deconvolution to haematoxylin, a threshold and a
 # > distance-transform watershed, as HistomicsTK's classic nuclei segmentation): it finds nuclei but does not
-# > classify them. The registry also lists `instanseg` and `hovernet` (PanNuke cell types); their inference is
-# > not in pathkit yet, and asking for them raises an error saying how to get their weights.
+# > classify them. The registry also lists `instanseg` and `hovernet` (PanNuke cell types); `hovernet` runs
+# > with the authors' PanNuke weights file (`weights=`), `instanseg`'s inference is not in pathkit yet; without
+# > weights both raise an error saying how to get them.
 
 # %%
 import numpy as np

@@ -98,6 +98,8 @@ def measure_cells(labels: np.ndarray, h: np.ndarray, mpp: float, origin, scale: 
         means = np.stack([np.bincount(lab, p.ravel().astype(np.float64), m)[1:] for p in probs], 1)
         means = means[idx] / area[idx, None]
         best = means.argmax(1)
-        table["cell_type"] = np.asarray(classes, dtype=object)[best]
-        table["cell_type_prob"] = means[np.arange(len(best)), best]
+        top = means[np.arange(len(best)), best]
+        # no class has any probability over the nucleus (e.g. HoVer-Net's background type): no type
+        table["cell_type"] = np.where(top > 0, np.asarray(classes, dtype=object)[best], None)
+        table["cell_type_prob"] = top
     return table[cols], wkb

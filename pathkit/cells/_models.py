@@ -44,6 +44,10 @@ def cell_segmenter(model: str = "instanseg", *, weights=None, params=None, devic
         return _WatershedRunner(spec, params)
     if params is not None:
         raise ValueError(f"params= is for model='watershed'; {spec.name!r} takes weights=")
+    if spec.arch.startswith("hovernet"):
+        from ._hovernet import HoVerNetRunner
+
+        return HoVerNetRunner(spec, weights, device)
     # deep entries: the network code is not in pathkit yet; never fall back silently to another model
     where = f"weights={weights!r}" if weights is not None else "no weights given"
     raise WeightsError(f"cell segmenter {spec.name!r} cannot run here ({where}). {spec.weights_help}")

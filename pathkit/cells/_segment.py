@@ -140,6 +140,8 @@ def segment_cells(tiles, slide=None, model: str = "instanseg", *, weights=None, 
             Mean haematoxylin optical density of the nucleus (``skimage.color.rgb2hed`` channel 0).
         ``obs["cell_type"]`` (categorical), ``obs["cell_type_prob"]``
             With a classifying model: the class of highest mean probability over the nucleus and that mean.
+            HoVer-Net's pixels each vote for their most probable type, so the mean is the share of the
+            nucleus's pixels voting for the class; a nucleus with no type votes has no type (missing).
         ``obs["tile"]`` (categorical), ``obs["slide_id"]``
             The tile (``tiles.obs_names``) that owns the cell, and the slide.
         ``obs["polygon_wkb"]``

@@ -57,9 +57,14 @@ register(CellSegmenterSpec(
     weights=("hovernet_fast_pannuke_type_tf2pytorch.tar (Google Drive, linked from github.com/vqdang/hover_net)",),
     source="https://github.com/vqdang/hover_net (models/hovernet/net_desc.py, mode 'fast', 6 PanNuke outputs)",
     description="HoVer-Net trained on PanNuke: nuclei with 5 cell types (neoplastic, inflammatory, connective, "
-                "dead, epithelial)",
+                "dead, epithelial); 256 px patches at 0.25 um/px, 164 px outputs stitched (the authors' tile "
+                "mode), Sobel + marker watershed, type by majority vote",
     license="HoVer-Net code MIT; PanNuke weights CC BY-NC-SA 4.0",
-    weights_help=("HoVer-Net's PanNuke checkpoint is a pickled tar on Google Drive (README of "
-                  "github.com/vqdang/hover_net); pathkit's HoVer-Net inference is not built yet (issue 23): "
-                  "use model='watershed' meanwhile."),
+    weights_help=("HoVer-Net's PanNuke weights are not in pathkit and cannot be fetched offline: download "
+                  "hovernet_fast_pannuke_type_tf2pytorch.tar from the 'PanNuke checkpoint' link of the README of "
+                  "github.com/vqdang/hover_net (Google Drive) and pass weights='<path>.tar': it holds tensors only "
+                  "(under 'desc'), read with torch.load(weights_only=True), no code runs. Optionally convert it "
+                  "once to safetensors: `sd = torch.load(p, weights_only=True)['desc']; "
+                  "safetensors.torch.save_file(sd, 'hovernet_pannuke.safetensors')`. weights='random' runs "
+                  "untrained weights (tests only)."),
 ))
