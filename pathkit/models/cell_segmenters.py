@@ -37,7 +37,8 @@ register(CellSegmenterSpec(
 
 register(CellSegmenterSpec(
     name="instanseg", arch="instanseg_unet", mpp=0.5,
-    weights=("https://github.com/instanseg/instanseg/releases/download/instanseg_v0.1.0/brightfield_nuclei.zip",),
+    # the release the authors' model index (instanseg/bioimageio_models/model-index.json) names, version 0.1.1
+    weights=("https://github.com/instanseg/instanseg/releases/download/instanseg_models_v0.1.1/brightfield_nuclei.zip",),
     source="https://github.com/instanseg/instanseg (instanseg-torch on PyPI; brightfield_nuclei model, "
            "0.5 um/px)",
     description="InstanSeg brightfield nuclei (Goldsborough et al. 2024): a UNet with seed and embedding "
