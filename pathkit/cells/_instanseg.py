@@ -174,7 +174,8 @@ class InstanSegModel:
         self.n_sigma = int(layout.get("n_sigma", arch["mlp_in"] - self.dim_coords))
         self.dim_seeds = int(layout.get("dim_seeds", sum(head) - self.dim_coords - self.n_sigma))
         self.dim_out = self.dim_coords + self.n_sigma + self.dim_seeds
-        self.pixel_size = float(layout["pixel_size"]) if layout.get("pixel_size") else None
+        ps = float(layout.get("pixel_size") or "nan")
+        self.pixel_size = ps if math.isfinite(ps) and ps > 0 else None  # None: the registry entry's mpp
         self.defaults = InstanSegParams.from_dict({k: v for k, v in defaults.items()
                                                    if k in InstanSegParams.__dataclass_fields__})
         merged = {**self.defaults.as_dict(), **(params.as_dict() if isinstance(params, InstanSegParams)
