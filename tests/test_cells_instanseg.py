@@ -115,3 +115,26 @@ def test_instanseg_weights_errors(tiny, tmp_path):
     save_file({"fc.weight": torch.zeros(2, 2)}, str(other))
     with pytest.raises(WeightsError, match="not InstanSeg weights"):
         InstanSegModel(other)
+
+
+def test_convert_from_the_release_zip(tiny, tmp_path):
+    """The authors ship brightfield_nuclei.zip holding instanseg.pt (with rdf.yaml beside it): the zip converts
+    to the same tensors and defaults as the .pt, and is refused as weights= before conversion."""
+    import zipfile
+
+    from safetensors import safe_open
+
+    path, _ = tiny
+    release = tmp_path / "brightfield_nuclei.zip"
+    with zipfile.ZipFile(release, "w") as z:
+        z.write(FIX / "tiny.pt", "brightfield_nuclei/instanseg.pt")
+        z.writestr("brightfield_nuclei/rdf.yaml", "name: test\n")
+    with pytest.raises(WeightsError, match="convert_instanseg"):
+        InstanSegModel(release)
+    again = convert_instanseg(release, tmp_path / "from_zip.safetensors")
+    with safe_open(str(path), "pt") as a, safe_open(str(again), "pt") as b:
+        names = sorted(a.keys())
+        assert names == sorted(b.keys())
+        assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in names)
+        assert a.metadata()["params"] == b.metadata()["params"]
+    assert not any(k.startswith("fcn.pixel_classifier.") for k in names)  # the classifier is kept once
