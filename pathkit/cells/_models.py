@@ -28,6 +28,21 @@ class _WatershedRunner(_Runner):
         return labels, None, h
 
 
+class _InstanSegRunner(_Runner):
+    def __init__(self, spec, weights, params=None, device="auto"):
+        from ._instanseg import InstanSegModel
+
+        super().__init__(spec)
+        self.model = InstanSegModel(weights, params=params, device=device)
+        if self.model.pixel_size:
+            self.mpp = self.model.pixel_size  # the resolution the weights were trained at
+        self.params = self.model.params.as_dict()
+        self.weights_info = str(weights)
+
+    def __call__(self, rgb):
+        return self.model(rgb), None, haematoxylin(rgb)
+
+
 def cell_segmenter(model: str = "instanseg", *, weights=None, params=None, device="auto"):
     """The runner of a cell segmenter entry (``pathkit.models.list_models("cell_segmenter")``)."""
     from ..models.registry import get_spec
@@ -42,13 +57,15 @@ def cell_segmenter(model: str = "instanseg", *, weights=None, params=None, devic
                                  "pathkit.models.cell_segmenters.CellSegmenterSpec)") from None
     if spec.arch == "watershed":
         return _WatershedRunner(spec, params)
-    if params is not None:
-        raise ValueError(f"params= is for model='watershed'; {spec.name!r} takes weights=")
+    if spec.arch == "instanseg_unet" and weights is not None:
+        return _InstanSegRunner(spec, weights, params, device)
+    if params is not None and spec.arch != "instanseg_unet":
+        raise ValueError(f"params= is for model='watershed' or 'instanseg'; {spec.name!r} takes weights=")
     if spec.arch.startswith("hovernet"):
         from ._hovernet import HoVerNetRunner
 
         return HoVerNetRunner(spec, weights, device)
-    # deep entries: the network code is not in pathkit yet; never fall back silently to another model
+    # no weights here (or no inference code yet): never fall back silently to another model
     where = f"weights={weights!r}" if weights is not None else "no weights given"
     raise WeightsError(f"cell segmenter {spec.name!r} cannot run here ({where}). {spec.weights_help}")
 

@@ -108,12 +108,15 @@ def segment_cells(tiles, slide=None, model: str = "instanseg", *, weights=None, 
         (HoVer-Net PanNuke, 6 cell types) or ``"watershed"`` (no weights: haematoxylin threshold and
         distance-transform watershed; no cell types). ``pathkit.models.list_models("cell_segmenter")``.
     weights
-        A weights file (safetensors or a tensor-only state dict) for the deep models; default the entry's
-        source. Missing weights raise :class:`~pathkit.errors.WeightsError` saying how to get them.
+        A weights file (safetensors or a tensor-only state dict) for the deep models. For ``"instanseg"``: the
+        safetensors file :func:`pathkit.cells.convert_instanseg` makes from the authors' release. Missing
+        weights raise :class:`~pathkit.errors.WeightsError` saying how to get them.
     halo_um
         Margin read around each tile (um); larger than the largest nucleus.
     params
-        For ``"watershed"``: a :class:`pathkit.cells.WatershedParams` (threshold, smoothing, sizes).
+        For ``"watershed"``: a :class:`pathkit.cells.WatershedParams` (threshold, smoothing, sizes). For
+        ``"instanseg"``: a :class:`pathkit.cells.InstanSegParams` or a dict of some of its fields, overriding
+        the defaults stored with the weights (seed, mask and overlap thresholds, window size).
     device
         ``"auto"``, ``"cpu"``, ``"cuda"`` for the deep models.
     polygons_path

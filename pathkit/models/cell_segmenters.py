@@ -37,19 +37,19 @@ register(CellSegmenterSpec(
 
 register(CellSegmenterSpec(
     name="instanseg", arch="instanseg_unet", mpp=0.5,
-    weights=("https://github.com/instanseg/instanseg/releases/download/instanseg_v0.1.0/brightfield_nuclei.zip",),
+    # the release the authors' model index (instanseg/bioimageio_models/model-index.json) names, version 0.1.1
+    weights=("https://github.com/instanseg/instanseg/releases/download/instanseg_models_v0.1.1/brightfield_nuclei.zip",),
     source="https://github.com/instanseg/instanseg (instanseg-torch on PyPI; brightfield_nuclei model, "
            "0.5 um/px)",
     description="InstanSeg brightfield nuclei (Goldsborough et al. 2024): a UNet with seed and embedding "
-                "heads, CPU-friendly; no cell types",
+                "heads and a pixel-classifier clustering, CPU-friendly; no cell types",
     license="Apache-2.0 (code); see the model's release for the weights",
     weights_help=("InstanSeg's brightfield_nuclei weights are not in pathkit and cannot be fetched offline. "
-                  "With network access, `pip install \"pathkit[cells]\"` then in Python "
-                  "`from instanseg import InstanSeg; InstanSeg('brightfield_nuclei')` downloads the model to "
-                  "instanseg's bioimageio_models folder. pathkit does not run that TorchScript file as it is; "
-                  "it builds InstanSeg's UNet (pathkit.cells._instanseg_net.InstanSegUNet, identical to the "
-                  "authors' on random weights) but not yet its seed-and-embedding clustering, so InstanSeg "
-                  "inference is not available (issue 23): use model='watershed' meanwhile."),
+                  "Download brightfield_nuclei.zip from the InstanSeg release (the entry's weights URL), convert "
+                  "it once: `pathkit.cells.convert_instanseg('brightfield_nuclei.zip', "
+                  "'instanseg_brightfield_nuclei.safetensors')` (reads the TorchScript file's tensors and "
+                  "post-processing defaults), then pass weights='instanseg_brightfield_nuclei.safetensors'. "
+                  "Without weights use model='watershed'."),
 ))
 
 register(CellSegmenterSpec(
