@@ -197,8 +197,9 @@ def _fit_vahadane(px: np.ndarray, Io: float, random_state) -> dict:
     if len(od) > VAHADANE_FIT_PIXELS:
         rng = np.random.default_rng(random_state)
         learn = od[np.sort(rng.choice(len(od), size=VAHADANE_FIT_PIXELS, replace=False))]
-    W, n_iter = vahadane_dictionary(torch.from_numpy(learn)[None], torch.ones(1, len(learn), dtype=torch.float64),
-                                    VAHADANE_LAMBDA, VAHADANE_MAX_ITER, VAHADANE_TOL)
+    W, n_iter = vahadane_dictionary(torch.from_numpy(np.ascontiguousarray(learn.T))[None],
+                                    torch.ones(1, len(learn), dtype=torch.float64), VAHADANE_LAMBDA,
+                                    VAHADANE_MAX_ITER, VAHADANE_TOL)
     W = W[0].numpy()
     conc = np.linalg.lstsq(W.T, od.T, rcond=None)[0].T
     return {"stain_matrix": W.T, "max_concentrations": np.percentile(conc, 99, axis=0),
