@@ -2,9 +2,10 @@
 ViT-S/16 (registry entry ``lunit_vits16``, random weights: the speed is the architecture's) without
 normalisation, with Macenko, Reinhard and Vahadane, on real tiles of CMU-1-Small-Region (224 px at 0.5 mpp).
 
-    python benchmarks/bench_stain.py [--repeats 3] [--tiles 64] [--methods macenko,reinhard,vahadane]
+    python benchmarks/bench_stain.py [--repeats 3] [--tiles 64] [--methods macenko,reinhard,vahadane,macenko_loop]
 
-Runs are interleaved (none, macenko, reinhard, vahadane, none, ...) so load from other processes hits each
+``macenko_loop`` is the previous path (torchstain's torch Macenko one tile at a time), for the before/after.
+Runs are interleaved (none, macenko, reinhard, vahadane, macenko_loop, none, ...) so load from other processes hits each
 alike; ratios are taken against the no-normalisation runs of the same execution (median over repeats, and the
 median of the per-round ratios). The normaliser alone is timed on the same tiles, interleaved, as the median
 of `repeats` runs. Writes benchmarks/results/bench_stain.json.
@@ -22,12 +23,37 @@ from pathlib import Path
 DATA = Path(os.environ.get("PATHKIT_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
+def _torchstain_loop_class():
+    import torch
+    import torchstain.torch.normalizers as tsn
+
+    import pathkit as pk
+
+    class TorchstainLoop(pk.pp.StainNormalizer):
+        """The previous path, for the before/after figure: torchstain's torch Macenko one tile at a time."""
+
+        @classmethod
+        def of(cls, target):
+            fitted = pk.pp.fit_stain(target, "macenko")
+            return cls("macenko", fitted.params, info=fitted.info)
+
+        def transform_batch(self, batch):
+            norm = tsn.TorchMacenkoNormalizer()
+            norm.HERef = torch.tensor(self.params["stain_matrix"], dtype=torch.float32)
+            norm.maxCRef = torch.tensor(self.params["max_concentrations"], dtype=torch.float32)
+            with torch.inference_mode():
+                return torch.stack([norm.normalize(t.permute(2, 0, 1), Io=self.Io, alpha=self.alpha, beta=self.beta,
+                                                   stains=False)[0].clamp_(0, 255).to(torch.uint8) for t in batch])
+
+    return TorchstainLoop
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--tiles", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--methods", default="macenko,reinhard,vahadane")
+    ap.add_argument("--methods", default="macenko,reinhard,vahadane,macenko_loop")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
 
@@ -37,6 +63,7 @@ def main():
 
     import pathkit as pk
 
+    loop_cls = _torchstain_loop_class()
     slide = pk.read_slide(DATA / "slides" / "CMU-1-Small-Region.svs")
     tiles = pk.pp.tile(slide, tile_px=224, mpp=0.5)
     tiles = tiles[: args.tiles].copy()
@@ -45,7 +72,7 @@ def main():
     fit_s = {}
     for m in args.methods.split(","):
         t0 = time.perf_counter()
-        norms[m] = pk.pp.fit_stain(target, m)
+        norms[m] = pk.pp.fit_stain(target, m) if m != "macenko_loop" else loop_cls.of(target)
         fit_s[m] = time.perf_counter() - t0
     kw = {"device": "cpu", "dtype": "float32", "batch_size": args.batch_size, "num_workers": 0, "progress": False}
     pk.tl.embed_tiles(tiles, slide, "lunit_vits16", weights="random", key_added="warm", **kw)  # model load
