@@ -1,6 +1,6 @@
 """Stain normalisation: Macenko and Reinhard as torchstain computes them (fitted with its numpy backend; tiles
-normalised as its torch backend does, Macenko batched in :mod:`._stain_batch`), and Vahadane's sparse
-non-negative stain separation (:mod:`._stain_batch`, scikit-learn's dictionary-learning solver).
+normalised as its torch backend does, Macenko batched in ``_stain_batch``), and Vahadane's sparse
+non-negative stain separation (``_stain_batch``, scikit-learn's dictionary-learning solver).
 
 A fitted normaliser is plain data (:meth:`StainNormalizer.to_dict`): it goes into ``uns`` and h5ad files and
 comes back with :meth:`StainNormalizer.from_dict`. Background never enters the fit: only pixels whose optical
@@ -56,7 +56,7 @@ class StainNormalizer:
         ``"macenko"``, ``"reinhard"`` or ``"vahadane"``.
     params : dict
         Macenko and Vahadane: ``stain_matrix`` (3 x 2, columns H and E optical-density vectors of unit norm),
-        ``max_concentrations`` (2,, 99th percentiles); Vahadane also ``regularizer`` (the sparsity weight);
+        ``max_concentrations`` (2,): 99th percentiles; Vahadane also ``regularizer`` (the sparsity weight);
         Reinhard: ``lab_mean``, ``lab_std`` (3,) in torchstain's Lab units.
     Io, alpha, beta : float
         Transmitted light intensity, Macenko angle percentile and optical-density transparency threshold.
