@@ -5,7 +5,7 @@
 # a stain protocol and a scanner; foundation-model embeddings encode the site strongly enough to predict it
 # (Howard et al., Nat Commun 2021). This notebook shows
 #
-# 1. stain normalisation of real tiles (Macenko, Reinhard) and HED augmentation,
+# 1. stain normalisation of real tiles (Macenko, Reinhard, Vahadane) and HED augmentation,
 # 2. how to measure the site effect of a representation, correct it with Harmony, and validate with
 #    site-preserved folds, and how an association moves when site is accounted for.
 #
@@ -39,18 +39,19 @@ warnings.filterwarnings("ignore", category=UserWarning)
 # `pk.pp.fit_stain` fits a normaliser to a reference (an RGB tile, a tiles AnnData + slide, or a slide);
 # background (optical density below 0.15 in any channel) never enters the fit. The fitted normaliser is plain
 # data (`to_dict()`) that goes into `uns`; `pk.tl.embed_tiles(tiles, slide, model, stain=norm)` applies it to
-# every tile batch before the model's own normalisation.
+# every tile batch before the model's own normalisation. Vahadane (sparse non-negative stain separation) learns
+# each tile's own stain matrix, so it costs more per tile than Macenko (docs/benchmarks_stain.md).
 
 # %%
 reference = np.array(Image.open(pk.datasets.fetch("patches/tissue-level0-7352-11762-7864-12274.png")).convert("RGB"))
 source = np.array(Image.open(pk.datasets.fetch("patches/CRC-VAL-HE-7K-NORM-TCGA-YLVCMEHK.tif")).convert("RGB"))
 panels = {"reference": reference[:224, :224], "source": source[:224, :224]}
-for method in ("macenko", "reinhard"):
+for method in ("macenko", "reinhard", "vahadane"):
     norm = pk.pp.fit_stain(reference, method)
     panels[method] = norm.transform(source)[:224, :224]
 panels["HED jitter (strong)"] = pk.pp.HEDJitter(sigma=0.2, bias=0.05, random_state=SEED).transform(source)[:224, :224]
 print(norm, norm.to_dict()["method"])
-px.imshow(np.stack(list(panels.values())), facet_col=0, facet_col_wrap=5,
+px.imshow(np.stack(list(panels.values())), facet_col=0, facet_col_wrap=6,
           title="source tile normalised to the reference").for_each_annotation(
     lambda a: a.update(text=list(panels)[int(a.text.split("=")[1])])).update_layout(height=300)
 

@@ -1,5 +1,6 @@
-"""Stain normalisation (Macenko, Reinhard) through torchstain: fitted with its numpy backend, applied to tile
-batches with its torch backend.
+"""Stain normalisation: Macenko and Reinhard as torchstain computes them (fitted with its numpy backend; tiles
+normalised as its torch backend does, Macenko batched in ``_stain_batch``), and Vahadane's sparse
+non-negative stain separation (``_stain_batch``, scikit-learn's dictionary-learning solver).
 
 A fitted normaliser is plain data (:meth:`StainNormalizer.to_dict`): it goes into ``uns`` and h5ad files and
 comes back with :meth:`StainNormalizer.from_dict`. Background never enters the fit: only pixels whose optical
@@ -13,11 +14,21 @@ from ..errors import StainError
 
 __all__ = ["StainNormalizer", "as_normalizer", "fit_stain"]
 
-METHODS = ("macenko", "reinhard")
+METHODS = ("macenko", "reinhard", "vahadane")
+# the saved parameters of each method (plain data in uns)
+PARAM_KEYS = {"macenko": ("stain_matrix", "max_concentrations"), "reinhard": ("lab_mean", "lab_std"),
+              "vahadane": ("stain_matrix", "max_concentrations", "regularizer")}
 # fewer stained pixels than this in a reference cannot give a stable stain matrix / Lab statistics
 MIN_FIT_PIXELS = 500
 # a tile to transform needs this many stained pixels; emptier tiles (glass) are passed through unchanged
 MIN_TILE_PIXELS = 64
+# Vahadane: sparsity weight of the concentrations (Vahadane et al.'s lambda, StainTools' and tiatoolbox's 0.1),
+# the solver's iteration cap and stopping rule (scikit-learn's dict_learning: cost decrease < tol x cost), and
+# the most stained pixels a fit learns the dictionary from (a random sample of them beyond that)
+VAHADANE_LAMBDA = 0.1
+VAHADANE_MAX_ITER = 1000
+VAHADANE_TOL = 1e-8
+VAHADANE_FIT_PIXELS = 250_000
 
 
 def _torchstain():
@@ -42,10 +53,11 @@ class StainNormalizer:
     Attributes
     ----------
     method : str
-        ``"macenko"`` or ``"reinhard"``.
+        ``"macenko"``, ``"reinhard"`` or ``"vahadane"``.
     params : dict
-        Macenko: ``stain_matrix`` (3 x 2, columns H and E optical-density vectors), ``max_concentrations``
-        (2,); Reinhard: ``lab_mean``, ``lab_std`` (3,) in torchstain's Lab units.
+        Macenko and Vahadane: ``stain_matrix`` (3 x 2, columns H and E optical-density vectors of unit norm),
+        ``max_concentrations`` (2,): 99th percentiles; Vahadane also ``regularizer`` (the sparsity weight);
+        Reinhard: ``lab_mean``, ``lab_std`` (3,) in torchstain's Lab units.
     Io, alpha, beta : float
         Transmitted light intensity, Macenko angle percentile and optical-density transparency threshold.
     mask_background : bool
@@ -82,7 +94,7 @@ class StainNormalizer:
         """Rebuild a normaliser saved with :meth:`to_dict` (e.g. from ``adata.uns["stain"]``)."""
         d = dict(d)
         method = str(d.get("method"))
-        keys = ("stain_matrix", "max_concentrations") if method == "macenko" else ("lab_mean", "lab_std")
+        keys = PARAM_KEYS.get(method, ())
         missing = [k for k in keys if k not in d]
         if method not in METHODS or missing:
             raise StainError(f"not a saved stain normaliser (method {method!r}, missing {missing}); save one "
@@ -94,23 +106,18 @@ class StainNormalizer:
                    info=info)
 
     def _torch_normalizer(self):
+        """torchstain's Reinhard normaliser holding the fitted Lab statistics."""
         if self._norm is None:
             import torch
 
-            tsn = _torchstain()
-            if self.method == "macenko":
-                norm = tsn.TorchMacenkoNormalizer()
-                norm.HERef = torch.tensor(self.params["stain_matrix"], dtype=torch.float32)
-                norm.maxCRef = torch.tensor(self.params["max_concentrations"], dtype=torch.float32)
-            else:
-                norm = tsn.TorchReinhardNormalizer()
-                norm.target_means = torch.tensor(self.params["lab_mean"], dtype=torch.float32)
-                norm.target_stds = torch.tensor(self.params["lab_std"], dtype=torch.float32)
+            norm = _torchstain().TorchReinhardNormalizer()
+            norm.target_means = torch.tensor(self.params["lab_mean"], dtype=torch.float32)
+            norm.target_stds = torch.tensor(self.params["lab_std"], dtype=torch.float32)
             self._norm = norm
         return self._norm
 
     def _one(self, tile):
-        """One HWC uint8 torch tile -> normalised HWC uint8 (unchanged when it holds almost no stain)."""
+        """One HWC uint8 torch tile -> Reinhard-normalised HWC uint8 (unchanged when it holds almost no stain)."""
         import torch
 
         od = -torch.log((tile.float() + 1) / self.Io)
@@ -118,12 +125,7 @@ class StainNormalizer:
         if int(stained.sum()) < MIN_TILE_PIXELS:
             self.n_unchanged += 1
             return tile
-        norm = self._torch_normalizer()
-        chw = tile.permute(2, 0, 1)
-        if self.method == "macenko":
-            out, _, _ = norm.normalize(chw, Io=self.Io, alpha=self.alpha, beta=self.beta, stains=False)
-            return out.clamp_(0, 255).to(torch.uint8)
-        return self._reinhard(chw, stained if self.mask_background else None)
+        return self._reinhard(tile.permute(2, 0, 1), stained if self.mask_background else None)
 
     def _reinhard(self, chw, stained):
         """torchstain's Reinhard, with the tile's Lab statistics taken over its stained pixels only (as the fit
@@ -147,13 +149,29 @@ class StainNormalizer:
         if batch.dtype != torch.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
             raise StainError(f"transform_batch needs a uint8 (B, H, W, 3) batch, got {batch.dtype} "
                              f"{tuple(batch.shape)}")
-        norm = self._torch_normalizer()
-        for name in ("HERef", "maxCRef", "target_means", "target_stds"):
-            t = getattr(norm, name, None)
-            if t is not None and t.device != batch.device:
-                setattr(norm, name, t.to(batch.device))
+        if self.method == "reinhard":
+            norm = self._torch_normalizer()
+            for name in ("target_means", "target_stds"):
+                t = getattr(norm, name)
+                if t.device != batch.device:
+                    setattr(norm, name, t.to(batch.device))
+            with torch.inference_mode():
+                return torch.stack([self._one(t) for t in batch])
+        from . import _stain_batch as sb
+
+        def ref(key):
+            return torch.tensor(self.params[key], dtype=torch.float32, device=batch.device)
+
         with torch.inference_mode():
-            return torch.stack([self._one(t) for t in batch])
+            if self.method == "macenko":
+                out, ok = sb.macenko_batch(batch, ref("stain_matrix"), ref("max_concentrations"), self.Io,
+                                           self.alpha, self.beta, MIN_TILE_PIXELS)
+            else:
+                out, ok = sb.vahadane_batch(batch, ref("stain_matrix").T, ref("max_concentrations"), self.Io,
+                                            self.beta, float(self.params["regularizer"]), MIN_TILE_PIXELS,
+                                            self.mask_background, VAHADANE_MAX_ITER, VAHADANE_TOL)
+        self.n_unchanged += int((~ok).sum())
+        return out
 
     def transform(self, rgb: np.ndarray) -> np.ndarray:
         """Normalise an RGB uint8 image (H, W, 3) or a stack (N, H, W, 3); returns uint8 of the same shape."""
@@ -167,15 +185,47 @@ class StainNormalizer:
         return out if arr.ndim == 4 else out[0]
 
 
+def _fit_vahadane(px: np.ndarray, Io: float, random_state) -> dict:
+    """Vahadane's stain matrix of the pixels `px` (n, 3) uint8 (scikit-learn's dictionary-learning solver, from
+    Ruifrok's H and E: deterministic) and the 99th percentiles of their least squares concentrations."""
+    import torch
+
+    from ._stain_batch import vahadane_dictionary
+
+    od = -np.log((px.astype(np.float64) + 1) / Io)
+    learn = od
+    if len(od) > VAHADANE_FIT_PIXELS:
+        rng = np.random.default_rng(random_state)
+        learn = od[np.sort(rng.choice(len(od), size=VAHADANE_FIT_PIXELS, replace=False))]
+    W, n_iter = vahadane_dictionary(torch.from_numpy(np.ascontiguousarray(learn.T))[None],
+                                    torch.ones(1, len(learn), dtype=torch.float64), VAHADANE_LAMBDA,
+                                    VAHADANE_MAX_ITER, VAHADANE_TOL)
+    W = W[0].numpy()
+    conc = np.linalg.lstsq(W.T, od.T, rcond=None)[0].T
+    return {"stain_matrix": W.T, "max_concentrations": np.percentile(conc, 99, axis=0),
+            "regularizer": np.float64(VAHADANE_LAMBDA)}, int(n_iter[0])
+
+
 def _fit_pixels(px: np.ndarray, method: str, Io: float, alpha: float, beta: float, source: str,
-                mask_background: bool = True):
+                mask_background: bool = True, random_state=0):
     if method not in METHODS:
-        extra = (" (torchstain has no Vahadane: use 'macenko', the same stain-matrix model)"
-                 if method == "vahadane" else "")
-        raise StainError(f"unknown stain method {method!r}; choose one of {METHODS}{extra}")
+        raise StainError(f"unknown stain method {method!r}; choose one of {METHODS}")
     if len(px) < MIN_FIT_PIXELS:
         raise StainError(f"the stain reference ({source}) has {len(px)} stained pixels (need >= {MIN_FIT_PIXELS}):"
                          " it is blank or background only; pick a reference with tissue")
+    info = {"n_pixels": len(px), "source": source}
+    if method == "vahadane":
+        params, info["n_iter"] = _fit_vahadane(px, Io, random_state)
+    else:
+        params = _fit_torchstain(px, method, Io, alpha, beta)
+    if not all(np.isfinite(v).all() for v in params.values()):
+        raise StainError(f"the stain fit on {source} is not finite ({params}); the reference has too little "
+                         "stain variation (one colour only?)")
+    return StainNormalizer(method, params, Io=Io, alpha=alpha, beta=beta, mask_background=mask_background,
+                           info=info)
+
+
+def _fit_torchstain(px: np.ndarray, method: str, Io: float, alpha: float, beta: float) -> dict:
     _torchstain()
     import torchstain.numpy.normalizers as tsn_np
 
@@ -187,16 +237,10 @@ def _fit_pixels(px: np.ndarray, method: str, Io: float, alpha: float, beta: floa
         norm = tsn_np.NumpyMacenkoNormalizer()
         with np.errstate(all="ignore"):
             norm.fit(img, Io=Io, alpha=alpha, beta=beta)
-        params = {"stain_matrix": np.asarray(norm.HERef), "max_concentrations": np.asarray(norm.maxCRef)}
-    else:
-        norm = tsn_np.NumpyReinhardNormalizer()
-        norm.fit(img)
-        params = {"lab_mean": np.asarray(norm.target_means), "lab_std": np.asarray(norm.target_stds)}
-    if not all(np.isfinite(v).all() for v in params.values()):
-        raise StainError(f"the stain fit on {source} is not finite ({params}); the reference has too little "
-                         "stain variation (one colour only?)")
-    return StainNormalizer(method, params, Io=Io, alpha=alpha, beta=beta, mask_background=mask_background,
-                           info={"n_pixels": len(px), "source": source})
+        return {"stain_matrix": np.asarray(norm.HERef), "max_concentrations": np.asarray(norm.maxCRef)}
+    norm = tsn_np.NumpyReinhardNormalizer()
+    norm.fit(img)
+    return {"lab_mean": np.asarray(norm.target_means), "lab_std": np.asarray(norm.target_stds)}
 
 
 def _tile_pixels(tiles, slide, n_tiles, random_state, Io, beta):
@@ -230,7 +274,10 @@ def fit_stain(reference, method: str = "macenko", *, slide=None, n_tiles: int = 
         with :func:`pathkit.pp.tile` defaults).
     method
         ``"macenko"`` (stain matrix + 99th-percentile concentrations) or ``"reinhard"`` (Lab mean and
-        standard deviation), as torchstain computes them.
+        standard deviation), as torchstain computes them; ``"vahadane"``: the stain matrix of sparse
+        non-negative dictionary learning (Vahadane et al. 2016; scikit-learn's solver, sparsity 0.1, started
+        from Ruifrok's H and E: deterministic) + 99th-percentile least squares concentrations. Each tile to
+        normalise gets its own Vahadane matrix by the same solver (on about 8k of its pixels), batched.
     slide
         The slide of a tiles AnnData `reference`.
     n_tiles
@@ -239,9 +286,11 @@ def fit_stain(reference, method: str = "macenko", *, slide=None, n_tiles: int = 
         Transmitted light intensity, angle percentile and optical-density threshold (torchstain's defaults).
         Pixels with optical density below `beta` in any channel are background and do not enter the fit.
     mask_background
-        False: every pixel enters the fit and a tile's Reinhard statistics, as in torchstain itself.
+        False: every pixel enters the fit and a tile's Reinhard statistics (and Vahadane's dictionary and
+        percentiles), as in torchstain itself.
     random_state
-        Seed of the tile sample.
+        Seed of the tile sample (and of Vahadane's pixel sample when a reference has more than 250,000 stained
+        pixels).
 
     Returns
     -------
@@ -271,7 +320,7 @@ def fit_stain(reference, method: str = "macenko", *, slide=None, n_tiles: int = 
         if arr.dtype != np.uint8 or arr.shape[-1] != 3:
             raise StainError(f"a stain reference image must be uint8 RGB (..., 3), got {arr.dtype} {arr.shape}")
         px, source = stained_pixels(arr, Io, keep), f"an RGB array {arr.shape}"
-    return _fit_pixels(px, method, Io, alpha, beta, source, mask_background)
+    return _fit_pixels(px, method, Io, alpha, beta, source, mask_background, random_state)
 
 
 def as_normalizer(stain) -> StainNormalizer | None:

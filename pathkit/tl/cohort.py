@@ -265,8 +265,8 @@ def embed_cohort(slides, out_dir, tile_model: str = "gigapath_tile", slide_model
         ``allow_implausible_mpp``.
     stain
         Stain normalisation of every tile batch (:func:`pathkit.tl.embed_tiles` ``stain``): a normaliser of
-        :func:`pathkit.pp.fit_stain` (one target for the cohort), or ``"macenko"`` / ``"reinhard"`` (each
-        slide its own target). Part of the parameters a resumed slide must match.
+        :func:`pathkit.pp.fit_stain` (one target for the cohort), or ``"macenko"`` / ``"reinhard"`` /
+        ``"vahadane"`` (each slide its own target). Part of the parameters a resumed slide must match.
 
     Returns
     -------

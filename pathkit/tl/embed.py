@@ -212,8 +212,8 @@ def embed_tiles(tiles, slide=None, model=None, *, key_added: str | None = None, 
         Return a new AnnData instead of writing into `tiles`.
     stain
         A stain normaliser of :func:`pathkit.pp.fit_stain` (or its ``to_dict()``), applied to each uint8 tile
-        batch before the model's own normalisation; ``"macenko"`` / ``"reinhard"``: fitted on this slide's
-        own tiles (each slide its own target). Recorded in ``uns["models"][key_added]["stain"]``.
+        batch before the model's own normalisation; ``"macenko"`` / ``"reinhard"`` / ``"vahadane"``: fitted on
+        this slide's own tiles (each slide its own target). Recorded in ``uns["models"][key_added]["stain"]``.
     engine
         ``"auto"``: on CPU the inference engine measured fastest for the model's family (OpenVINO, else ONNX
         Runtime, when ``pathkit[engines]`` is installed; see :mod:`pathkit.engines`), torch on GPUs and when
