@@ -2,6 +2,8 @@
 reopened notebook lacks: "Error displaying widget: model not found"), and still move while the cell runs."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from pathkit._progress import progress_bar
@@ -76,3 +78,15 @@ def test_saved_notebook_shows_the_finished_bars_as_text(executed):
     assert texts[1:] == ["", "", ""]              # leave=False: each epoch bar is gone once its loop ends
     stderr = "".join(o.get("text", "") for o in executed.cells[2].outputs if o.output_type == "stream")
     assert stderr == "fold 0 done\nfold 1 done\nfold 2 done\n"
+
+
+def test_pathkit_uses_the_one_helper():
+    """No module draws tqdm bars of its own (tqdm.auto is a widget in a kernel)."""
+    from pathlib import Path
+
+    import pathkit
+
+    root = Path(pathkit.__file__).parent
+    direct = [str(p.relative_to(root)) for p in root.rglob("*.py") if p.name != "_progress.py"
+              and re.search(r"^\s*(from tqdm|import tqdm)", p.read_text(encoding="utf-8"), re.MULTILINE)]
+    assert direct == []
