@@ -125,7 +125,7 @@ def main(argv=None) -> int:
         p for d in ("notebooks", "tutorials") for p in (REPO / d).glob("*.ipynb"))
     # the kernel must be this interpreter (the venv with pathkit), whatever `python` is on PATH
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
-    os.environ.setdefault("TQDM_DISABLE", "1")   # progress bars are widgets: noise on a static page
+    os.environ.setdefault("TQDM_DISABLE", "1")   # progress bars: the build machine's timings, noise on a page
     failed = 0
     for p in paths:
         dest = Path(args.out) / p.resolve().parent.name / p.name
