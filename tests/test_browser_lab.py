@@ -211,13 +211,18 @@ def drag(driver, x0, y0, x1, y1):
     ab.perform()
 
 
+# cell 5: pathkit's progress bars (issue 29: tqdm.auto's widget bars reopened as "model not found")
+PROGRESS_CELL = ("from pathkit._progress import progress_bar\nimport time\n"
+                 "for _ in progress_bar(range(30), desc='steps', unit='step'):\n    time.sleep(0.02)")
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     _require()
     from _widget_notebook import write_notebook
 
     root = tmp_path_factory.mktemp("lab")
-    write_notebook(root / "widgets.ipynb", root)
+    write_notebook(root / "widgets.ipynb", root, extra_cells=[PROGRESS_CELL])
     lab = Lab(root)
     try:
         yield lab
@@ -245,6 +250,9 @@ def test_widgets_in_jupyterlab_reach_the_kernel(lab):
     lab.wait(lambda: len(_visible_plots(lab, 3)) == 2 and len(_visible_plots(lab, 4)) == 1, timeout=120,
              what="both widgets drawn")
     lab.wait(lambda: lab.kernel_eval("sv.covariate") == "risk", what="kernel reachable")
+    bar_cell = d.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell")[5]
+    bar_text = lambda: lab.js("return arguments[0].textContent", bar_cell)  # textContent: also off-screen
+    lab.wait(lambda: "steps: 100%" in bar_text() and "30/30" in bar_text(), timeout=60, what="progress bar finished")
     errors = [e.text for e in d.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output[data-mime-type="
                                                                "'application/vnd.jupyter.stderr']")]
     assert not any("JSON compliant" in e or "Error" in e for e in errors), errors
@@ -338,6 +346,13 @@ def test_reopened_notebook_shows_static_copies(lab):
              what="static copies drawn")
     sv_cell = d.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell")[4]
     assert "exploratory" in sv_cell.text
+    # the progress bar reopens as its last line of text, not as a widget without its model
+    bar_cell = d.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell")[5]
+    d.execute_script("arguments[0].scrollIntoView()", bar_cell)
+    lab.wait(lambda: "steps: 100%" in lab.js("return arguments[0].textContent", bar_cell), timeout=20,
+             what="progress bar's saved text shown")
+    assert "model not found" not in lab.js("return arguments[0].textContent", bar_cell)
+    lab.shot("reopened_progress_bar")
     d.execute_script("arguments[0].scrollIntoView()", d.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell")[3])
     lab.shot("reopened_slide_explorer")
     d.execute_script("arguments[0].scrollIntoView()", sv_cell)

@@ -128,3 +128,73 @@ def test_index_links_every_notebook_and_claims_no_thumbnails():
         assert f"<_generated/{nb.parent.name}/{nb.stem}>" in text, nb.name
     quick = next(ln for ln in text.splitlines() if "01_quickstart" in ln)
     assert "thumbnail" not in quick
+
+
+# Runs once the page has loaded: what each notebook output shows (text, drawn figures and their size against
+# the output's width, tables, images, widget captions), into an attribute that --dump-dom shows.
+OUTPUTS_PROBE = """<script>window.addEventListener('load', function () { setTimeout(function () {
+  var r = Array.from(document.querySelectorAll('.cell_output')).map(function (o) {
+    var w = o.getBoundingClientRect().width;
+    return {text: o.innerText.trim().slice(0, 400), width: Math.round(w),
+            plots: Array.from(o.querySelectorAll('.js-plotly-plot')).map(function (p) {
+              var b = p.getBoundingClientRect();
+              return {w: Math.round(b.width), h: Math.round(b.height), svg: p.querySelectorAll('svg.main-svg').length,
+                      title: (p.querySelector('.gtitle') || {}).textContent || ''}; }),
+            tables: o.querySelectorAll('table').length, images: o.querySelectorAll('img').length,
+            captions: Array.from(o.querySelectorAll('.pk-static-caption')).map(function (c) { return c.innerText; })};
+  });
+  document.body.setAttribute('data-pk-outputs', JSON.stringify(r));
+}, 1500); });</script>"""
+
+#: What a live widget view or a repr leaves on a static page (issue 29: notebook 05 showed ``VBox(children=...``).
+RAW_REPR = re.compile(r"VBox\(children|HBox\(children|FigureWidget\(|Error displaying widget|model not found|"
+                      r"<pathkit\.[\w.]+ object at 0x|ipykernel_\d+")
+
+
+def _outputs(page: Path, tmp_path: Path) -> list[dict]:
+    """The outputs of a notebook page as headless Chromium lays them out at 1440 x 900 (a copy of the page
+    with the probe, next to it so that its relative links resolve; removed afterwards)."""
+    import html as _html
+    import json
+
+    probe = page.with_name(f".probe-{tmp_path.name}-{page.name}")
+    probe.write_text(page.read_text(encoding="utf-8").replace("</body>", OUTPUTS_PROBE + "</body>", 1),
+                     encoding="utf-8")
+    try:
+        cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
+               "--disable-background-networking", "--disable-component-update", "--disable-dev-shm-usage",
+               "--proxy-server=127.0.0.1:9", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1440,900",
+               "--virtual-time-budget=20000", "--dump-dom", probe.resolve().as_uri()]
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=180)
+    finally:
+        probe.unlink()
+    m = re.search(r'data-pk-outputs="([^"]*)"', proc.stdout)
+    assert m, f"page did not finish rendering (rc {proc.returncode}): {proc.stderr[-2000:]}"
+    return json.loads(_html.unescape(m.group(1)))
+
+
+def test_notebook_05_page_shows_clean_static_outputs(site, tmp_path):
+    """Notebook 05 as a reader sees it (issue 29): every output shows something (text, a table or a drawn
+    figure), no raw widget repr, every figure drawn inside its column and tall enough to read, and the
+    SurvivalExplorer's static copy says its cut-off and p-value under the figure."""
+    outs = _outputs(site / "_generated" / "notebooks" / "05_survival.html", tmp_path)
+    assert len(outs) >= 8
+    for o in outs:
+        assert o["text"] or o["plots"] or o["tables"] or o["images"], o
+        assert not RAW_REPR.search(o["text"]), o["text"]
+        for p in o["plots"]:
+            assert p["svg"] >= 2 and p["h"] >= 250 and 400 <= p["w"] <= o["width"] + 1, (p, o["width"])
+    explorer = outs[-1]
+    assert len(explorer["plots"]) == 1 and explorer["plots"][0]["title"].startswith("abmil_risk > ")
+    (caption,) = explorer["captions"]
+    assert caption.startswith("SurvivalExplorer: pre-specified cut-off (median): log-rank p = ")
+
+
+def test_notebook_pages_have_no_widget_reprs(built):
+    """No executed notebook page shows what a live widget view leaves without its kernel."""
+    pages = sorted((built / "_generated").glob("*/*.html"))
+    assert pages
+    for page in pages:
+        for m in re.finditer(r'<div class="cell_output[^"]*">(.*?)(?=<div class="cell[ _"]|</article>)',
+                             page.read_text(encoding="utf-8"), re.DOTALL):
+            assert not RAW_REPR.search(m.group(1)), (page.name, RAW_REPR.search(m.group(1)).group(0))

@@ -32,6 +32,9 @@ def _executed(tmp_path: Path) -> Path:
             new_output("display_data", data={"application/vnd.jupyter.widget-view+json": widget,
                                              "text/plain": "VBox(children=(HBox(children=(Dropdown("}),
             new_output("display_data", data={"application/vnd.plotly.v1+json": {"data": [], "layout": {}},
+                                             "text/html": '<div class="pk-static"><div>cdn figure</div>'
+                                                          '<p class="pk-static-caption">SurvivalExplorer: '
+                                                          'pre-specified cut-off (median)</p></div>',
                                              "text/plain": "SurvivalExplorer: static copy"}),
             new_output("execute_result", execution_count=2,
                        data={"application/vnd.jupyter.widget-view+json": widget,
@@ -63,7 +66,23 @@ def test_for_docs_drops_live_views_and_machine_paths(tmp_path):
     outs = nb.cells[2].outputs
     assert len(outs) == 2 and all("text/html" in o["data"] for o in outs)
     assert outs[0]["data"]["text/plain"] == "SurvivalExplorer: static copy"
+    # the widget's state in words stays under the redrawn figure (the page showed the figure alone)
+    page_html = outs[0]["data"]["text/html"]
+    assert page_html.endswith('<p class="pk-static-caption">SurvivalExplorer: pre-specified cut-off (median)</p>')
+    assert "cdn figure" not in page_html and "plotly-graph-div" in page_html
 
 
 def test_clean_text_keeps_ordinary_text():
     assert run.clean_text("a/b.py:3: note 0/50 done") == "a/b.py:3: note 0/50 done"
+
+
+def test_static_copy_html_has_the_widget_state_as_caption():
+    import plotly.graph_objects as go
+
+    from pathkit.widgets._static import figure_bundle
+
+    b = figure_bundle(go.Figure(), "SurvivalExplorer: p < 0.05 & low: n=3")
+    assert b["text/html"].endswith('<p class="pk-static-caption">SurvivalExplorer: p &lt; 0.05 &amp; low: n=3</p>'
+                                   "</div>")
+    assert b["text/plain"] == "SurvivalExplorer: p < 0.05 & low: n=3"
+    assert run._CAPTION.search(b["text/html"]).group(0).startswith('<p class="pk-static-caption">')

@@ -50,15 +50,32 @@ def test_blurred_mixed_ink_is_not_tissue(inks, sigma):
         after = tissue_mask_from_rgb(img).mask.mean()
         fr.append((before, after))
     before, after = np.array(fr).T
-    # measured: colour rules alone 0.07-0.30 tissue; with texture 0.02-0.099
+    # measured: colour rules alone 0.07-0.30 tissue; with uniformity 0.02-0.099, with grain too 0.014-0.047
     assert after.max() <= 0.10, (sigma, fr)
     assert after.mean() < before.mean()
 
 
-def test_single_colour_ink(inks):
+@pytest.mark.parametrize("sigma", [6, 10])
+def test_single_colour_ink(inks, sigma):
+    # a thin stroke blurred at sigma 10 is a ramp, not uniform over 31 px: a single dark-violet stroke was 19 %
+    # tissue; told by its missing grain: violet 0.04-0.085, red 0
     for colours in (("red",), ("violet",)):
-        fr = [tissue_mask_from_rgb(ink_tile(inks, colours, 6, seed)).mask.mean() for seed in range(3)]
-        assert max(fr) <= 0.10, (colours, fr)
+        fr = [tissue_mask_from_rgb(ink_tile(inks, colours, sigma, seed)).mask.mean() for seed in range(3)]
+        assert max(fr) <= 0.10, (colours, sigma, fr)
+
+
+def test_uniform_dark_tissue_is_kept(shared_data):
+    """Two tiles of CMU-1 whose uniform dark eosin / nuclei seeded "smooth ink" that then grew 30 px into the
+    tissue around (5.8 % and 2.7 % of their tissue lost); seeds are never grainy, and grow only through
+    grainless pixels."""
+    import pathkit as pk
+
+    slide = pk.read_slide(shared_data / "slides" / "CMU-1-Small-Region.svs")
+    for x, y in ((1026, 1026), (1026, 513)):
+        img = slide.read_tile(x, y, 512, 0.5)
+        colour_only = tissue_mask_from_rgb(img, pen=("red", "green", "blue", "black")).mask
+        lost = (colour_only & ~tissue_mask_from_rgb(img).mask).sum() / colour_only.sum()
+        assert lost < 0.015, (x, y, lost)   # measured 0.0098, 0.0107
 
 
 def test_texture_rule_spares_real_he(shared_data):
@@ -67,7 +84,7 @@ def test_texture_rule_spares_real_he(shared_data):
         shared_data / "stain" / "torchstain" / "target.png", shared_data / "stain" / "torchstain" / "source.png",
         shared_data / "stain" / "tiatoolbox" / "target_image.png",  # measured 0.85 %: a dense lymphocyte patch
         shared_data / "stain" / "histolab" / "medium-nuclei-score-level1.png",
-        p / "pen" / "medium-nuclei-score-green-pen-level1.png"]
+        p / "pen" / "medium-nuclei-score-green-pen-level1.png", shared_data / "nuclei" / "stardist" / "histo.jpg"]
     for f in files:
         img = np.array(Image.open(f).convert("RGB"))
         assert smooth_ink_mask(img).mean() < 0.01, f.name

@@ -196,9 +196,9 @@ def segment_cells(tiles, slide=None, model: str = "instanseg", *, weights=None, 
     frames = []
     it = range(tiles.n_obs)
     if progress:
-        from tqdm.auto import tqdm
+        from .._progress import progress_bar
 
-        it = tqdm(it, desc=f"cells ({seg.name})", unit="tile", leave=False)
+        it = progress_bar(it, desc=f"cells ({seg.name})", unit="tile", leave=False)
     for i in it:
         ox, oy = x[i] - halo * f, y[i] - halo * f
         side = core + 2 * halo

@@ -238,9 +238,9 @@ def synthetic_slide(path, width: int = 4096, height: int = 3072, mpp: float = 0.
     total = sum(math.ceil(w / tile) * math.ceil(h / tile) for w, h in dims)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from .._progress import progress_bar
 
-        bar = tqdm(total=total, desc=f"writing {path.name}", unit="tile")
+        bar = progress_bar(total=total, desc=f"writing {path.name}", unit="tile")
 
     jpeg = _JpegTiles(quality) if comp == "jpeg" else None
     if jpeg is not None:
@@ -253,10 +253,11 @@ def synthetic_slide(path, width: int = 4096, height: int = 3072, mpp: float = 0.
         for ty in range(0, h, tile):
             for tx in range(0, w, tile):
                 arr = _render(blob_list, bank, tx, ty, tile, tile, ds, hash((seed, k, idx)) & 0xFFFF)
-                yield arr if jpeg is None else jpeg(arr)
+                arr = arr if jpeg is None else jpeg(arr)
                 idx += 1
-                if bar is not None:
+                if bar is not None:  # before the yield: the writer never resumes the generator after its last tile
                     bar.update(1)
+                yield arr
 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

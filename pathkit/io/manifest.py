@@ -313,7 +313,7 @@ def fetch_manifest(manifest, dest, *, verify: bool = True, progress: bool = True
         One row per file: ``file_name``, ``path``, ``status`` (downloaded / resumed / skipped / failed),
         ``verified`` (what was checked), ``bytes``, ``error``.
     """
-    from tqdm.auto import tqdm
+    from .._progress import progress_bar
 
     df = validate_manifest(manifest)
     if errors not in ("raise", "record"):
@@ -322,7 +322,7 @@ def fetch_manifest(manifest, dest, *, verify: bool = True, progress: bool = True
     dest.mkdir(parents=True, exist_ok=True)
     state = _load_state(dest)
     total = int(df["size"].fillna(0).sum()) or None
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc="fetch", disable=not progress)
+    bar = progress_bar(total=total, unit="B", unit_scale=True, desc="fetch", disable=not progress)
     out = []
     for _, row in df.iterrows():
         name = row["file_name"]

@@ -314,7 +314,7 @@ class LongNetSlideEncoder(nn.Module):
         """
         if pool not in ("cls", "mean", "gap"):
             raise ValueError(f"pool={pool!r}: use 'cls' or 'mean'")
-        from tqdm.auto import tqdm
+        from .._progress import progress_bar
 
         depth = len(self.encoder.layers)
         if layer is not None:
@@ -325,7 +325,7 @@ class LongNetSlideEncoder(nn.Module):
         h, _ = self._tokens(tile_embeds, coords)
         pooled = [self._pool(h, pool)] if all_layers else None
         blocks = self.encoder.layers if layer is None else self.encoder.layers[:layer]
-        for block in tqdm(blocks, desc=f"LongNet ({h.shape[1] - 1} tiles)", unit="layer",
+        for block in progress_bar(blocks, desc=f"LongNet ({h.shape[1] - 1} tiles)", unit="layer",
                           disable=not progress, leave=False):
             h = block(h)
             if all_layers:

@@ -109,9 +109,9 @@ def umap(adata, color: str | None = None, *, thumbnails="auto", slide=None, max_
     elif mode and mode != "auto":
         rows = _thumbnail_rows(n, max_thumbnails, random_state)
         read = _thumbs.thumb_reader(adata, slide, thumb_px, required=True)
-        from tqdm.auto import tqdm
+        from .._progress import progress_bar
 
-        for r in tqdm(rows, desc="thumbnails", disable=len(rows) < 200, leave=False):
+        for r in progress_bar(rows, desc="thumbnails", disable=len(rows) < 200, leave=False):
             thumbs[int(r)] = _thumbs.data_uri(read(int(r)))
         if thumbs and _in_kernel():
             import warnings

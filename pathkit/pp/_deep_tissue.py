@@ -191,7 +191,7 @@ def segment_slide(slide, spec, model, device, dtype, *, mask_mpp: float, values,
     grid at `mask_mpp`. `gate(x, y)`: None, or a p x p bool map of where tissue is (model px at (x, y));
     a patch with at most ``spec.min_tissue_px`` tissue px is not run. Returns (fractions K x H x W,
     coverage H x W, downsample)."""
-    from tqdm.auto import tqdm
+    from .._progress import progress_bar
 
     w, h = slide.dimensions
     d = max(1e-9, mask_mpp / slide.mpp)
@@ -204,7 +204,7 @@ def segment_slide(slide, spec, model, device, dtype, *, mask_mpp: float, values,
         whole = jpeg_roundtrip_bgr(whole, spec.jpeg_quality)
     jobs = [(sx, sy, vx0, vx1, vy0, vy1) for (sy, vy0, vy1) in _starts(eh, spec.input_size, spec.edge)
             for (sx, vx0, vx1) in _starts(ew, spec.input_size, spec.edge)]
-    bar = tqdm(total=len(jobs), desc=f"{spec.name} on {slide.slide_id}", unit="patch", disable=not progress)
+    bar = progress_bar(total=len(jobs), desc=f"{spec.name} on {slide.slide_id}", unit="patch", disable=not progress)
     for b0 in range(0, len(jobs), max(1, int(batch_size))):
         chunk = jobs[b0:b0 + max(1, int(batch_size))]
         gates = [gate(sx, sy) if gate is not None else None for (sx, sy, *_r) in chunk]

@@ -104,10 +104,10 @@ def tile_qc(tiles, slide=None, *, tissue=None, focus: bool = True, max_pen: floa
         adata.obs["tissue"] = tis
     foc = np.full(len(x), np.nan)
     if focus and len(x):
-        from tqdm.auto import tqdm
+        from .._progress import progress_bar
 
         tile_px, mpp = int(spec["tile_px"]), float(spec["mpp"])
-        for i in tqdm(range(len(x)), desc="focus", disable=not progress):
+        for i in progress_bar(range(len(x)), desc="focus", disable=not progress):
             foc[i] = focus_score(slide.read_tile(int(x[i]), int(y[i]), tile_px, mpp))
     mt = float(spec.get("min_tissue", 0.0)) if min_tissue is None else float(min_tissue)
     bad_tissue = tis < mt - 1e-9

@@ -85,8 +85,9 @@ def umap(adata, *, use_rep: str | None = None, n_neighbors: int = 15, leiden: bo
     key_added
         obs column for the Leiden clusters.
     progress
-        Show a progress bar (``tqdm.auto``) with the step running and the elapsed time. The first UMAP of a
-        Python process compiles umap-learn's numba kernels (10-40 s); the bar says so while it happens.
+        Show a progress bar (text, updated in place in a notebook) with the step running and the elapsed
+        time. The first UMAP of a Python process compiles umap-learn's numba kernels (10-40 s); the bar says
+        so while it happens.
 
     Returns
     -------
@@ -198,7 +199,7 @@ def numba_compiled() -> bool:
 
 
 class _Progress:
-    """A tqdm.auto bar over named steps whose elapsed time keeps ticking during a long step (a heartbeat
+    """A progress bar over named steps whose elapsed time keeps ticking during a long step (a heartbeat
     thread refreshes it), so a numba compilation does not look like a hang."""
 
     def __init__(self, steps, enabled=True):
@@ -209,9 +210,9 @@ class _Progress:
             return self
         import threading
 
-        from tqdm.auto import tqdm
+        from .._progress import progress_bar
 
-        self.bar = tqdm(total=len(self.steps), desc="pk.tl.umap", leave=False,
+        self.bar = progress_bar(total=len(self.steps), desc="pk.tl.umap", leave=False,
                         bar_format="{desc}{n_fmt}/{total_fmt} steps [{elapsed}]")
         self._stop = threading.Event()
 

@@ -53,13 +53,14 @@ def encode_prompts(encoder, classes: dict, templates: list[str], batch_size: int
     """Embed every (class name x template) prompt once: {class: array [n_names, n_templates, E]},
     each prompt embedding L2-normalised. `encoder`: anything with `encode_text(list[str]) -> [T, E]`."""
     import torch
-    from tqdm.auto import tqdm
+
+    from .._progress import progress_bar
 
     texts = [_prompts.fill(t, n) for names in classes.values() for n in names for t in templates]
     starts = range(0, len(texts), batch_size)
     with torch.inference_mode():
         emb = np.concatenate([_as_numpy(encoder.encode_text(texts[i:i + batch_size]))
-                              for i in tqdm(starts, desc=f"text prompts ({len(texts)})", unit="batch",
+                              for i in progress_bar(starts, desc=f"text prompts ({len(texts)})", unit="batch",
                                             disable=not progress or len(starts) < 2)])
     emb = _l2n(emb)
     out, i = {}, 0

@@ -350,8 +350,8 @@ def _reusable(job: SlideJob, entry: dict, cur, out_path: Path):
 def _run_cohort(table, out_dir, tile_model, fkey, skey, weights, slide_model, slide_weights, tile_kwargs,
                 embed_kwargs, slide_kwargs, executor, client, resources, progress, write, resume, read_kwargs):
     import anndata as ad
-    from tqdm.auto import tqdm
 
+    from .._progress import progress_bar
     from .._version import __version__
     from ..io.executors import get_executor
     from ..tcga import parse_barcodes
@@ -398,7 +398,7 @@ def _run_cohort(table, out_dir, tile_model, fkey, skey, weights, slide_model, sl
 
     by_id = {j.slide_id: j for j in jobs}
     ex = get_executor(executor, client, resources=resources)
-    bar = tqdm(total=len(table), unit="slide", desc="cohort", disable=not progress)
+    bar = progress_bar(total=len(table), unit="slide", desc="cohort", disable=not progress)
     bar.update(len(results))
     n_tiles = sum(r["n_tiles"] for r in results.values())
     n_failed = 0

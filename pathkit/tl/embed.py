@@ -132,7 +132,7 @@ def _unwrapped(loader):
 
 def _run_encoder(encoder, spec, slide, xs, ys, tile_spec, dev, amp_dtype, batch_size, num_workers, progress,
                  stain=None):
-    from tqdm.auto import tqdm
+    from .._progress import progress_bar
 
     n = len(xs)
     pre = TilePreprocess(spec).to(dev)
@@ -141,7 +141,7 @@ def _run_encoder(encoder, spec, slide, xs, ys, tile_spec, dev, amp_dtype, batch_
                          pin_memory=dev.type == "cuda", device=dev)
     feats = None
     start = n_batches = 0
-    with tqdm(total=n, unit="tile", desc=f"embed {slide.slide_id}", disable=not progress) as bar, \
+    with progress_bar(total=n, unit="tile", desc=f"embed {slide.slide_id}", disable=not progress) as bar, \
             torch.inference_mode():
         for batch in _unwrapped(loader):
             batch = batch.to(dev, non_blocking=True)

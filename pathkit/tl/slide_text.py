@@ -249,9 +249,9 @@ def caption(cohort, model="prism", *, tiles=None, use_rep=None, weights=None, to
         The captions, indexed by slide id; ``uns[key_added]`` records the decoding settings.
     """
     import torch
-    from tqdm.auto import tqdm
 
     from .._device import resolve_device
+    from .._progress import progress_bar
     from ..models.prism import load_prism
     from ..models.prism_text import load_prism_decoder
     from ..models.registry import get_spec
@@ -267,7 +267,7 @@ def caption(cohort, model="prism", *, tiles=None, use_rep=None, weights=None, to
     enc, _ = load_prism(spec, weights=weights, device=dev)
     dec, tok, info = load_prism_decoder(spec, weights=weights, device=dev, tokenizer=tokenizer)
     texts = {}
-    for sid in tqdm(ids, desc=f"{spec.name} captions", unit="slide", disable=not progress or len(ids) < 2):
+    for sid in progress_bar(ids, desc=f"{spec.name} captions", unit="slide", disable=not progress or len(ids) < 2):
         a = tiles[sid]
         made_by = ((a.uns.get("models") or {}).get(use_rep) or {}).get("name")
         if made_by and made_by != tile_model:

@@ -41,14 +41,21 @@ def static_copy(fw):
     return go.Figure(d, skip_invalid=True)
 
 
+#: Class of the caption under a static copy's HTML figure (the widget's state in words: the cut-off and its
+#: p-value, the selection); ``tools/notebooks/run.py`` keeps it when it redraws the figure for the docs.
+CAPTION_CLASS = "pk-static-caption"
+
+
 def figure_bundle(fig, summary: str = "") -> dict:
-    """The static mimebundle of one plotly figure (plotly JSON + HTML + a text summary)."""
+    """The static mimebundle of one plotly figure (plotly JSON + HTML with the summary as a caption + the
+    summary as text)."""
     import plotly.io as pio
 
     spec = json.loads(pio.to_json(fig, validate=False))  # numpy -> lists, NaN -> null
-    html = pio.to_html(fig, include_plotlyjs="cdn", full_html=False, validate=False)
+    figure_html = pio.to_html(fig, include_plotlyjs="cdn", full_html=False, validate=False)
+    caption = f'<p class="{CAPTION_CLASS}">{html.escape(summary)}</p>' if summary else ""
     return {"application/vnd.plotly.v1+json": spec,
-            "text/html": f'<div class="pk-static">{html}</div>',
+            "text/html": f'<div class="pk-static">{figure_html}{caption}</div>',
             "text/plain": summary or "pathkit figure (static copy of a widget)"}
 
 

@@ -50,6 +50,7 @@ _PATHS = [(re.compile(r"(?:/[^\s:'\"]*)?/ipykernel_\d+/\d+\.py"), "<cell>"),
           (re.compile(r"/[^\s:'\"]*/(?:site|dist)-packages/"), ""),
           (re.compile(re.escape(str(REPO)) + "/"), "")]
 _WIDGET = "application/vnd.jupyter.widget-view+json"
+_CAPTION = re.compile(r'<p class="pk-static-caption">.*?</p>', re.DOTALL)   # pathkit.widgets._static.CAPTION_CLASS
 
 
 def clean_text(text: str) -> str:
@@ -99,10 +100,12 @@ def for_docs(path) -> bool:
                 layout = fig.setdefault("layout", {})
                 layout.pop("width", None)  # follow the page's column width
                 height = layout.get("height") or 500
+                # a widget's static copy says its state in a caption (cut-off, p-value, selection): keep it
+                caption = _CAPTION.search(data.get("text/html") or "")
                 data["text/html"] = pio.to_html(fig, include_plotlyjs=False, include_mathjax=False,
                                                 full_html=False, default_width="100%",
                                                 default_height=f"{height}px", validate=False,
-                                                config={"responsive": True})
+                                                config={"responsive": True}) + (caption.group(0) if caption else "")
                 del data["application/vnd.plotly.v1+json"]
                 changed = True
             kept.append(out)
@@ -122,7 +125,7 @@ def main(argv=None) -> int:
         p for d in ("notebooks", "tutorials") for p in (REPO / d).glob("*.ipynb"))
     # the kernel must be this interpreter (the venv with pathkit), whatever `python` is on PATH
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
-    os.environ.setdefault("TQDM_DISABLE", "1")   # progress bars are widgets: noise on a static page
+    os.environ.setdefault("TQDM_DISABLE", "1")   # progress bars: the build machine's timings, noise on a page
     failed = 0
     for p in paths:
         dest = Path(args.out) / p.resolve().parent.name / p.name

@@ -122,7 +122,7 @@ def cross_validate_mil(bags, cohort, model: str = "abmil", label=None, *, task: 
     ``tiles.obs[f"{key_added}_importance"]``
         each in-memory tile AnnData (NaN for tiles of slides never held out).
     """
-    from tqdm.auto import tqdm
+    from ..._progress import progress_bar
 
     key = key_added or model
     progress = kwargs.get("progress", True)
@@ -146,7 +146,7 @@ def cross_validate_mil(bags, cohort, model: str = "abmil", label=None, *, task: 
         raw = np.full((n, n_out), np.nan)
         fold_of = np.full(n, -1)
         importance, estimators, hist, fold_rows, bins = {}, [], [], [], {}
-        for k in tqdm(range(len(fold_sets)), desc=f"{model} folds", disable=not progress):
+        for k in progress_bar(range(len(fold_sets)), desc=f"{model} folds", disable=not progress):
             t0 = _time.perf_counter()
             tr, te = fold_sets[k]
             est = MIL(model, task, bag_by=bag_by, random_state=random_state, **kwargs)

@@ -303,8 +303,8 @@ class MIL:
         """Train on the units ``train_idx``; sets ``module_`` and the fitted attributes. ``C``: the raw
         covariates of every unit (standardised with the statistics of ``train_idx``)."""
         import torch
-        from tqdm.auto import tqdm
 
+        from ..._progress import progress_bar
         from ...models.mil import CovariateFusion, build_mil
 
         if len(train_idx) == 0:
@@ -342,7 +342,7 @@ class MIL:
         needs_label = self.model == "clam_sb" and self.task in ("binary", "multiclass")
         opt = torch.optim.Adam(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         best, best_state, best_epoch, wait, hist = float("inf"), None, 0, 0, []
-        bar = tqdm(range(self.epochs), desc=f"{self.model} fold {fold}", leave=False, disable=not self.progress)
+        bar = progress_bar(range(self.epochs), desc=f"{self.model} fold {fold}", leave=False, disable=not self.progress)
         for ep in bar:
             t_ep = _time.perf_counter()
             module.train()
