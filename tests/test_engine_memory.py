@@ -170,32 +170,3 @@ def test_bf16_choice_is_recorded_like_dtype(monkeypatch):
     _, info = _select.prepare_encoder(enc, spec, winfo, engine="openvino", dtype=torch.bfloat16, num_threads=1)
     assert info["engine_precision"] == "f32" and info["dtype"] == "float32"
     assert "no native bf16" in info["engine_reason"]
-
-
-# ------------------------------------------------------------------------------------------- lean export
-def test_large_weights_go_through_the_lean_exporter(monkeypatch):
-    """The TorchScript-based exporter holds ~3.8x the weights while exporting (+1.3 GB for ViT-B/16, the peak
-    of a first session); networks over LEAN_EXPORT_BYTES export through torch.export, which streams them."""
-    import json
-
-    from pathkit.engines import _cache, _export
-    from pathkit.models import build_tile_encoder
-
-    vit_b = build_tile_encoder(pathkit.models.get_spec("timm:vit_base_patch16_224"), device="meta")
-    assert _export.exporter_order(vit_b)[0] == "torch.export"
-    spec = pathkit.models.get_spec(MODEL)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.manual_seed(0)
-        enc, winfo = pathkit.models.load_tile_encoder(spec, weights="random")
-    assert _export.exporter_order(enc)[0] == "torchscript"  # a test-size network: the fast exporter
-    monkeypatch.setattr(_export, "LEAN_EXPORT_BYTES", 0)
-    run, info = _select.prepare_encoder(enc, spec, winfo, engine="onnxruntime", num_threads=1)
-    (folder,) = [p for p in _cache.cache_root().iterdir() if p.name.startswith(spec.name)]
-    meta = json.loads((folder / "export.json").read_text())
-    assert meta["exporter"] == "torch.export" and "model.onnx.data" in meta["files"]
-    x = torch.randn(3, 3, spec.input_size, spec.input_size, generator=torch.Generator().manual_seed(2))
-    with torch.inference_mode():
-        ref = enc(x)
-        out = run(x)
-    assert (out - ref).abs().max() <= 1e-4 and info["parity_max_abs_err"] <= 1e-4

@@ -1,11 +1,9 @@
 """torch -> ONNX, once per key, into the export cache (:mod:`pathkit.engines._cache`).
 
-Two exporters: torch's TorchScript-based exporter (about a second for a small ViT, 20x faster than the
-other on a 2-core CPU) and the torch.export-based one (``dynamo=True``), which needs far less memory. Small
-networks try the TorchScript one first, networks over :data:`LEAN_EXPORT_BYTES` of weights the torch.export
-one; either falls back to the other when it cannot express the graph (e.g. a position table interpolated
-by a traced scale factor). Which one made the file is recorded in the export's manifest; both are checked
-against torch on the first batch.
+Two exporters, tried in this order: torch's TorchScript-based exporter (about a second for a small ViT,
+20x faster than the other on a 2-core CPU) and, when it cannot express the graph (e.g. a position table
+interpolated by a traced scale factor), the torch.export-based one (``dynamo=True``). Which one made the
+file is recorded in the export's manifest; both are checked against torch on the first batch.
 """
 from __future__ import annotations
 
@@ -66,24 +64,10 @@ def _externalise(path: Path) -> None:
     ir.save(model, str(path), external_data=DATA_FILE, alignment=65536)
 
 
-# Above this size of weights the torch.export-based exporter goes first. The TorchScript-based one holds
-# about 3.8x the weights on top of the model while it exports (constant-folded copies, the protobuf and its
-# serialised bytes: +1.3 GB for ViT-B/16, the peak RSS of a first session), the torch.export one writes them
-# straight into model.onnx.data (+0.1 GB) but takes longer (ViT-B/16: 20 s vs 8 s, once).
-LEAN_EXPORT_BYTES = 32 << 20
-
-
-def exporter_order(encoder) -> list[str]:
-    """The exporters to try, in order, for `encoder`: the lean torch.export one first for large weights."""
-    nbytes = sum(p.numel() * p.element_size() for p in encoder.parameters())
-    return ["torch.export", "torchscript"] if nbytes > LEAN_EXPORT_BYTES else ["torchscript", "torch.export"]
-
-
 def _export(encoder, input_size: int, folder: Path) -> str:
     x = torch.zeros(2, 3, int(input_size), int(input_size))
     errors = []
-    for name in [n for n in exporter_order(encoder) if n in EXPORTERS]:
-        fn = EXPORTERS[name]
+    for name, fn in EXPORTERS.items():
         for f in folder.iterdir():  # leftovers of a failed attempt
             f.unlink()
         try:
