@@ -14,6 +14,13 @@ float32. The ViT-g row is the Prov-GigaPath recipe (width 1536, 24 heads, mlp 5.
 `--vitg-depth` of its 40 blocks (the whole 4.5 GB network does not fit a shared 24 GB machine three times
 over); every block is the same, so the ratio carries over.
 
+LazySlide (``lazyslide`` row, when its venv exists: ``--make-lazyslide-venv`` makes it, see bench_embed.py)
+runs in its own process on the same tile corners, with the same timm network and random init built once
+before the timing, an untimed first call on 2 tiles, then `zs.tl.feature_extraction` per input, at its best
+CPU setting: float32 here (bf16 autocast only where the CPU computes bf16 natively), DataLoader readers as
+many as pathkit's default. Its features are not compared (its own resize and crop). ``vs LS`` is each row's
+tiles/s over LazySlide's.
+
 Also the thread split (2 processes x 1 thread, each on half the tiles, vs 1 process x 2 threads) for
 `--threads-model` on OpenVINO. Writes benchmarks/results/bench_engines_<timestamp>.json.
 """
@@ -42,7 +49,55 @@ MODELS = {  # name -> (registry entry or timm:, kwargs replaced for the benchmar
     "vit_l": ("timm:vit_large_patch16_224", None),
     "vit_g_recipe": ("gigapath_tile", "depth"),
 }
-ENGINES = ("torch", "openvino", "onnxruntime")
+ENGINES = ("torch", "openvino", "onnxruntime", "lazyslide")
+
+# LazySlide 0.13 on the same tiles, in its own venv (bench_embed.lazyslide_python): the same timm network and
+# random init built once outside the timed part, its own reader and transform, float32 on this CPU or bf16
+# autocast where the CPU computes bf16 natively (its best CPU setting), its default torch threads.
+LAZY_ENGINE_SCRIPT = """
+import json, resource, sys, time, warnings
+import numpy as np
+warnings.simplefilter("ignore")
+import torch
+import lazyslide as zs
+from lazyslide_models import TimmModel
+from wsidata import TileSpec
+from wsidata.io import add_tiles
+
+cfg = json.loads(sys.argv[1])
+if cfg.get("threads"):
+    torch.set_num_threads(int(cfg["threads"]))
+torch.manual_seed(0)
+model = TimmModel(cfg["arch"], pretrained=False, **cfg["kwargs"])
+kw = dict(device="cpu", batch_size=cfg["batch_size"], num_workers=cfg["num_workers"], pbar=False,
+          return_features=True)
+if cfg["bf16"]:
+    kw.update(amp=True, autocast_dtype=torch.bfloat16)
+
+def run(slide, xy):
+    wsi = zs.open_wsi(slide)
+    spec = TileSpec.from_wsidata(wsi, tile_px=256, mpp=0.5)
+    add_tiles(wsi, "tiles", xy, spec, tissue_ids=np.zeros(len(xy), dtype=int))
+    t0 = time.perf_counter()
+    feats = zs.tl.feature_extraction(wsi, model, **kw)
+    return time.perf_counter() - t0, np.asarray(feats)
+
+out = {"model": cfg["model"], "engine": "lazyslide"}
+first = cfg["inputs"][0]
+t0 = time.perf_counter()
+run(cfg["slides"][first], np.load(cfg["coords"][first])[:2])
+out["first_call_s"] = time.perf_counter() - t0
+for which in cfg["inputs"]:
+    xy = np.load(cfg["coords"][which])
+    dt, feats = run(cfg["slides"][which], xy)
+    out[which] = {"seconds": dt, "tiles": len(xy), "tiles_per_s": len(xy) / dt, "dim": int(feats.shape[1])}
+import lazyslide
+out["info"] = {"engine": "lazyslide", "engine_version": lazyslide.__version__,
+               "dtype": "bfloat16" if cfg["bf16"] else "float32", "num_workers": cfg["num_workers"],
+               "threads": torch.get_num_threads()}
+out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print("RESULT " + json.dumps(out), flush=True)
+"""
 
 
 def _spec(model: str, vitg_depth: int):
@@ -110,7 +165,47 @@ def worker(cfg: dict) -> dict:
     return out
 
 
+def _lazy_inputs(cfg: dict) -> dict:
+    """The slide paths and the tile corners (level 0) that pathkit embeds, for LazySlide (made once per
+    input and tile count)."""
+    slides, coords = {}, {}
+    for which in cfg["inputs"]:
+        n = cfg["synth_tiles"] if which == "synthetic" else cfg.get("cmu1_tiles")
+        f = Path(cfg["out"]) / f"xy_{which}_{n}.npy"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            slide, tiles = _tiles(which, n)
+        if not f.is_file():
+            np.save(f, tiles.obs[["x", "y"]].to_numpy(dtype=np.int64))
+        slides[which], coords[which] = str(Path(slide.path)), str(f)
+    return {"slides": slides, "coords": coords}
+
+
+def _run_lazyslide(cfg: dict) -> dict:
+    from bench_embed import lazyslide_python
+
+    from pathkit._device import cpu_has_native_bf16
+    from pathkit.tl._tile_loader import default_num_workers
+
+    py, why = lazyslide_python()
+    if py is None:
+        return {"model": cfg["model"], "engine": "lazyslide", "error": why}
+    spec = _spec(cfg["model"], cfg["vitg_depth"])
+    arch = spec.arch.removeprefix("timm:")
+    kwargs = {k: v for k, v in spec.kwargs.items() if k not in ("num_classes", "pretrained")}
+    lcfg = {**cfg, **_lazy_inputs(cfg), "arch": arch, "kwargs": kwargs, "bf16": cpu_has_native_bf16(),
+            "num_workers": default_num_workers()}
+    r = subprocess.run([str(py), "-c", LAZY_ENGINE_SCRIPT, json.dumps(lcfg)], capture_output=True, text=True,
+                       check=False, env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=cfg["out"])
+    for line in r.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    return {"model": cfg["model"], "engine": "lazyslide", "error": r.stderr.strip()[-1500:]}
+
+
 def _run(cfg: dict) -> dict:
+    if cfg["engine"] == "lazyslide":
+        return _run_lazyslide(cfg)
     r = subprocess.run([sys.executable, __file__, "--worker", json.dumps(cfg)], capture_output=True, text=True,
                        check=False, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     for line in r.stdout.splitlines():
@@ -155,6 +250,8 @@ def main(argv=None) -> int:
     ap.add_argument("--vitg-depth", type=int, default=6)
     ap.add_argument("--no-threads", action="store_true", help="skip the 2x1 vs 1x2 thread split")
     ap.add_argument("--threads-model", default="vit_b", help="model of the thread split")
+    ap.add_argument("--make-lazyslide-venv", action="store_true",
+                    help="create benchmarks/.venv-lazyslide first (pip install lazyslide==0.13.0)")
     args = ap.parse_args(argv)
     if args.worker:
         print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
@@ -173,9 +270,19 @@ def main(argv=None) -> int:
 
     synthetic_path()  # made once, outside the timing
     engines = args.engines.split(",")
+    lazy_note = "not asked for"
+    if "lazyslide" in engines:
+        from bench_embed import lazyslide_python
+
+        py, why = lazyslide_python(make=args.make_lazyslide_venv)
+        lazy_note = str(py) if py is not None else why
+        if py is None:
+            print("LazySlide row skipped:", why, flush=True)
+            engines.remove("lazyslide")
     meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu_count": os.cpu_count(),
             "torch": torch.__version__, "pathkit": pk.__version__, "loadavg_start": os.getloadavg(),
-            "engines": {e: engine_version(e) for e in engines if e != "torch"},
+            "engines": {e: engine_version(e) for e in engines if e in ("openvino", "onnxruntime")},
+            "lazyslide": lazy_note,
             "batch_size": args.batch_size, "synth_tiles": args.synth_tiles, "vitg_depth": args.vitg_depth}
     rows = []
     for model in args.models.split(","):
@@ -223,6 +330,8 @@ def _summarise(rows, engines, tmp) -> list[dict]:
                     base[which] = row[f"{which}_tiles_per_s"]
                 if base.get(which):
                     row[f"{which}_ratio"] = row[f"{which}_tiles_per_s"] / base[which]
+                if engine == "torch":
+                    continue  # the reference itself
                 ref = tmp / f"{model}_torch_{which}.npy"
                 mine = tmp / f"{model}_{engine}_{which}.npy"
                 if ref.is_file() and mine.is_file():
@@ -231,23 +340,36 @@ def _summarise(rows, engines, tmp) -> list[dict]:
             row["first_call_s"] = max(r["first_call_s"] for r in runs)  # the round that exported
             row["export_s"] = runs[0]["info"].get("export_seconds")
             row["ran_on"] = runs[0]["info"].get("engine")
+            row["dtype"] = runs[0]["info"].get("dtype")
             table.append(row)
+    for row in table:  # every row against LazySlide's best CPU setting, measured in the same run
+        lazy = next((r for r in table if r["model"] == row["model"] and r["engine"] == "lazyslide"
+                     and "error" not in r), None)
+        for which in ("cmu1", "synthetic"):
+            if lazy is not None and "error" not in row:
+                row[f"{which}_vs_lazyslide"] = row[f"{which}_tiles_per_s"] / lazy[f"{which}_tiles_per_s"]
     return table
 
 
 def _print(table, threads, meta):
     print(f"\nCPU engines vs torch eager, float32, batch {meta['batch_size']} (median over rounds; "
           f"loadavg {meta['loadavg_start']} -> {meta['loadavg_end']}: shared machine)")
-    head = ("model", "engine", "CMU-1 t/s", "ratio", "synth t/s", "ratio", "max abs err", "RSS MB", "export s")
-    print("{:<14}{:<13}{:>10}{:>7}{:>10}{:>7}{:>12}{:>8}{:>9}".format(*head))
+    head = ("model", "engine", "CMU-1 t/s", "ratio", "vs LS", "synth t/s", "ratio", "vs LS", "max abs err",
+            "RSS MB", "export s")
+    print("{:<14}{:<13}{:>10}{:>7}{:>7}{:>10}{:>7}{:>7}{:>12}{:>8}{:>9}".format(*head))
     for r in table:
         if "error" in r:
             print(f"{r['model']:<14}{r['engine']:<13} error: {r['error'][-120:]}")
             continue
-        err = max(r.get("cmu1_max_abs_err", 0), r.get("synthetic_max_abs_err", 0))
-        print(f"{r['model']:<14}{r['engine']:<13}{r['cmu1_tiles_per_s']:>10.2f}{r.get('cmu1_ratio', 0):>7.2f}"
-              f"{r['synthetic_tiles_per_s']:>10.2f}{r.get('synthetic_ratio', 0):>7.2f}{err:>12.1e}"
-              f"{r['peak_rss_mb']:>8.0f}{(r['export_s'] or 0):>9.1f}")
+        errs = [r[k] for k in ("cmu1_max_abs_err", "synthetic_max_abs_err") if k in r]
+        err = f"{max(errs):.1e}" if errs else "-"  # LazySlide: its own resize and crop, not comparable
+        cells = []
+        for which in ("cmu1", "synthetic"):
+            ls = r.get(f"{which}_vs_lazyslide")
+            cells.append(f"{r[f'{which}_tiles_per_s']:>10.2f}{r.get(f'{which}_ratio', 0):>7.2f}"
+                         + (f"{ls:>7.2f}" if ls is not None else f"{'-':>7}"))
+        export = f"{r['export_s']:.1f}" if r.get("export_s") else "-"
+        print(f"{r['model']:<14}{r['engine']:<13}{cells[0]}{cells[1]}{err:>12}{r['peak_rss_mb']:>8.0f}{export:>9}")
     if threads:
         print("threads (openvino, synthetic tiles):", json.dumps(threads))
 

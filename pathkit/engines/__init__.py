@@ -6,7 +6,16 @@ torch encoder (cached beside the weights), checked against torch on the first ba
 """
 from ._cache import cache_root
 from ._runners import ENGINES, engine_version
-from ._select import AUTO_RULES, CHOICES, EngineEncoder, clear_runner_cache, family, prepare_encoder
+from ._select import (
+    AUTO_RULES,
+    BF16_FLAGS,
+    CHOICES,
+    EngineEncoder,
+    clear_runner_cache,
+    engine_precision,
+    family,
+    prepare_encoder,
+)
 
-__all__ = ["AUTO_RULES", "CHOICES", "ENGINES", "EngineEncoder", "cache_root", "clear_runner_cache",
-           "engine_version", "family", "prepare_encoder"]
+__all__ = ["AUTO_RULES", "BF16_FLAGS", "CHOICES", "ENGINES", "EngineEncoder", "cache_root", "clear_runner_cache",
+           "engine_precision", "engine_version", "family", "prepare_encoder"]

@@ -21,7 +21,8 @@ import torch
 from .._hashing import sha256_file
 from .._io import write_text_atomic
 
-FORMAT = 1  # bump when the export recipe changes: old folders are then simply not found
+# bump when the export recipe changes: old folders are then simply not found (2: weights in model.onnx.data)
+FORMAT = 2
 MANIFEST = "export.json"
 
 
@@ -34,9 +35,14 @@ def cache_root() -> Path:
 
 def weights_fingerprint(encoder, winfo: dict) -> str:
     """sha256 of the weights file when it was read from one, else of the parameters themselves (random
-    init, in-memory models)."""
+    init, in-memory models); a module whose weights were released keeps the fingerprint they had."""
     if winfo.get("sha256"):
         return str(winfo["sha256"])
+    from ._torch_source import released
+
+    kept = released(encoder)
+    if kept is not None:
+        return kept
     h = hashlib.sha256()
     for name, t in sorted(encoder.state_dict().items()):
         h.update(name.encode())

@@ -8,6 +8,7 @@ file is recorded in the export's manifest; both are checked against torch on the
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import shutil
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .._io import malloc_trim
 from . import _cache
 
 ONNX_FILE = "model.onnx"
@@ -49,6 +51,17 @@ def _torch_export(encoder, x, path: Path) -> None:
 
 
 EXPORTERS = {"torchscript": _torchscript, "torch.export": _torch_export}
+DATA_FILE = ONNX_FILE + ".data"
+
+
+def _externalise(path: Path) -> None:
+    """Move the weights of an ONNX file into ``<file>.data`` beside it, at 64 KiB-aligned offsets: the
+    engines then memory-map them instead of parsing them out of the protobuf into a second copy, so that a
+    compile holds one copy of the weights beside the engine's own (repacked) one."""
+    import onnx_ir as ir
+
+    model = ir.load(str(path))
+    ir.save(model, str(path), external_data=DATA_FILE, alignment=65536)
 
 
 def _export(encoder, input_size: int, folder: Path) -> str:
@@ -59,17 +72,21 @@ def _export(encoder, input_size: int, folder: Path) -> str:
             f.unlink()
         try:
             fn(encoder, x, folder / ONNX_FILE)
+            if not (folder / DATA_FILE).exists():
+                _externalise(folder / ONNX_FILE)
             return name
         except Exception as e:  # noqa: BLE001  (any failure of one exporter: try the next)
             errors.append(f"{name}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
     raise RuntimeError("no ONNX exporter could export the model (" + "; ".join(errors) + ")")
 
 
-def ensure_export(encoder, spec, winfo: dict, input_size: int) -> tuple[Path, dict]:
+def ensure_export(encoder, spec, winfo: dict, input_size: int, loaded=None) -> tuple[Path, dict]:
     """The cached export folder of `encoder` (exported now when missing) and its manifest.
 
-    ``meta["export_seconds"]`` is the time the export took when it was made (in this or an earlier
-    session); ``meta["exported_now"]`` says whether this call made it."""
+    `loaded` returns the encoder with its weights (by default `encoder` itself): called only when the
+    export has to be made, so a released encoder (:mod:`._torch_source`) whose export is cached is not
+    loaded again. ``meta["export_seconds"]`` is the time the export took when it was made (in this or an
+    earlier session); ``meta["exported_now"]`` says whether this call made it."""
     try:
         import onnx  # noqa: F401  (the exporters need it; a clear error beats torch's)
         import onnxscript  # noqa: F401
@@ -81,6 +98,7 @@ def ensure_export(encoder, spec, winfo: dict, input_size: int) -> tuple[Path, di
     meta = _cache.find_export(folder)
     if meta is not None:
         return folder, {**meta, "exported_now": False}
+    encoder = loaded() if loaded is not None else encoder
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = _cache.private_tmp(folder)
     try:
@@ -98,4 +116,8 @@ def ensure_export(encoder, spec, winfo: dict, input_size: int) -> tuple[Path, di
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        # the exporter's traced graph and serialised copies of the weights are garbage now: free them before
+        # the engine compiles its own copy
+        gc.collect()
+        malloc_trim()
     return folder, {**meta, "exported_now": True}

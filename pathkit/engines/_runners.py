@@ -38,10 +38,10 @@ class OpenVINORunner:
         import openvino as ov
 
         core = ov.Core()
-        model = core.read_model(str(onnx_path))
         config = {"INFERENCE_NUM_THREADS": int(num_threads), "NUM_STREAMS": 1,
                   "INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
-        self.compiled = core.compile_model(model, "CPU", config)
+        # compiled straight from the file: no ov.Model (a second copy of the weights) outlives the compile
+        self.compiled = core.compile_model(str(onnx_path), "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.num_threads, self.precision = int(num_threads), precision
 

@@ -72,7 +72,10 @@ def _weights_key(weights):
 
 def _cached_encoder(spec, weights, dev, load):
     """The last encoder used stays loaded, so a cohort (or a Dask worker) loads its model once, not once per
-    slide. One entry only: a second model replaces the first rather than doubling memory."""
+    slide. One entry only: a second model replaces the first rather than doubling memory. The entry may hold
+    an encoder whose weights an inference engine released (its compiled model then stays in the engine's
+    cache); :func:`pathkit.engines.prepare_encoder` reloads it through :func:`_reload_encoder` when torch is
+    needed."""
     key = (repr(spec), _weights_key(weights), str(dev))
     hit = _ENCODER_CACHE.get(key)
     if hit is None:
@@ -87,6 +90,12 @@ def _cached_encoder(spec, weights, dev, load):
         warnings.warn(f"model {spec.name!r} has RANDOM weights: its embeddings carry no biological meaning.",
                       UserWarning, stacklevel=_user_stacklevel())
     return hit
+
+
+def _reload_encoder(spec, weights, dev, load):
+    """The encoder loaded again after an inference engine released its weights (pathkit.engines)."""
+    _ENCODER_CACHE.clear()
+    return _cached_encoder(spec, weights, dev, load)[0]
 
 
 def clear_model_cache() -> None:
@@ -273,7 +282,10 @@ def embed_tiles(tiles, slide=None, model=None, *, key_added: str | None = None, 
     else:
         norm = _stain_for(stain, adata, slide)
         encoder, winfo = _cached_encoder(spec, weights, dev, load_tile_encoder)
-        encoder, engine_info = prepare_encoder(encoder, spec, winfo, engine, dev, amp_dtype, num_threads)
+        # an engine frees the torch weights once it has taken over; torch comes back through reload when needed
+        encoder, engine_info = prepare_encoder(
+            encoder, spec, winfo, engine, dev, amp_dtype, num_threads,
+            reload=lambda: _reload_encoder(spec, weights, dev, load_tile_encoder))
         with _torch_threads(num_threads):
             feats, read_path = _run_encoder(encoder, spec, slide, xs, ys, tile_spec, dev, amp_dtype, batch_size,
                                             num_workers, progress, norm)
