@@ -36,12 +36,17 @@ def _read_zarr(spatialdata, path):
         raise CorruptFileError(f"{path}: not a zarr store (a zarr store is a folder with zarr.json or .zgroup); "
                                "pass the folder written by sdata.write(...)")
     try:
-        return spatialdata.read_zarr(path)
+        sdata = spatialdata.read_zarr(path)
     except Exception as exc:  # zarr, ome-zarr, xarray and anndata each raise their own
         first = (str(exc).strip().splitlines() or [""])[0]
         raise CorruptFileError(f"{path}: cannot read this SpatialData zarr store ({type(exc).__name__}: {first}); "
                                "it is damaged or was written by another program: write it again "
                                "(sdata.write) or copy it again") from exc
+    kinds = ("images", "labels", "points", "shapes", "tables")
+    if not any(len(getattr(sdata, k, None) or {}) for k in kinds):  # elements it could not read are skipped
+        raise CorruptFileError(f"{path}: the SpatialData zarr store holds no element that could be read; it is "
+                               "damaged or empty: write it again (sdata.write) or copy it again")
+    return sdata
 
 
 def _lazy_level(slide, shape_yx, full_wh):
