@@ -184,7 +184,10 @@ class RawTileReader:
             fh.seek(int(st["offsets"][index]))
             data = fh.read(cnt)
         if data[:2] != b"\xff\xd8":
-            raise self._error(index, "its stored bytes are not a JPEG stream")
+            raise self._error(index, "its stored bytes are not a JPEG stream (no SOI marker)")
+        # as the tifffile path (backends/tiff.py): a zero-filled or cut tile has no EOI; padding may follow it
+        if data[-2:] != b"\xff\xd9" and data.rstrip(b"\0")[-2:] != b"\xff\xd9":
+            raise self._error(index, "its JPEG stream has no end (EOI) marker: the tile is cut short or zero-filled")
         return st["head"] + data[2:]
 
     def _error(self, index: int, why: str):

@@ -59,3 +59,8 @@ class StainError(PathkitError, ValueError):
 class EngineError(PathkitError, RuntimeError):
     """An inference engine (OpenVINO, ONNX Runtime) asked for by name cannot run a model: the export failed
     or its output differs from torch's beyond float32 rounding."""
+
+
+class CorruptFileError(PathkitError, OSError):
+    """A data file pathkit reads (an HDF5 / h5ad bag, a parquet table, a JSON record) is empty, cut short, or
+    of another kind than its name says; the message names the file, what it looks like and the next step."""

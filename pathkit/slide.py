@@ -297,6 +297,8 @@ class Slide:
             try:
                 arr = self.reader.read(level, x0, y0, x1, y1)
             except Exception as exc:
+                if getattr(exc, "stored_tile", None) is not None:  # the backend named the stored tile already
+                    raise
                 raise SlideReadError(f"{self.path}: failed to read level {level} region at ({x0}, {y0}) size "
                                      f"{x1 - x0}x{y1 - y0}: {type(exc).__name__}: {exc}") from exc
             if (x0, y0, x1, y1) == (lx, ly, lx + w, ly + h) and arr.shape[:2] == (h, w):

@@ -273,3 +273,65 @@ def test_out_dir_lock_names_its_holder(tmp_path, calls):
     lock.write_text(json.dumps({"host": _owner.host(), "pid": 999999999, "start": 3}))  # a dead run of this host
     c = _run(slides, out)
     assert c.obs["status"].tolist() == ["ok"] and not lock.exists()
+
+
+# ---------------------------------------------------------------------------- 7. a slide edited in place
+@pytest.mark.parametrize("trust", ["stat", "sample_only"])
+def test_resume_sees_a_slide_rewritten_with_size_and_mtime_restored(tmp_path, calls, monkeypatch, trust):
+    """Same size, same mtime (os.utime), other bytes: the slide is hashed and computed again (the state's
+    size + mtime fast path reused the old features, marked "skipped"). ``sample_only``: a file system whose
+    ctime cannot be trusted (the stat seen as size + mtime only): the sampled hash still sees the change."""
+    from pathkit import _hashing
+
+    if trust == "sample_only":
+        real = _hashing.stat_path
+        monkeypatch.setattr(cohort_mod, "stat_path", lambda p: real(p)[:2])
+        monkeypatch.setattr(_hashing, "_SHA_CACHE", {})
+    slides = _slides(tmp_path / "slides", 2)
+    out = tmp_path / "out"
+    _run(slides, out)
+    before = ad.read_h5ad(out / "s1.h5ad").obsm["X_vit_tiny_test"]
+    st = os.stat(slides[1])
+    data = bytearray(slides[1].read_bytes())
+    data[7] ^= 0x20  # a case flip in the head: the sampled blocks cover it
+    slides[1].write_bytes(bytes(data))
+    os.utime(slides[1], ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (os.stat(slides[1]).st_size, os.stat(slides[1]).st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    if trust == "sample_only":
+        monkeypatch.setattr(_hashing, "_SHA_CACHE", {})  # a new process: nothing cached
+    calls.clear()
+    c = _run(slides, out)
+    assert [s for s, _, _ in calls] == ["s1"]
+    assert c.obs["status"].tolist() == ["skipped", "ok"]
+    assert c.obs.loc["s1", "sha256"] == hashlib.sha256(bytes(data)).hexdigest()
+    assert not np.array_equal(ad.read_h5ad(out / "s1.h5ad").obsm["X_vit_tiny_test"], before)
+    calls.clear()
+    assert _run(slides, out).obs["status"].tolist() == ["skipped", "skipped"] and calls == []
+
+
+def test_sampled_hash_covers_head_tail_and_spaced_blocks(tmp_path):
+    """What the sampled hash sees, and its documented limit: a change between the sampled blocks."""
+    from pathkit._hashing import SAMPLE_BLOCK_BYTES as B
+    from pathkit._hashing import SAMPLE_BLOCKS as N
+    from pathkit._hashing import sample_hash_file
+
+    size = 40 * B + 123
+    data = bytes(np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8))
+    p = tmp_path / "f.bin"
+    p.write_bytes(data)
+    h0 = sample_hash_file(p)
+    step = (size - B) / (N + 1)
+
+    def flipped(i):
+        d = bytearray(data)
+        d[i] ^= 1
+        p.write_bytes(bytes(d))
+        return sample_hash_file(p)
+
+    for i in (0, size - 1, round(5 * step) + 10):  # head, tail, inside the 5th spaced block
+        assert flipped(i) != h0, i
+    gap = round(step) + B + 10  # between the first spaced block and the second: not read
+    assert gap < round(2 * step)
+    assert flipped(gap) == h0
+    p.write_bytes(data + b"\0")
+    assert sample_hash_file(p) != h0  # the size is hashed

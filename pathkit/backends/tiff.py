@@ -54,6 +54,28 @@ def _check_complete(path: Path, tf) -> None:
                         f"bytes but the file has {size:,}; copy or download it again")
 
 
+def _check_layout(path: Path, tf) -> None:
+    """Raise SlideReadError when a page's geometry does not fit its own pixel data: a size of 0, or fewer (or
+    more) stored tiles / strips than its size needs (a patched or damaged IFD). tiffslide would divide by
+    zero or fail on a later read with an IndexError naming nothing."""
+    for i, page in enumerate(tf.pages):
+        if not hasattr(page, "dataoffsets"):
+            continue
+        w, h = int(page.imagewidth), int(page.imagelength)
+        what = "tiles" if page.is_tiled else "strips"
+        if w <= 0 or h <= 0:
+            raise SlideReadError(f"{path}: the file is corrupt: page {i} (an image of the pyramid or an associated "
+                                 f"image) is {w} x {h} px; copy or download it again")
+        try:
+            need = int(np.prod(page.chunked))
+        except (ArithmeticError, ValueError, TypeError):
+            continue  # a layout tifffile cannot count: its own reader decides
+        have = len(page.dataoffsets)
+        if have != need:
+            raise SlideReadError(f"{path}: the file is corrupt: page {i} is {w} x {h} px, which needs {need} "
+                                 f"{what}, but its IFD lists {have}; copy or download it again")
+
+
 class _DirectReader:
     """Decodes the TIFF tiles (or strips) of each level straight from the file with tifffile's decoder and
     keeps recently decoded ones in an LRU cache.
@@ -65,7 +87,8 @@ class _DirectReader:
 
     _JPEG = frozenset({6, 7, 34892, 33007})
 
-    def __init__(self, tf, series_index: int, cache_bytes: int = 96 << 20):
+    def __init__(self, tf, series_index: int, cache_bytes: int = 96 << 20, path=None):
+        self.path = path
         self.fh = tf.filehandle
         # tifffile's file handle has no lock unless asked: seek + read from several threads would interleave
         self.fh.set_lock(True)
@@ -89,9 +112,12 @@ class _DirectReader:
             if kf.compression in self._JPEG:
                 args["jpegtables"] = page.jpegtables
                 args["jpegheader"] = kf.jpegheader
+            # each segment of a TIFF-JPEG (compression 7) level is a whole JPEG stream, SOI ... EOI; NDPI's
+            # segments (a jpegheader) are restart intervals of one stream and carry no markers of their own
+            whole_jpeg = kf.compression == 7 and kf.jpegheader is None
             self.levels.append({"page": page, "decode": kf.decode, "args": args, "h": h, "w": w,
                                 "seg_h": min(seg_h, h), "seg_w": seg_w, "nx": math.ceil(w / seg_w),
-                                "spp": int(kf.samplesperpixel), "dtype": kf.dtype,
+                                "spp": int(kf.samplesperpixel), "dtype": kf.dtype, "whole_jpeg": whole_jpeg,
                                 "offsets": page.dataoffsets, "counts": page.databytecounts})
         self.cache: OrderedDict = OrderedDict()
         self.cache_bytes = cache_bytes
@@ -112,7 +138,14 @@ class _DirectReader:
             with self.fh.lock:
                 self.fh.seek(off)
                 data = self.fh.read(cnt)
-        seg, pos, shape = lv["decode"](data, index, **lv["args"])
+            if lv["whole_jpeg"]:
+                self._check_jpeg(level, index, data)
+        try:
+            seg, pos, shape = lv["decode"](data, index, **lv["args"])
+        except Exception as exc:
+            if not lv["whole_jpeg"] or data is None:  # e.g. a codec that is not installed: said as it is
+                raise
+            raise self._error(level, index, f"JPEG decode failed: {exc}") from exc
         if seg is None:  # a missing tile: background
             seg = np.full(shape, 255, lv["dtype"])
         seg = seg.reshape(seg.shape[-3:])  # (length, width, samples)
@@ -125,6 +158,28 @@ class _DirectReader:
                     _, (_, _, old) = self.cache.popitem(last=False)
                     self.used -= old.nbytes
         return item
+
+    def _check_jpeg(self, level: int, index: int, data: bytes) -> None:
+        """Refuse a stored JPEG tile whose stream does not run from SOI to EOI. libjpeg decodes a tile whose
+        second half was zeroed or cut off with only a warning (grey or smeared pixels), so a damaged file
+        would give features of garbage without an error; the raw-JPEG path refuses the same tile."""
+        if data[:2] != b"\xff\xd8":
+            raise self._error(level, index, "its stored bytes are not a JPEG stream (no SOI marker)")
+        # a writer may pad a tile with zero bytes after its EOI; a zero-filled or cut tile has no EOI at all
+        if data[-2:] != b"\xff\xd9" and data.rstrip(b"\0")[-2:] != b"\xff\xd9":
+            raise self._error(level, index, "its JPEG stream has no end (EOI) marker: the tile is cut short or "
+                                            "zero-filled")
+
+    def _error(self, level: int, index: int, why: str) -> SlideReadError:
+        """The one-line SlideReadError of a bad stored tile, worded as the raw-JPEG path's (pathkit._raw_tiles)."""
+        lv = self.levels[level]
+        tx, ty = index % lv["nx"], index // lv["nx"]
+        why = " ".join(str(why).split())  # one line: decoders' messages may span several
+        err = SlideReadError(f"{self.path}: failed to read level {level} region at ({tx * lv['seg_w']}, "
+                             f"{ty * lv['seg_h']}) size {lv['seg_w']}x{lv['seg_h']} (stored tile {index}): {why}. "
+                             "The file is corrupt there; copy or download it again")
+        err.stored_tile = (level, index)  # Slide passes it on as it is: it names the region already
+        return err
 
     def read(self, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         """Pixels [x0, x1) x [y0, y1) of `level` (inside the image), (h, w, samples)."""
@@ -170,6 +225,7 @@ def _open_tiffslide(path: Path):
             # tiffslide warns that its NDPI metadata parsing is partial; pathkit checks what it uses
             warnings.filterwarnings("ignore", message=".*metadata parsing only partially.*")
             ts = tiffslide.TiffSlide(str(path))
+            _check_layout(path, ts.ts_tifffile)
             _ = ts.properties
             _check_complete(path, ts.ts_tifffile)
     except Exception as exc:
@@ -208,7 +264,8 @@ class TiffBackend(SlideBackend):
         axes = str(props.get("tiffslide.series-axes", ""))
         if axes == "YXS" and os.environ.get("PATHKIT_TIFFSLIDE_READS") != "1":
             try:
-                self._direct = _DirectReader(ts.ts_tifffile, int(props.get("tiffslide.series-index", 0)))
+                self._direct = _DirectReader(ts.ts_tifffile, int(props.get("tiffslide.series-index", 0)),
+                                             path=path)
                 if len(self._direct.levels) != ts.level_count:
                     self._direct = None
             except Exception:  # noqa: BLE001 - unusual layouts: tiffslide's general path reads them

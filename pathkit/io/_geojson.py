@@ -123,7 +123,8 @@ def read_geojson(path, *, slide=None, qupath: bool = True) -> pd.DataFrame:
     try:
         doc = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise GeoJSONError(f"{path}: not JSON ({e})") from None
+        raise GeoJSONError(f"{path}: not JSON ({e}): cut short or not a GeoJSON file; export the objects from "
+                           "QuPath again (File > Export objects as GeoJSON)") from None
     feats = _features(doc, path)
     if not feats:
         raise GeoJSONError(f"{path}: no features: nothing to read (export the objects from QuPath with "

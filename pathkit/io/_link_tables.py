@@ -36,7 +36,13 @@ def read_table(table, what: str = "table", id_columns=()) -> pd.DataFrame:
     as_text = {c: str for c in (*ID_COLUMNS, *TEXT_ID_COLUMNS, *id_columns)}
     suffix = p.suffix.lower()
     if suffix == ".parquet":
-        return pd.read_parquet(p)
+        try:
+            return pd.read_parquet(p)
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            from .._files import damaged
+
+            raise damaged(p, f"{what} (parquet)", exc, "a parquet file",
+                          "copy or download it again, or export the table again") from None
     if suffix in (".xlsx", ".xlsm"):
         try:
             import openpyxl  # noqa: F401

@@ -17,9 +17,9 @@ def h5_bag_slide_id(path) -> str:
 
 def read_h5_features(path, features: str | None = None) -> np.ndarray:
     """Only the feature matrix of an HDF5 bag (float32): ``features`` or the first of "feats", "features"."""
-    import h5py
+    from .._files import open_h5
 
-    with h5py.File(path, "r") as f:
+    with open_h5(path, "HDF5 feature bag") as f:
         name = features or next((k for k in ("feats", "features") if k in f), None)
         if name is None or name not in f:
             raise TableError(f"{path}: no features dataset {features or 'feats/features'!r}; it has {list(f)}")
@@ -48,13 +48,14 @@ def read_h5_bag(path, features: str | None = None, coords: str | None = "coords"
     uns["slide"] (path, slide_id), uns["tile_spec"], uns["model"] = {"name": "external", "source": path}.
     """
     import anndata as ad
-    import h5py
     import pandas as pd
+
+    from .._files import open_h5
 
     path = Path(path)
     if coords_order not in ("xy", "yx"):
         raise ValueError(f"coords_order must be 'xy' or 'yx', not {coords_order!r}")
-    with h5py.File(path, "r") as f:
+    with open_h5(path, "HDF5 feature bag") as f:
         name = features or next((k for k in ("feats", "features") if k in f), None)
         if name is None or name not in f:
             raise TableError(f"{path}: no features dataset {features or 'feats/features'!r}; it has {list(f)}")

@@ -43,8 +43,8 @@ def _failed(job, exc: BaseException) -> dict:
 def task_key(job) -> str:
     """The Dask key of a job. Two cohorts sharing a scheduler may hold slides with the same id but other
     files, or the same files written to another out_dir: the key names the slide file's identity (absolute
-    path, size, mtime, sha256 when known), the output file and every parameter, so equal keys mean equal
-    work and the scheduler never hands one cohort the other's result."""
+    path, size, mtime, ctime, inode, sha256 when known), the output file and every parameter, so equal keys
+    mean equal work and the scheduler never hands one cohort the other's result."""
     import hashlib
     import json
     import os
@@ -53,7 +53,7 @@ def task_key(job) -> str:
              "out": os.path.abspath(str(getattr(job, "out_path", ""))), "stat": None}
     try:
         st = os.stat(ident["path"])
-        ident["stat"] = [st.st_size, st.st_mtime_ns]
+        ident["stat"] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
     except OSError:
         pass
     for k in ("known_sha256", "expected_sha256", "params_hash", "tiling_hash", "slide_params_hash", "resume"):

@@ -106,7 +106,14 @@ def _companion(source) -> tuple[dict | None, str | None]:
         path = Path(source).expanduser().parent / "config.json"
         if not path.is_file():
             return None, None
-    raw = json.loads(Path(path).read_text())
+    try:
+        raw = json.loads(Path(path).read_text())
+    except ValueError as exc:  # a download cut short, or an error page saved in its place
+        raise WeightsError(f"{path}: the model config beside the weights is not valid JSON ({exc}); delete it and "
+                           "download it again, or remove it to use the registry's architecture") from None
+    if not isinstance(raw, dict):
+        raise WeightsError(f"{path}: the model config beside the weights is not a JSON object; delete it and "
+                           "download it again, or remove it to use the registry's architecture")
     return {k: v for k, v in raw.items() if k in _ARCH_KEYS}, str(path)
 
 

@@ -53,6 +53,13 @@ def read_state_dict(path) -> dict:
     path = Path(path).expanduser()
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist")
+    from .._files import looks_like
+
+    kind = looks_like(path)
+    if kind.startswith(("empty", "text")) and not _looks_like_safetensors(path):
+        # a download that stopped at once or saved the server's error page in place of the weights
+        raise WeightsError(f"{path}: not a checkpoint: the file is {kind}. Delete it and download it again "
+                           "(a login or licence page saved in its place?), or pass another weights=")
     if path.suffix == ".safetensors" or _looks_like_safetensors(path):
         from safetensors.torch import load_file
 

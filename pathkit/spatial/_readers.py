@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .._files import read_h5ad
 from ..errors import TableError
 from ._spots import SpotWarning, _need_spatial, _open_slide, _report, spots_anndata  # noqa: F401 (_xenium)
 
@@ -200,7 +201,7 @@ def read_spots(path_or_adata, *, x: str | None = None, y: str | None = None, ima
     """
     import anndata as ad
 
-    src = path_or_adata if isinstance(path_or_adata, ad.AnnData) else ad.read_h5ad(path_or_adata)
+    src = path_or_adata if isinstance(path_or_adata, ad.AnnData) else read_h5ad(path_or_adata, "spots h5ad")
     name = "adata" if isinstance(path_or_adata, ad.AnnData) else Path(path_or_adata).name
     library_id = library_id or name.split(".")[0]
     if x is not None or y is not None:

@@ -23,6 +23,32 @@ def _need():
     return spatialdata
 
 
+def _read_zarr(spatialdata, path):
+    """``spatialdata.read_zarr(path)``, with one CorruptFileError naming the store when it cannot be read."""
+    from pathlib import Path
+
+    from ..errors import CorruptFileError
+
+    path = Path(path)
+    if not path.exists():
+        raise CorruptFileError(f"{path}: no such SpatialData zarr store")
+    if not path.is_dir() or not any((path / m).exists() for m in ("zarr.json", ".zgroup", ".zattrs")):
+        raise CorruptFileError(f"{path}: not a zarr store (a zarr store is a folder with zarr.json or .zgroup); "
+                               "pass the folder written by sdata.write(...)")
+    try:
+        sdata = spatialdata.read_zarr(path)
+    except Exception as exc:  # zarr, ome-zarr, xarray and anndata each raise their own
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise CorruptFileError(f"{path}: cannot read this SpatialData zarr store ({type(exc).__name__}: {first}); "
+                               "it is damaged or was written by another program: write it again "
+                               "(sdata.write) or copy it again") from exc
+    kinds = ("images", "labels", "points", "shapes", "tables")
+    if not any(len(getattr(sdata, k, None) or {}) for k in kinds):  # elements it could not read are skipped
+        raise CorruptFileError(f"{path}: the SpatialData zarr store holds no element that could be read; it is "
+                               "damaged or empty: write it again (sdata.write) or copy it again")
+    return sdata
+
+
 def _lazy_level(slide, shape_yx, full_wh):
     """A dask array (3, h, w) uint8 whose chunks are read from the slide on demand (level-0 boxes
     resampled to this level), so that no level is ever held whole."""
@@ -197,7 +223,7 @@ def from_spatialdata(sdata, element: str | None = None):
     """
     spatialdata = _need()
     if not hasattr(sdata, "shapes"):
-        sdata = spatialdata.read_zarr(sdata)
+        sdata = _read_zarr(spatialdata, sdata)
     names = list(sdata.shapes.keys())
     if element is None:
         element = next((n for n in ("tiles", "spots") if n in names), names[0] if len(names) == 1 else None)

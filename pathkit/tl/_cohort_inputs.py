@@ -100,11 +100,26 @@ def check_embed_kwargs(embed_kwargs: dict) -> None:
 
 
 def _load_state(out_dir: Path) -> dict:
-    try:
-        st = json.loads((out_dir / STATE_FILE).read_text())
-        return st if isinstance(st, dict) and isinstance(st.get("slides"), dict) else {"slides": {}}
-    except (OSError, ValueError):
+    """The state file's content; a damaged one (a run killed by a full disk, a copy cut short) is said and
+    started afresh: it is only a cache, the per-slide files' records decide what is reused."""
+    path = out_dir / STATE_FILE
+    if not path.exists():
         return {"slides": {}}
+    try:
+        st = json.loads(path.read_text())
+        if isinstance(st, dict) and isinstance(st.get("slides"), dict):
+            return st
+        why = "it does not hold a 'slides' table"
+    except (OSError, ValueError) as exc:
+        why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    import warnings
+
+    from .._warn import user_stacklevel
+
+    warnings.warn(f"{path}: unreadable cohort state ({why}); rebuilt from the slides and their h5ad files (each "
+                  "slide file is hashed again; results whose records match are reused)", UserWarning,
+                  stacklevel=user_stacklevel())
+    return {"slides": {}}
 
 
 def _save_state(out_dir: Path, state: dict) -> None:

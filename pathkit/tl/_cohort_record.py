@@ -59,6 +59,18 @@ def read_obsm(path: Path, key: str):
     return None
 
 
+def unreadable(path: Path) -> str:
+    """Why the h5ad at `path` cannot be opened ("" when it can)."""
+    from .._files import open_h5
+    from ..errors import CorruptFileError
+
+    try:
+        with open_h5(path, "per-slide h5ad"):
+            return ""
+    except CorruptFileError as exc:
+        return str(exc).split(": cannot read this per-slide h5ad: ", 1)[-1].split(";", 1)[0]
+
+
 def read_record(path: Path, feature_key: str, legacy_hash: str, tiling_hash: str, params_hash: str) -> dict | None:
     """The record of `path`, in the current form (old single-model records converted); None if none."""
     rec = read_uns(path, "cohort_job") if Path(path).exists() else None

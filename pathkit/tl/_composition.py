@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .._files import read_h5ad
 from ..errors import TableError
 
 __all__ = ["tile_composition"]
@@ -22,7 +23,7 @@ def _tile_obs(tiles, key: str, slide_key: str) -> pd.DataFrame:
                           tiles.obs["tile_file"]):
             if not isinstance(f, str) or not Path(f).is_file():
                 continue  # a slide without tiles gets NaN proportions
-            t = ad.read_h5ad(f, backed="r")
+            t = read_h5ad(f, "tile h5ad (obs['tile_file'])", backed="r")
             if key not in t.obs.columns:
                 raise TableError(f"{f}: obs has no column {key!r}; cluster the tiles first (pk.tl.umap / "
                                  "sc.tl.leiden) or pass key=")

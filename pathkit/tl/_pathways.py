@@ -24,7 +24,14 @@ def read_gene_sets(gene_sets) -> dict[str, list[str]]:
             raise TableError(f"gene-set file not found: {p}")
         if p.suffix.lower() == ".gmt":
             out = {}
-            for line in p.read_text().splitlines():
+            try:
+                text = p.read_text()
+            except UnicodeDecodeError:
+                from .._files import looks_like
+
+                raise TableError(f"{p}: not a text GMT file (it looks like {looks_like(p)}); copy or download "
+                                 "it again (MSigDB: the .gmt 'gene symbols' file)") from None
+            for line in text.splitlines():
                 parts = [x for x in line.rstrip("\n").split("\t") if x]
                 if len(parts) >= 3:
                     out[parts[0]] = parts[2:]

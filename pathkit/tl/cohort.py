@@ -4,8 +4,9 @@ The work unit is :func:`process_slide` (one slide: read, tile, embed tiles, opti
 a pure function of a picklable :class:`SlideJob`. Its output, ``out_dir/<slide_id>.h5ad``, is written
 atomically and records in ``uns["cohort_job"]`` the slide file's sha256 and a hash of every parameter that
 changes the numbers (model, weights, tiling, dtype, mpp override). A slide whose file carries the same
-record is not computed again. ``out_dir/cohort_state.json`` (atomic) caches each slide's size, mtime and
-sha256 so a resumed run does not re-hash unchanged slides.
+record is not computed again. ``out_dir/cohort_state.json`` (atomic) caches each slide's sha256 with its
+size, mtime, ctime, inode and a sampled hash (``pathkit._hashing``) so a resumed run does not re-hash
+unchanged slides; a file rewritten with its size and mtime restored changes its ctime and is hashed again.
 """
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .._hashing import sha256_path, stat_path
+from .._hashing import sample_hash_path, sha256_path, stat_path
 from .._io import h5ad_safe, write_h5ad_atomic
+from .._warn import Relay, capture
 from ..errors import ChecksumError, CohortError, TableError
 from . import _cohort_record as _rec
 from ._cohort_inputs import (
@@ -62,7 +64,7 @@ class SlideJob:
     resume: bool = True
     slide_params_hash: str = ""
     expected_sha256: str | None = None   # from a manifest: refuse a file that differs
-    known_sha256: str | None = None      # from the state file, valid while size + mtime are unchanged
+    known_sha256: str | None = None      # from the state file, valid while stat + sampled hash are unchanged
     known_stat: tuple | None = None
     tiling_hash: str = ""                # mpp + tile_kwargs: which tiles
     legacy_hash: str = ""                # the single hash of files written before models sat side by side
@@ -73,6 +75,13 @@ class SlideJob:
 
 def _stat(path: Path) -> tuple:
     return stat_path(path)  # a DICOM series folder is one slide
+
+
+def _sample(path: Path) -> str | None:
+    try:
+        return sample_hash_path(path)
+    except OSError:
+        return None
 
 
 
@@ -120,6 +129,11 @@ def _tile_features(job: SlideJob, sha: str, out: Path, res: dict):
 
     key = job.feature_key
     rec = _rec.read_record(out, key, job.legacy_hash, job.tiling_hash, job.params_hash) if out.exists() else None
+    if rec is None and out.exists():
+        why = _rec.unreadable(out)
+        if why:  # e.g. cut short by a full disk: its content cannot be trusted, the slide is computed again
+            warnings.warn(f"{out}: {why}; the slide is computed again and the file replaced", UserWarning,
+                          stacklevel=2)
     same_tiles = bool(rec) and rec["slide_sha256"] == sha and rec.get("tiling_hash") == job.tiling_hash
     entry = rec["features"].get(key) if same_tiles else None
     if job.resume and entry and entry.get("params_hash") == job.params_hash:
@@ -165,9 +179,17 @@ def process_slide(job: SlideJob) -> dict:
     """The work unit: one slide to ``job.out_path``; never raises (errors are returned).
 
     Returns a dict: slide_id, path, status ("ok" computed now / "skipped" reused from an earlier run /
-    "failed"), error, n_tiles, tile_file, sha256, stat (size, mtime_ns), seconds, slide_embeddings
-    {key: list} when a slide model is set.
+    "failed"), error, n_tiles, tile_file, sha256, stat (size, mtime_ns, ctime_ns, inode), sample (sampled
+    hash), seconds, slide_embeddings {key: list} when a slide model is set, and warnings: those the slide
+    raised (``pathkit._warn.capture``), given again by the caller with the slide id.
     """
+    with capture() as caught:
+        res = _process_slide(job)
+    res["warnings"] = list(caught)
+    return res
+
+
+def _process_slide(job: SlideJob) -> dict:
     t0 = time.perf_counter()
     res = {"slide_id": job.slide_id, "path": job.path, "status": "failed", "error": "", "n_tiles": 0,
            "tile_file": job.out_path, "sha256": "", "stat": None, "seconds": 0.0, "slide_embeddings": {},
@@ -178,11 +200,12 @@ def process_slide(job: SlideJob) -> dict:
         if not (src.is_file() or src.is_dir()):
             raise FileNotFoundError(f"slide file not found: {src}")
         stat = _stat(src)
+        sample = sample_hash_path(src)
         if job.known_sha256 and job.known_stat and tuple(job.known_stat) == stat:
             sha = job.known_sha256
         else:
             sha = sha256_path(src)
-        res.update(sha256=sha, stat=list(stat))
+        res.update(sha256=sha, stat=list(stat), sample=sample)
         if job.expected_sha256 and sha != job.expected_sha256.lower():
             raise ChecksumError(f"{src}: sha256 {sha} differs from the manifest's {job.expected_sha256}; "
                                 "re-download it (pathkit fetch) or fix the manifest")
@@ -387,8 +410,10 @@ def _run_cohort(table, out_dir, tile_model, fkey, skey, weights, slide_model, sl
                        slide_kwargs=slide_kwargs, params_hash=ph, slide_params_hash=sph, expected_sha256=exp,
                        resume=resume, tiling_hash=th, legacy_hash=legacy, feature_key=fkey, slide_key=skey,
                        read_kwargs=read_kwargs)
-        if resume and entry and cur and entry.get("path") == str(src) and tuple(entry.get("stat") or ()) == cur:
-            # the slide file is unchanged since the state was written: its sha256 need not be computed again
+        if (resume and entry and cur and entry.get("path") == str(src)
+                and tuple(entry.get("stat") or ()) == cur and entry.get("sample") == _sample(src)):
+            # the slide file is unchanged since the state was written (size, mtime, ctime, inode and the
+            # sampled blocks): its sha256 need not be computed again
             job.known_sha256, job.known_stat = entry.get("sha256"), cur
             done = _reusable(job, entry, cur, out_path)
             if done is not None:
@@ -403,15 +428,18 @@ def _run_cohort(table, out_dir, tile_model, fkey, skey, weights, slide_model, sl
     n_tiles = sum(r["n_tiles"] for r in results.values())
     n_failed = 0
     last_save = 0.0
+    relay = Relay("slide")  # warnings raised in the workers (or in this process), with their slides' ids
     try:
         for res in ex.map(process_slide, jobs):
             sid = res["slide_id"]
             results[sid] = res
+            relay.add(sid, res.get("warnings"))
             n_tiles += int(res.get("n_tiles") or 0)
             n_failed += res["status"] == "failed"
             out_path = Path(res.get("tile_file") or out_dir / f"{sid}.h5ad")
             entry = {"path": res.get("path"), "stat": res.get("stat"), "sha256": res.get("sha256"),
-                     "status": res["status"], "n_tiles": res.get("n_tiles", 0), "error": res.get("error", ""),
+                     "sample": res.get("sample"), "status": res["status"], "n_tiles": res.get("n_tiles", 0),
+                     "error": res.get("error", ""),
                      "qc": res.get("qc") or {}}
             if res["status"] != "failed":
                 job = by_id[sid]
@@ -427,6 +455,7 @@ def _run_cohort(table, out_dir, tile_model, fkey, skey, weights, slide_model, sl
         _save_state(out_dir, state)
         if ex is not executor:
             ex.close()
+    relay.close()
 
     # assemble: one row per input slide, input order
     obs = table.drop(columns=[c for c in ("expected_sha256",) if c in table.columns]).copy()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .._files import read_h5ad
 from ..errors import TableError
 from . import prompts as _prompts
 
@@ -198,8 +199,6 @@ def _tiles_of(cohort, tiles, ids):
     """{slide_id: tile AnnData}: given, or the ``<slide_id>.h5ad`` files pk.tl.embed_cohort wrote."""
     from pathlib import Path
 
-    import anndata as ad
-
     if tiles is not None:
         tiles = dict(tiles) if isinstance(tiles, dict) else dict(zip(ids, tiles))
         missing = [s for s in ids if s not in tiles]
@@ -216,7 +215,7 @@ def _tiles_of(cohort, tiles, ids):
         if not f.is_file():
             raise FileNotFoundError(f"{f} (tile features of slide {s!r}) does not exist; rerun pk.tl.embed_cohort or "
                                     "pass tiles=")
-        found[s] = ad.read_h5ad(f)
+        found[s] = read_h5ad(f, f"tile h5ad of slide {s!r}")
     return found
 
 

@@ -36,7 +36,9 @@ def _pick_rep(obsm_keys, n_vars: int, where: str) -> str:
 def _h5ad_rep(path: Path) -> str:
     import h5py
 
-    with h5py.File(path, "r") as f:
+    from ..._files import open_h5
+
+    with open_h5(path, "h5ad tile bag") as f:
         X = f.get("X")
         if isinstance(X, h5py.Dataset):
             n_vars = X.shape[1] if X.ndim == 2 else 0
@@ -136,7 +138,9 @@ class BagSet:
                                  f"or AnnData objects")
             if self._add_h5ad_dense(path):
                 return
-            bags = ad.read_h5ad(path, backed="r")
+            from ..._files import read_h5ad
+
+            bags = read_h5ad(path, "h5ad tile bags", backed="r")
             self.opened = bags
         if isinstance(bags, ad.AnnData):
             self._add_multi(bags)
@@ -159,11 +163,13 @@ class BagSet:
         load the whole obs table). False for other layouts (sparse X, ...)."""
         import h5py
 
+        from ..._files import h5_file
+
         try:
             from anndata.io import read_elem
         except ImportError:  # anndata < 0.11
             from anndata.experimental import read_elem
-        f = h5py.File(path, "r")
+        f = h5_file(path, "h5ad tile bag")
         X = f.get("X") if self.use_rep == "X" else f.get("obsm", {}).get(self.use_rep)
         if not isinstance(X, h5py.Dataset) or "slide_id" not in f.get("obs", {}):
             if self.use_rep != "X" and X is None:
@@ -215,10 +221,11 @@ class BagSet:
             dataset = None if self.use_rep == "X" else self.use_rep
             self._set(sid, lambda f=f: read_h5_features(f, dataset), None, None, where=str(f))
             return
-        import anndata as ad
         import h5py
 
-        a = ad.read_h5ad(f, backed="r")
+        from ..._files import open_h5, read_h5ad
+
+        a = read_h5ad(f, "h5ad tile bag", backed="r")
         try:
             sid = self._slide_id_of(a, str(f)) if a.n_obs else f.stem
             _rep_of(a, self.use_rep, str(f))  # fail now, not in the middle of training
@@ -226,11 +233,11 @@ class BagSet:
             a.file.close()
 
         def read(f=f):
-            with h5py.File(f, "r") as h:
+            with open_h5(f, "h5ad tile bag") as h:
                 el = h["X"] if self.use_rep == "X" else h["obsm"][self.use_rep]
                 if isinstance(el, h5py.Dataset):
                     return _dense(el[:])
-            b = ad.read_h5ad(f, backed="r")
+            b = read_h5ad(f, "h5ad tile bag", backed="r")
             try:
                 return _read_rows(_rep_of(b, self.use_rep, str(f)), None)
             finally:

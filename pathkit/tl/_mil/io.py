@@ -56,7 +56,11 @@ def load_estimator(cls, path, *, device: str = "auto"):
     for f in (cfg_file, w_file):
         if not f.exists():
             raise FileNotFoundError(f"{f} does not exist: MIL.load needs the folder written by MIL.save")
-    cfg = json.loads(cfg_file.read_text())
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except ValueError as exc:  # a save cut short (full disk) or a file edited by hand
+        raise WeightsError(f"{cfg_file}: not valid JSON ({exc}); the model folder is damaged: save the model "
+                           "again with MIL.save (or copy the folder again)") from None
     if cfg.get("format") != _FORMAT:
         raise WeightsError(f"{cfg_file}: format {cfg.get('format')!r} is not {_FORMAT}")
     tr = cfg["training"]
