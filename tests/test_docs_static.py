@@ -9,6 +9,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools" / "notebooks"))
 import run
 
+from pathkit.widgets._static import VIEWLESS_BUNDLE
+
 
 def _executed(tmp_path: Path) -> Path:
     import nbformat
@@ -36,6 +38,7 @@ def _executed(tmp_path: Path) -> Path:
                                                           '<p class="pk-static-caption">SurvivalExplorer: '
                                                           'pre-specified cut-off (median)</p></div>',
                                              "text/plain": "SurvivalExplorer: static copy"}),
+            new_output("display_data", data=dict(VIEWLESS_BUNDLE)),
             new_output("execute_result", execution_count=2,
                        data={"application/vnd.jupyter.widget-view+json": widget,
                              "application/vnd.plotly.v1+json": {"data": [], "layout": {}},
@@ -64,7 +67,8 @@ def test_for_docs_drops_live_views_and_machine_paths(tmp_path):
     # the widget's static copies stay, as HTML for the page; a view with a figure keeps the figure
     assert nb.cells[1].outputs[0]["data"]["text/html"] == "<td>pathkit_out/a.h5ad</td>"
     outs = nb.cells[2].outputs
-    assert len(outs) == 2 and all("text/html" in o["data"] for o in outs)
+    assert len(outs) == 2 and all("text/html" in o["data"] for o in outs)   # the rule for stateless views went
+    assert "pk-viewless" not in text
     assert outs[0]["data"]["text/plain"] == "SurvivalExplorer: static copy"
     # the widget's state in words stays under the redrawn figure (the page showed the figure alone)
     page_html = outs[0]["data"]["text/html"]

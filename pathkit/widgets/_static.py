@@ -46,6 +46,19 @@ def static_copy(fw):
 CAPTION_CLASS = "pk-static-caption"
 
 
+# A notebook reopened without its widget state (JupyterLab saves none by default) shows "Error displaying
+# widget: model not found" (or "Loading widget...") as a text-only output node where the live view was, above the
+# static copies that stand in for it. A last, empty output carries the rule that hides such nodes in its output
+# area (a live view has child elements, so it is never matched; JupyterLab keeps <style> in trusted outputs,
+# which a notebook the user saved is). The static copies themselves are drawn by plotly's renderer, which
+# ignores their text/html, so the rule cannot live there.
+VIEWLESS_CLASS = "pk-viewless"
+VIEWLESS_BUNDLE = {
+    "text/html": (f'<span class="{VIEWLESS_CLASS}"></span><style>.jp-OutputArea:has(.{VIEWLESS_CLASS}) '
+                  ".jp-OutputArea-output.lm-Panel:not(:has(*)) {display: none;}</style>"),
+    "text/plain": ""}
+
+
 def figure_bundle(fig, summary: str = "") -> dict:
     """The static mimebundle of one plotly figure (plotly JSON + HTML with the summary as a caption + the
     summary as text)."""
@@ -138,6 +151,7 @@ class StaticFallback:
         display(self._view_bundle(), raw=True)
         for i, b in enumerate(self.static_bundles()):
             display(b, raw=True, display_id=f"{self._static_uid}-{i}")
+        display(VIEWLESS_BUNDLE, raw=True)
         self._static_shown += 1
 
     def _repr_mimebundle_(self, **kwargs):

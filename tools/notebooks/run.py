@@ -51,6 +51,7 @@ _PATHS = [(re.compile(r"(?:/[^\s:'\"]*)?/ipykernel_\d+/\d+\.py"), "<cell>"),
           (re.compile(re.escape(str(REPO)) + "/"), "")]
 _WIDGET = "application/vnd.jupyter.widget-view+json"
 _CAPTION = re.compile(r'<p class="pk-static-caption">.*?</p>', re.DOTALL)   # pathkit.widgets._static.CAPTION_CLASS
+VIEWLESS_CLASS = "pk-viewless"   # pathkit.widgets._static.VIEWLESS_CLASS
 
 
 def clean_text(text: str) -> str:
@@ -81,6 +82,9 @@ def for_docs(path) -> bool:
         kept = []
         for out in cell.get("outputs", []):
             data = out.get("data", {})
+            if VIEWLESS_CLASS in (data.get("text/html") or "") and not data.get("text/plain"):
+                changed = True
+                continue               # the rule that hides widget views saved without state: no views here
             if _WIDGET in data:
                 changed = True
                 if not set(data) - {_WIDGET, "text/plain"}:
