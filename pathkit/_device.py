@@ -52,18 +52,30 @@ def resolve_device(device="auto") -> torch.device:
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bfloat16 natively (x86 AVX512-BF16 or AMX; Arm BF16)."""
-    flags: set[str] = set()
+def cpuinfo() -> dict[str, str]:
+    """The first value of each field of /proc/cpuinfo (read once per process); empty where unreadable."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith(("flags", "Features")):
-                    flags.update(line.split(":", 1)[1].split())
-                    break
+                key, sep, value = line.partition(":")
+                if sep:
+                    fields.setdefault(key.strip(), value.strip())
     except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+        pass
+    return fields
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (x86 ``flags`` / Arm ``Features`` of /proc/cpuinfo); empty where unreadable."""
+    info = cpuinfo()
+    return set((info.get("flags") or info.get("Features") or "").split())
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bfloat16 natively (x86 AVX512-BF16 or AMX; Arm BF16)."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def resolve_dtype(dtype="auto", device: torch.device | str = "cpu") -> torch.dtype:

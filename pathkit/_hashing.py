@@ -25,15 +25,7 @@ def sha256_file(path, chunk: int = 1 << 22) -> str:
 
 def sha256_path(path) -> str:
     """sha256 of a slide: of its file, or for a DICOM series folder, of its DICOM files' names and sha256s."""
-    path = Path(path)
-    if not path.is_dir():
-        return sha256_file(path)
-    from .backends.dicom import dicom_files
-
-    h = hashlib.sha256()
-    for f in dicom_files(path):
-        h.update(f"{f.name}\0{sha256_file(f)}\n".encode())
-    return h.hexdigest()
+    return _per_file(path, sha256_file)
 
 
 def stat_path(path) -> tuple:
@@ -82,12 +74,17 @@ def sample_hash_file(path, blocks: int = SAMPLE_BLOCKS, block: int = SAMPLE_BLOC
 
 def sample_hash_path(path) -> str:
     """:func:`sample_hash_file` of a slide file, or of each DICOM file of a series folder (with its name)."""
+    return _per_file(path, sample_hash_file)
+
+
+def _per_file(path, digest) -> str:
+    """`digest` of a slide file, or for a DICOM series folder, a sha256 over its DICOM files' names and digests."""
     path = Path(path)
     if not path.is_dir():
-        return sample_hash_file(path)
+        return digest(path)
     from .backends.dicom import dicom_files
 
     h = hashlib.sha256()
     for f in dicom_files(path):
-        h.update(f"{f.name}\0{sample_hash_file(f)}\n".encode())
+        h.update(f"{f.name}\0{digest(f)}\n".encode())
     return h.hexdigest()

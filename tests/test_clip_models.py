@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+from _small_models import CONCH_SMALL, PLIP_SMALL, QUILT_SMALL
 
 import pathkit as pk
 from pathkit.errors import WeightsError
@@ -15,15 +16,6 @@ from pathkit.models import get_spec
 from pathkit.models.clip import BUILDERS, build_clip, get_tokenizer, load_clip
 from pathkit.models.tile_encoders import BUILDERS as TILE_BUILDERS
 
-CONCH_SMALL = {"embed_dim": 32, "vision": {"image_size": 64, "width": 48, "layers": 2, "heads": 2},
-               "text": {"width": 48, "heads": 2, "layers": 2}}
-QUILT_SMALL = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32,
-                                               "patch_size": 32},
-               "text_cfg": {"width": 32, "heads": 2, "layers": 2}}
-PLIP_SMALL = {"projection_dim": 32,
-              "vision": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                         "num_attention_heads": 2, "image_size": 64},
-              "text": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}}
 SENTENCES = ["a photo of a cat", "an H&E image of lung adenocarcinoma.", "CLASSNAME, H&E stain."]
 
 

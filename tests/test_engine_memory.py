@@ -9,6 +9,7 @@ import weakref
 import numpy as np
 import pytest
 import torch
+from _small_models import NoisyRunner
 
 import pathkit as pk
 import pathkit.models
@@ -101,22 +102,9 @@ def test_engine_frees_torch_weights_and_torch_comes_back(engine, cmu1, tracked_l
     np.testing.assert_array_equal(again, ref)
 
 
-class _Noisy:
-    """An OpenVINO stand-in whose output is off by 1e-3 (a broken export)."""
-    engine, precision, num_threads = "openvino", "f32", 1
-
-    def __init__(self, path, threads, precision):
-        import onnxruntime as ort
-
-        self.s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-    def __call__(self, x):
-        return torch.from_numpy(self.s.run(None, {"pixels": x.numpy()})[0]) + 1e-3
-
-
 def test_parity_failure_after_release_reloads_torch(cmu1, tracked_loads, monkeypatch):
     ref, _ = _embed(cmu1, "X_torch", engine="torch")
-    monkeypatch.setitem(_select.RUNNERS, "openvino", _Noisy)
+    monkeypatch.setitem(_select.RUNNERS, "openvino", NoisyRunner)
     with pytest.warns(RuntimeWarning, match="runs on torch.*differs from torch"):
         out, info = _embed(cmu1, "X_auto", engine="auto")
     assert info["engine"] == "torch" and "differs" in info["engine_reason"]

@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from _small_models import CONCH_SMALL, PLIP_SMALL, QUILT_SMALL, NoisyRunner
 
 import pathkit as pk
 from pathkit.engines import _cache, _select, prepare_encoder
@@ -22,15 +23,6 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
 
 MAX_ABS, MIN_COS = 1e-4, 0.99999
-CONCH_SMALL = {"embed_dim": 32, "vision": {"image_size": 64, "width": 48, "layers": 2, "heads": 2},
-               "text": {"width": 48, "heads": 2, "layers": 2}}
-QUILT_SMALL = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32,
-                                               "patch_size": 32},
-               "text_cfg": {"width": 32, "heads": 2, "layers": 2}}
-PLIP_SMALL = {"projection_dim": 32,
-              "vision": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                         "num_attention_heads": 2, "image_size": 64},
-              "text": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}}
 _VIT = {"embed_dim": 32, "depth": 2, "num_heads": 2}
 
 
@@ -190,22 +182,9 @@ def test_concurrent_first_exports_keep_one_complete_copy(tmp_path):
     assert _cache.find_export(folder)["who"] == "a"
 
 
-class _Noisy:
-    """A runner whose output is off by 1e-3: what a broken export would give."""
-    engine, precision, num_threads = "openvino", "f32", 1
-
-    def __init__(self, path, threads, precision):
-        import onnxruntime as ort
-
-        self.s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-    def __call__(self, x):
-        return torch.from_numpy(self.s.run(None, {"pixels": x.numpy()})[0]) + 1e-3
-
-
 def test_auto_falls_back_to_torch_when_parity_fails(monkeypatch):
     spec, enc, winfo = _tiny()
-    monkeypatch.setitem(_select.RUNNERS, "openvino", _Noisy)
+    monkeypatch.setitem(_select.RUNNERS, "openvino", NoisyRunner)
     x = torch.randn(5, 3, 32, 32)
     with torch.inference_mode():
         ref = enc(x)
@@ -282,7 +261,7 @@ def test_auto_keeps_the_engine_when_it_is_faster(monkeypatch):
 
 def test_explicit_engine_that_differs_raises(monkeypatch):
     spec, enc, winfo = _tiny()
-    monkeypatch.setitem(_select.RUNNERS, "openvino", _Noisy)
+    monkeypatch.setitem(_select.RUNNERS, "openvino", NoisyRunner)
     run, _ = prepare_encoder(enc, spec, winfo, engine="openvino", num_threads=1)
     with pytest.raises(EngineError, match="differs from torch"):
         run(torch.randn(2, 3, 32, 32))

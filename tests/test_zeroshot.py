@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _small_models import CONCH_SMALL
 
 import pathkit as pk
 from pathkit.tl import prompts
@@ -98,8 +99,6 @@ def test_text_embedding_averaging_by_hand():
 
 
 # ----------------------------------------------------------------------------------- zero_shot on tiles
-CONCH_SMALL = {"embed_dim": 32, "vision": {"image_size": 64, "width": 48, "layers": 2, "heads": 2},
-               "text": {"width": 48, "heads": 2, "layers": 2}}
 
 
 def _need_conch_tokenizer():

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._device import cpu_flags, cpuinfo
 from ..errors import EngineError
 from . import _cache
 from ._export import ONNX_FILE, ensure_export
@@ -222,15 +223,8 @@ def _compiled(key: tuple):
 
 
 def _cpu_flags() -> set[str]:
-    """The CPU's feature flags (x86 ``flags`` / Arm ``Features`` of /proc/cpuinfo); empty where unreadable."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    """The CPU's feature flags (:func:`pathkit._device.cpu_flags`; a seam the tests replace)."""
+    return cpu_flags()
 
 
 # x86 flags of native bf16 arithmetic, where OpenVINO's CPU plugin runs bf16 kernels (AVX512-BF16, AMX);
@@ -248,12 +242,7 @@ def engine_precision(engine: str, dtype) -> str:
 
 def cpu_key(threads: int) -> str:
     """The CPU model and thread count an engine's speed was measured on (the key of its record's ``speed``)."""
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
-    except OSError:
-        pass
+    name = cpuinfo().get("model name") or platform.processor() or platform.machine()
     return f"{name} | {threads} threads"
 
 
